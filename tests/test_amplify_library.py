@@ -1,0 +1,499 @@
+"""libamplify.so for real: tiny C programs compiled here, run with the library preloaded."""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from verifier.amplify.counters import (
+    AmplifierStatus,
+    parse_load_bias,
+    read_status,
+    require_armed,
+)
+from verifier.amplify.library import build_library, preload_env
+from verifier.amplify.spec import (
+    InterposeRule,
+    Rule,
+    WatchRule,
+    encode_rules,
+    parse_rules,
+    resolve_rules,
+    resolve_symbol,
+)
+from verifier.errors import BadInput, EnvironmentMissing, HarnessError, NotApplicable
+
+DELAY_US = 20_000
+DELAY_MS = DELAY_US / 1000
+
+# Same shape as memcached's flag. Prints "key value" lines: milliseconds spent in N stores.
+WATCH_C = r"""
+#define _GNU_SOURCE
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+static volatile bool allow_new_conns = true;
+static int n;
+
+static double now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
+static double store_many(bool v, int count) {
+    double t0 = now_ms();
+    for (int i = 0; i < count; i++) allow_new_conns = v;
+    return now_ms() - t0;
+}
+static void *worker(void *out) {
+    *(double *)out = store_many(false, n);
+    printf("worker_tid %d\n", gettid());
+    return NULL;
+}
+int main(int argc, char **argv) {
+    n = argc > 1 ? atoi(argv[1]) : 5;
+    int spin = argc > 2 ? atoi(argv[2]) : 0;
+    printf("main_tid %d\n", gettid());
+    printf("main_false_ms %.3f\n", store_many(false, n));
+    printf("main_true_ms %.3f\n", store_many(true, n));
+    if (spin) printf("spin_true_ns %.1f\n", store_many(true, spin) * 1e6 / spin);
+    double w = 0;
+    pthread_t t;
+    pthread_create(&t, NULL, worker, &w);
+    pthread_join(t, NULL);
+    printf("worker_false_ms %.3f\n", w);
+    fflush(stdout);
+    if (argc > 3 && !strcmp(argv[3], "fork")) {
+        pid_t pid = fork();
+        if (pid == 0) {
+            printf("child_false_ms %.3f\n", store_many(false, n));
+            fflush(stdout);
+            _exit(0);
+        }
+        waitpid(pid, NULL, 0);
+    }
+    return 0;
+}
+"""
+
+# accept()/accept4() with a pending connection but no free fd: EMFILE. Optional words:
+# "thread" (accept from a worker thread), "pause" (print ready and wait to be killed).
+ACCEPT_C = r"""
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+static int ls, use4;
+
+static double now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
+static void *accepts(void *arg) {
+    (void)arg;
+    for (int i = 0; i < 3; i++) {
+        double t0 = now_ms();
+        int fd = use4 ? accept4(ls, NULL, NULL, SOCK_CLOEXEC) : accept(ls, NULL, NULL);
+        int err = errno;
+        printf("accept ret=%d errno=%s ms=%.3f\n", fd, strerrorname_np(err), now_ms() - t0);
+    }
+    return NULL;
+}
+int main(int argc, char **argv) {
+    use4 = !strcmp(argv[1], "accept4");
+    int thread = 0, stop = 0;
+    for (int i = 2; i < argc; i++) {
+        thread |= !strcmp(argv[i], "thread");
+        stop |= !strcmp(argv[i], "pause");
+    }
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof a;
+    ls = socket(AF_INET, SOCK_STREAM, 0);
+    if (bind(ls, (struct sockaddr *)&a, sizeof a) || listen(ls, 8)) return 2;
+    getsockname(ls, (struct sockaddr *)&a, &len);
+    int c = socket(AF_INET, SOCK_STREAM, 0);
+    if (connect(c, (struct sockaddr *)&a, sizeof a)) return 3;
+    struct rlimit rl;
+    getrlimit(RLIMIT_NOFILE, &rl);
+    rl.rlim_cur = 64;
+    setrlimit(RLIMIT_NOFILE, &rl);
+    while (dup(ls) >= 0) {
+    }
+    if (errno != EMFILE) return 4;
+    if (thread) {
+        pthread_t t;
+        pthread_create(&t, NULL, accepts, NULL);
+        pthread_join(t, NULL);
+    } else {
+        accepts(NULL);
+    }
+    double t0 = now_ms();
+    close(c);
+    printf("close ms=%.3f\n", now_ms() - t0);
+    if (stop) {
+        printf("ready\n");
+        fflush(stdout);
+        pause();
+    }
+    return 0;
+}
+"""
+
+CRASH_C = r"""
+#include <stdlib.h>
+__attribute__((noinline)) void crash_here(int segv) {
+    if (segv) *(volatile int *)0 = 1;
+    abort();
+}
+int main(int argc, char **argv) {
+    crash_here(argc > 1 && argv[1][0] == 's');
+    return 0;
+}
+"""
+
+
+@pytest.fixture(scope="session")
+def lib(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_library(tmp_path_factory.mktemp("amplify-cache"))
+
+
+def compile_c(tmp_path: Path, name: str, source: str, *flags: str) -> Path:
+    src = tmp_path / f"{name}.c"
+    src.write_text(source)
+    out = tmp_path / name
+    subprocess.run(
+        ["cc", "-O2", "-g", "-pthread", *flags, "-o", str(out), str(src)],
+        check=True,
+        capture_output=True,
+    )
+    return out
+
+
+def run(
+    prog: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(prog), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=20,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def values(stdout: str) -> dict[str, float]:
+    return {k: float(v) for k, v in re.findall(r"^(\w+) ([-\d.]+)$", stdout, re.MULTILINE)}
+
+
+def watch_status(status_file: Path, rules: list[Rule]) -> AmplifierStatus:
+    """The status, or a skip (with the reason) after checking the failure is reported."""
+    status = read_status(status_file)
+    rule = status.rules[0]
+    if rule.armed != 1:
+        assert rule.armed == -1 and rule.arm_errno > 0
+        with pytest.raises(EnvironmentMissing, match="--amplify gdb"):
+            require_armed(status, rules)
+        pytest.skip(f"hardware watchpoints refused here: {errno.errorcode[rule.arm_errno]}")
+    require_armed(status, rules)
+    return status
+
+
+# ---- spec ----
+
+
+def test_rules_round_trip_and_validate() -> None:
+    rules: list[Rule] = [
+        WatchRule("allow_new_conns", symoff=0x4C2A0, value=0, every=2, max_triggers=9),
+        WatchRule("x", addr=0x7000, length=8, cond="ne", value=-1, thread="any"),
+        InterposeRule(("accept", "accept4"), errno_name="EWOULDBLOCK", thread="main"),
+        InterposeRule(("close",), ret=None, errno_name=None, when="before", delay_us=7),
+    ]
+    text = encode_rules(rules)
+    assert text.startswith("watch:sym=allow_new_conns,symoff=0x4c2a0,len=1,cond=eq,value=0,")
+    assert "fn=accept|accept4,ret=-1,errno=11," in text
+    assert parse_rules(text) == rules
+    assert rules[1].thread == "all" and rules[2].errno_name == "EAGAIN"
+    for bad in (
+        lambda: WatchRule("a b"),
+        lambda: WatchRule("v", symoff=3, length=2),
+        lambda: WatchRule("v", cond="lt"),
+        lambda: InterposeRule(("malloc",)),
+        lambda: InterposeRule(("close",), when="before"),
+        lambda: InterposeRule(("close",), errno_name="ENOPE"),
+        lambda: encode_rules([WatchRule("unresolved")]),
+        lambda: encode_rules([WatchRule("v", addr=8 * i) for i in range(5)]),
+        lambda: parse_rules("watch:symoff=0x10,colour=red"),
+        lambda: parse_rules("interpose:ret=-1"),
+    ):
+        with pytest.raises(BadInput):
+            bad()
+
+
+def test_resolve_symbol(tmp_path: Path) -> None:
+    prog = compile_c(tmp_path, "watch", WATCH_C)
+    symoff = resolve_symbol(prog, "allow_new_conns")
+    assert symoff is not None and symoff > 0
+    assert resolve_symbol(prog, "no_such_symbol") is None
+    (rule,) = resolve_rules([WatchRule("allow_new_conns")], prog)
+    assert isinstance(rule, WatchRule) and rule.symoff == symoff
+    with pytest.raises(NotApplicable):
+        resolve_rules([WatchRule("no_such_symbol")], prog)
+
+
+def test_library_is_built_once(tmp_path: Path) -> None:
+    first = build_library(tmp_path)
+    mtime = first.stat().st_mtime_ns
+    assert build_library(tmp_path) == first and first.stat().st_mtime_ns == mtime
+    assert [p.name for p in tmp_path.glob("*.so")] == [first.name]  # no temp files left
+
+
+# ---- no rules / bad rules ----
+
+
+def test_no_rules_leaves_the_program_alone(lib: Path, tmp_path: Path) -> None:
+    prog = compile_c(tmp_path, "watch", WATCH_C)
+    status_file = tmp_path / "status"
+    result = run(prog, env=preload_env(lib, [], status_file))
+    assert result.returncode == 0 and result.stderr == ""
+    v = values(result.stdout)
+    assert v["main_false_ms"] < DELAY_MS and v["worker_false_ms"] < DELAY_MS
+    status = read_status(status_file)
+    assert status.rules == () and status.config_error == 0 and status.crash_signal == 0
+    # and with no amplifier variable at all
+    result = run(prog, env={**os.environ, "LD_PRELOAD": str(lib)})
+    assert result.returncode == 0 and result.stderr == ""
+
+
+def test_malformed_rules_disable_all_rules(lib: Path, tmp_path: Path) -> None:
+    prog = compile_c(tmp_path, "watch", WATCH_C)
+    status_file = tmp_path / "status"
+    env = preload_env(lib, [], status_file)
+    symoff = resolve_symbol(prog, "allow_new_conns")
+    assert symoff is not None
+    env["VERIFIER_AMPLIFY"] = f"watch:symoff={symoff:#x},delay_us={DELAY_US};watch:bogus=1"
+    result = run(prog, env=env)
+    assert result.returncode == 0
+    assert "amplify: bad rule 2 (watch:bogus=1): unknown key" in result.stderr
+    assert values(result.stdout)["main_false_ms"] < DELAY_MS  # rule 1 not active either
+    status = read_status(status_file)
+    assert status.config_error == 2 and status.rules == ()
+    with pytest.raises(HarnessError, match="unknown key"):
+        require_armed(status)
+
+
+# ---- watch ----
+
+
+@pytest.mark.parametrize("pie", [True, False], ids=["pie", "no-pie"])
+def test_watch_delays_matching_stores_on_main_thread_only(
+    lib: Path, tmp_path: Path, pie: bool
+) -> None:
+    flags = ("-fPIE", "-pie") if pie else ("-fno-pie", "-no-pie")
+    prog = compile_c(tmp_path, "watch", WATCH_C, *flags)
+    rules = resolve_rules([WatchRule("allow_new_conns", value=0, delay_us=DELAY_US)], prog)
+    status_file = tmp_path / "status"
+    result = run(prog, "5", "2000", env=preload_env(lib, rules, status_file))
+    assert result.returncode == 0, result.stderr
+    status = watch_status(status_file, rules)
+    v = values(result.stdout)
+    assert v["main_false_ms"] >= 5 * DELAY_MS * 0.95  # every store of 0 slept
+    assert v["main_true_ms"] < DELAY_MS  # stores of 1 trapped but did not sleep
+    assert v["worker_false_ms"] < DELAY_MS  # the worker is not watched
+    assert v["spin_true_ns"] < 200_000  # cost of one trapped, non-matching store
+    assert (status.load_bias != 0) == pie
+    (rule,) = status.rules
+    assert (rule.kind, rule.events, rule.matches, rule.triggers) == ("watch", 2010, 5, 5)
+    assert rule.main_triggers == 5 and rule.last_tid == v["main_tid"] == status.main_tid
+    assert rule.slept_ns >= 5 * DELAY_US * 1000 * 0.95
+
+
+def test_watch_all_threads_every_and_max(lib: Path, tmp_path: Path) -> None:
+    prog = compile_c(tmp_path, "watch", WATCH_C)
+    rules = resolve_rules(
+        [
+            WatchRule("allow_new_conns", delay_us=DELAY_US, thread="all"),
+            WatchRule("allow_new_conns", cond="ne", delay_us=0, every=2, max_triggers=1),
+        ],
+        prog,
+    )
+    status_file = tmp_path / "status"
+    result = run(prog, "4", env=preload_env(lib, rules, status_file))
+    assert result.returncode == 0, result.stderr
+    status = watch_status(status_file, rules)
+    v = values(result.stdout)
+    assert v["main_false_ms"] >= 4 * DELAY_MS * 0.95
+    assert v["worker_false_ms"] >= 4 * DELAY_MS * 0.95  # created after arming: inherited
+    all_threads, every = status.rules
+    assert (all_threads.events, all_threads.matches, all_threads.triggers) == (12, 8, 8)
+    assert all_threads.main_triggers == 4 and all_threads.last_tid == v["worker_tid"]
+    # thread=main: 8 stores on main, 4 of them != 0, every 2nd -> 2, capped at 1
+    assert (every.events, every.matches, every.triggers) == (8, 4, 1)
+
+
+def test_watch_rearmed_in_forked_child(lib: Path, tmp_path: Path) -> None:
+    prog = compile_c(tmp_path, "watch", WATCH_C)
+    rules = resolve_rules([WatchRule("allow_new_conns", delay_us=DELAY_US)], prog)
+    status_file = tmp_path / "status"
+    result = run(prog, "3", "0", "fork", env=preload_env(lib, rules, status_file))
+    assert result.returncode == 0, result.stderr
+    status = watch_status(status_file, rules)
+    assert values(result.stdout)["child_false_ms"] >= 3 * DELAY_MS * 0.95
+    assert status.rules[0].triggers == 6  # counters are shared with the parent
+
+
+def test_rules_skip_a_wrapper_when_the_target_is_named(lib: Path, tmp_path: Path) -> None:
+    prog = compile_c(tmp_path, "watch", WATCH_C)
+    rules = resolve_rules([WatchRule("allow_new_conns", delay_us=DELAY_US)], prog)
+    status_file = tmp_path / "status"
+    env = preload_env(lib, rules, status_file, target=prog)
+    result = subprocess.run(
+        ["sh", "-c", f"exec {prog} 2"], env=env, capture_output=True, text=True, timeout=20
+    )
+    assert result.returncode == 0, result.stderr
+    status = watch_status(status_file, rules)
+    assert values(result.stdout)["main_false_ms"] >= 2 * DELAY_MS * 0.95
+    assert status.pid == values(result.stdout)["main_tid"] and status.rules[0].triggers == 2
+
+
+def test_watch_arm_failure_is_reported(lib: Path, tmp_path: Path) -> None:
+    prog = compile_c(tmp_path, "watch", WATCH_C)
+    # A kernel address: perf_event_open refuses a user-only breakpoint there (EINVAL).
+    rules: list[Rule] = [WatchRule("kernel_thing", addr=0xFFFFFFFF81000000, delay_us=DELAY_US)]
+    status_file = tmp_path / "status"
+    result = run(prog, "2", env=preload_env(lib, rules, status_file))
+    assert result.returncode == 0
+    assert "amplify: watch rule 1 not armed: perf_event_open:" in result.stderr
+    (rule,) = read_status(status_file).rules
+    assert rule.armed == -1 and rule.arm_errno > 0 and rule.events == 0
+    with pytest.raises(EnvironmentMissing, match=r"kernel_thing not armed.*--amplify gdb"):
+        require_armed(read_status(status_file), rules)
+
+
+# ---- interpose ----
+
+
+def accept_results(stdout: str) -> list[tuple[int, str, float]]:
+    found = re.findall(r"^accept ret=(-?\d+) errno=(\w+) ms=([\d.]+)$", stdout, re.MULTILINE)
+    return [(int(r), e, float(ms)) for r, e, ms in found]
+
+
+@pytest.mark.parametrize("fn", ["accept", "accept4"])
+def test_interpose_delays_emfile_and_keeps_errno(lib: Path, tmp_path: Path, fn: str) -> None:
+    prog = compile_c(tmp_path, "accept", ACCEPT_C)
+    rules: list[Rule] = [
+        InterposeRule(("accept", "accept4"), ret=-1, errno_name="EMFILE", delay_us=DELAY_US),
+        InterposeRule(("accept", "accept4"), ret=-1, errno_name="EAGAIN", delay_us=DELAY_US),
+    ]
+    status_file = tmp_path / "status"
+    result = run(prog, fn, env=preload_env(lib, rules, status_file))
+    assert result.returncode == 0, result.stderr
+    calls = accept_results(result.stdout)
+    assert len(calls) == 3
+    for ret, err, ms in calls:
+        assert (ret, err) == (-1, "EMFILE") and DELAY_MS * 0.95 <= ms < 10 * DELAY_MS
+    status = read_status(status_file)
+    require_armed(status, rules)
+    emfile, eagain = status.rules
+    assert (emfile.events, emfile.matches, emfile.triggers, emfile.main_triggers) == (3, 3, 3, 3)
+    assert (eagain.events, eagain.matches, eagain.triggers) == (3, 0, 0)
+
+
+def test_interpose_thread_main_skips_workers(lib: Path, tmp_path: Path) -> None:
+    prog = compile_c(tmp_path, "accept", ACCEPT_C)
+    rules: list[Rule] = [InterposeRule(("accept",), delay_us=DELAY_US, thread="main")]
+    status_file = tmp_path / "status"
+    result = run(prog, "accept", "thread", env=preload_env(lib, rules, status_file))
+    assert result.returncode == 0, result.stderr
+    assert all(ms < DELAY_MS and err == "EMFILE" for _, err, ms in accept_results(result.stdout))
+    assert read_status(status_file).rules[0].events == 0
+
+
+def test_interpose_before_and_status_survives_sigkill(lib: Path, tmp_path: Path) -> None:
+    prog = compile_c(tmp_path, "accept", ACCEPT_C)
+    rules: list[Rule] = [
+        InterposeRule(("accept",), every=2, delay_us=DELAY_US),
+        InterposeRule(("close",), ret=None, errno_name=None, when="before", delay_us=DELAY_US),
+    ]
+    status_file = tmp_path / "status"
+    proc = subprocess.Popen(
+        [str(prog), "accept", "pause"],
+        env=preload_env(lib, rules, status_file),
+        stdout=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        lines = []
+        while (line := proc.stdout.readline()) and line != "ready\n":
+            lines.append(line)
+        assert line == "ready\n"
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait(timeout=10) == -signal.SIGKILL
+    finally:
+        proc.kill()
+        proc.wait()
+    slept = [ms >= DELAY_MS * 0.95 for _, _, ms in accept_results("".join(lines))]
+    assert slept == [False, True, False]  # every=2
+    assert float(re.findall(r"close ms=([\d.]+)", "".join(lines))[0]) >= DELAY_MS * 0.95
+    status = read_status(status_file)
+    assert status.pid == proc.pid
+    accept_rule, close_rule = status.rules
+    assert (accept_rule.events, accept_rule.matches, accept_rule.triggers) == (3, 3, 1)
+    assert (close_rule.events, close_rule.triggers) == (1, 1)
+
+
+# ---- crash reporter ----
+
+
+@pytest.mark.parametrize(
+    ("pie", "how", "sig"),
+    [(True, "abort", signal.SIGABRT), (False, "segv", signal.SIGSEGV)],
+    ids=["pie-abort", "no-pie-segv"],
+)
+def test_crash_reporter(
+    lib: Path, tmp_path: Path, pie: bool, how: str, sig: signal.Signals
+) -> None:
+    flags = ("-fPIE", "-pie") if pie else ("-fno-pie", "-no-pie")
+    prog = compile_c(tmp_path, "crash", CRASH_C, *flags)
+    status_file = tmp_path / "status"
+    result = run(prog, how, env=preload_env(lib, [], status_file))
+    assert result.returncode == -sig  # still dies by the signal
+    assert f"amplify: fatal signal {int(sig)} ({sig.name[3:]})" in result.stderr
+    assert "amplify: end of backtrace" in result.stderr
+    bias = parse_load_bias(result.stderr)
+    assert bias is not None and (bias != 0) == pie
+    assert read_status(status_file).crash_signal == sig
+    # The bias turns backtrace addresses into addr2line input for the executable.
+    frame_re = rf"^{re.escape(str(prog))}.*\[(0x[0-9a-f]+)\]$"
+    addresses = [int(a, 16) for a in re.findall(frame_re, result.stderr, re.MULTILINE)]
+    assert addresses
+    symbolised = subprocess.run(
+        ["addr2line", "-f", "-e", str(prog), *(f"{a - bias - 1:#x}" for a in addresses)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "crash_here" in symbolised and "main" in symbolised

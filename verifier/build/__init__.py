@@ -1,0 +1,1 @@
+"""Building memcached: toolchain checks, version recipes, the build cache, the builder."""

@@ -1,0 +1,90 @@
+"""``verifier cache list|clean``: what is cached, and making room."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from pathlib import Path
+
+import click
+
+from verifier.build.cache import BuildCache
+from verifier.cli.options import cache_layout, cache_option
+from verifier.errors import BadInput, ExitStatus
+from verifier.report.table import table
+
+_SIZE_RE = re.compile(r"^(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?$", re.IGNORECASE)
+
+
+def parse_size(text: str) -> int:
+    match = _SIZE_RE.match(text.strip())
+    if not match:
+        raise BadInput(f"bad size {text!r} (e.g. 500M, 2G)")
+    scale = 1024 ** " KMGT".index((match[2] or " ").upper())
+    return int(float(match[1]) * scale)
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "K", "M", "G"):
+        if n < 1024:
+            return f"{n:.0f}{unit}"
+        n /= 1024
+    return f"{n:.1f}T"
+
+
+def register(cli: click.Group) -> None:
+    @cli.group("cache")
+    def cache() -> None:
+        """List and clean cached builds."""
+
+    @cache.command("list")
+    @cache_option
+    def list_entries(cache_dir: Path | None) -> ExitStatus:
+        """One line per cached build."""
+        builds = BuildCache(cache_layout(cache_dir).builds)
+        rows = []
+        for entry in builds.entries():
+            meta = entry.meta
+            patches = ",".join(p["name"] for p in meta.get("patches", [])) or "-"
+            rows.append(
+                (
+                    entry.key[:12],
+                    meta.get("status"),
+                    meta.get("describe"),
+                    patches + (" (reversed)" if meta.get("reverse") else ""),
+                    f"{meta.get('build_seconds', 0):.1f}s",
+                    _human(entry.size_bytes()),
+                    dt.datetime.fromtimestamp(entry.last_used).strftime("%Y-%m-%d %H:%M"),
+                )
+            )
+        headers = ["key", "status", "ref", "patches", "build", "size", "last used"]
+        click.echo(table(rows, headers) if rows else "no cached builds")
+        return ExitStatus.SUCCESS
+
+    @cache.command("clean")
+    @cache_option
+    @click.option("--all", "everything", is_flag=True, help="Remove every cached build.")
+    @click.option("--failed", is_flag=True, help="Remove cached build failures.")
+    @click.option("--older-than", type=float, metavar="DAYS", help="Unused for more than DAYS.")
+    @click.option("--max-size", metavar="SIZE", help="Evict least recently used down to SIZE.")
+    def clean(
+        cache_dir: Path | None,
+        everything: bool,
+        failed: bool,
+        older_than: float | None,
+        max_size: str | None,
+    ) -> ExitStatus:
+        """Remove cached builds by rule (at least one rule is required)."""
+        if not (everything or failed or older_than is not None or max_size):
+            raise BadInput(
+                "say what to clean: --all, --failed, --older-than DAYS or --max-size SIZE"
+            )
+        builds = BuildCache(cache_layout(cache_dir).builds)
+        removed = builds.clean(
+            everything=everything,
+            failed=failed,
+            older_than_s=older_than * 86400 if older_than is not None else None,
+            max_bytes=parse_size(max_size) if max_size else None,
+        )
+        click.echo(f"removed {len(removed)} cached build(s)")
+        return ExitStatus.SUCCESS

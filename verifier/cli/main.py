@@ -1,0 +1,52 @@
+"""Entry point: the ``verifier`` group, and the one place that maps errors to exit codes."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+import click
+
+from verifier import __version__
+from verifier.cli import build_cmd, cache_cmd, demo_cmd, verify_cmd
+from verifier.errors import ExitStatus, VerifierError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="verifier")
+def cli() -> None:
+    """Build memcached at any ref with any patches, flood it, catch hangs, bisect them.
+
+    Exit codes: 0 success (verify: bounded PASS), 1 HANG/CRASH, 2 bad input,
+    3 patch does not apply, 4 patch already applied, 5 build failed, 6 tool or package
+    missing, 7 scenario not applicable, 8 harness error, 9 inconclusive, 10 bad bisect
+    range, 11 unknown ref, 12 --expect not met, 130 interrupted.
+    """
+
+
+for module in (build_cmd, verify_cmd, demo_cmd, cache_cmd):
+    module.register(cli)
+
+
+def report_error(error: VerifierError) -> None:
+    click.secho(f"error: {error.message}", fg="red", err=True)
+    if error.detail:
+        click.echo(error.detail, err=True)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Run the CLI; never lets a traceback out for an expected failure."""
+    try:
+        status = cli.main(args=list(argv) if argv is not None else None, standalone_mode=False)
+    except VerifierError as error:
+        report_error(error)
+        sys.exit(int(error.status))
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        click.echo("interrupted", err=True)
+        sys.exit(int(ExitStatus.INTERRUPTED))
+    except click.exceptions.Exit as done:
+        sys.exit(done.exit_code)
+    except click.ClickException as error:
+        error.show()
+        sys.exit(int(ExitStatus.BAD_INPUT))
+    sys.exit(int(status) if isinstance(status, int) else 0)

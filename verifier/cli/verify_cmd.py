@@ -1,0 +1,228 @@
+"""``verifier verify`` and ``verifier scenarios``."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+import sys
+from pathlib import Path
+
+import click
+
+from verifier.cli.options import open_workspace, patch_options, source_options
+from verifier.errors import BadInput, ExitStatus
+from verifier.report.table import table
+from verifier.report.verify_report import render, write_report
+from verifier.scenario import AMPLIFIERS, DEFAULT_SCENARIO, list_scenarios, load_scenario
+from verifier.verdict.verdict import expectation_met
+from verifier.verify import VerifyOptions, verify
+
+_EXPECT_RE = re.compile(r"^(pass|crash|hang(:[\w-]+)?)$")
+
+
+class ProgressLine:
+    """One live status line on a terminal; a line every few seconds otherwise."""
+
+    def __init__(self, every_s: float = 5.0) -> None:
+        self.tty = sys.stderr.isatty()
+        self.every_s = every_s
+        self.last = 0.0
+
+    def __call__(self, text: str) -> None:
+        if self.tty:
+            click.echo("\r\033[K" + text[: click.get_terminal_size()[0] - 1], err=True, nl=False)
+            return
+        now = dt.datetime.now().timestamp()
+        if now - self.last >= self.every_s:
+            self.last = now
+            click.echo(text, err=True)
+
+    def done(self) -> None:
+        if self.tty:
+            click.echo("\r\033[K", err=True, nl=False)
+
+
+def default_run_dir(cache_runs: Path, label: str, scenario: str) -> Path:
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", label)[:40]
+    return cache_runs / f"{stamp}-{safe}-{scenario}-{os.getpid()}"
+
+
+def scenario_options(func):  # type: ignore[no-untyped-def]
+    for option in reversed(
+        [
+            click.option(
+                "--scenario",
+                default=DEFAULT_SCENARIO,
+                show_default=True,
+                help="Race to hunt: a name from `verifier scenarios` or a .toml file.",
+            ),
+            click.option(
+                "--amplify",
+                type=click.Choice(AMPLIFIERS),
+                default=None,
+                help="Race amplifier (default: the scenario's).",
+            ),
+            click.option(
+                "--delay-us",
+                type=click.IntRange(0),
+                default=None,
+                help="Override the amplifier's delay (gdb: hold time).",
+            ),
+            click.option(
+                "--soak",
+                "soak_s",
+                type=click.FloatRange(1.0),
+                default=20.0,
+                show_default=True,
+                help="Seconds of flood per trial.",
+            ),
+            click.option(
+                "--threads",
+                type=click.IntRange(1),
+                default=None,
+                help="Server worker threads (default: host cores).",
+            ),
+            click.option(
+                "--concurrency",
+                type=click.IntRange(1),
+                default=None,
+                help="Flood connections in flight (default: the scenario's).",
+            ),
+            click.option(
+                "--probe-client",
+                type=click.Choice(["auto", "telnet", "socket"]),
+                default="auto",
+                show_default=True,
+                help="Liveness probe carrier.",
+            ),
+        ]
+    ):
+        func = option(func)
+    return func
+
+
+def register(cli: click.Group) -> None:
+    @cli.command("scenarios")
+    def scenarios() -> ExitStatus:
+        """List the scenarios: what each targets and the server options it needs."""
+        rows = [
+            (
+                s.name + (" (default)" if s.name == DEFAULT_SCENARIO else ""),
+                s.summary,
+                s.expect,
+                ", ".join(s.amplifiers()),
+                f"-c {s.maxconns} (fd limit {s.maxconns}) " + " ".join(s.server_args),
+                ", ".join(s.requires_symbols),
+            )
+            for s in list_scenarios()
+        ]
+        click.echo(
+            table(
+                rows,
+                [
+                    "scenario",
+                    "targets",
+                    "signature",
+                    "amplifiers",
+                    "server options",
+                    "needs symbols",
+                ],
+            )
+        )
+        for s in list_scenarios():
+            click.echo(f"\n{s.name}: {s.targets}")
+        return ExitStatus.SUCCESS
+
+    @cli.command("verify")
+    @source_options
+    @click.option("--ref", help="Tag, branch or SHA (default with --source debian: Debian's tree).")
+    @patch_options
+    @scenario_options
+    @click.option(
+        "--trials",
+        type=click.IntRange(1),
+        default=3,
+        show_default=True,
+        help="Trials (each a fresh server); stops at the first hang.",
+    )
+    @click.option(
+        "--confidence", type=click.FloatRange(0.5, 0.999), default=0.95, show_default=True
+    )
+    @click.option(
+        "--baseline",
+        is_flag=True,
+        help="Measure the unpatched build's time-to-hang first and size the soak so "
+        "that 'fixed' holds at --confidence.",
+    )
+    @click.option(
+        "--expect",
+        default=None,
+        metavar="pass|hang|hang:CLASS|crash",
+        help="For CI: exit 0 when the verdict is this, 12 otherwise.",
+    )
+    @click.option(
+        "--run-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=None,
+        help="Where to keep logs and evidence (default: under the cache).",
+    )
+    def verify_command(
+        repo: str | None,
+        source: str | None,
+        cache_dir: Path | None,
+        ref: str | None,
+        patches: tuple[str, ...],
+        reverse: bool,
+        cflags: str | None,
+        rebuild: bool,
+        scenario: str,
+        amplify: str | None,
+        delay_us: int | None,
+        soak_s: float,
+        threads: int | None,
+        concurrency: int | None,
+        probe_client: str,
+        trials: int,
+        confidence: float,
+        baseline: bool,
+        expect: str | None,
+        run_dir: Path | None,
+    ) -> ExitStatus:
+        """Build, flood and probe memcached; say with evidence whether it hangs.
+
+        HANG and CRASH are proof (exit 1). No hang is a bound, never a bare PASS (exit 0).
+        """
+        if expect and not _EXPECT_RE.match(expect):
+            raise BadInput(f"bad --expect {expect!r} (pass, crash, hang or hang:CLASS)")
+        chosen = load_scenario(scenario)
+        workspace = open_workspace(repo, source, cache_dir)
+        request = workspace.request(ref, patches, reverse, cflags, rebuild)
+        options = VerifyOptions(
+            scenario=chosen,
+            amplify=amplify,
+            delay_us=delay_us,
+            trials=trials,
+            soak_s=soak_s,
+            threads=threads,
+            concurrency=concurrency,
+            confidence=confidence,
+            probe_client=None if probe_client == "auto" else probe_client,
+            baseline=baseline,
+        )
+        target = run_dir or default_run_dir(workspace.cache.runs, request.ref, chosen.name)
+        progress = ProgressLine()
+        try:
+            outcome = verify(
+                workspace.builder, request, options, workspace.cache.tools, target, progress
+            )
+        finally:
+            progress.done()
+        write_report(outcome, sys.argv)
+        click.echo(render(outcome))
+        if expect:
+            met = expectation_met(outcome.verdict, expect)
+            click.echo(f"expect {expect}: {'met' if met else 'NOT met'}", err=True)
+            return ExitStatus.SUCCESS if met else ExitStatus.EXPECTATION_FAILED
+        return outcome.verdict.status

@@ -1,0 +1,77 @@
+"""One exit-code enum for every command, and the error types that map onto it.
+
+Every failure the user can cause or meet is a ``VerifierError``: the CLI prints its
+message on one line and exits with its ``status``. Anything else is a bug.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class ExitStatus(enum.IntEnum):
+    """Exit codes of ``verifier`` (documented in README.md)."""
+
+    SUCCESS = 0  # build done; verify: bounded PASS; bisect: culprit found
+    HANG = 1  # verify: HANG or CRASH observed (the bug is there)
+    BAD_INPUT = 2  # bad option, unknown ref, missing file (click usage errors use 2 too)
+    PATCH_DOES_NOT_APPLY = 3
+    PATCH_ALREADY_APPLIED = 4
+    BUILD_FAILED = 5
+    ENV_MISSING = 6  # a tool or package is missing (compiler, libevent, gdb, deb-src ...)
+    NOT_APPLICABLE = 7  # the scenario does not apply to this build (symbols missing)
+    HARNESS_ERROR = 8  # the verifier could not run the experiment (no verdict)
+    INCONCLUSIVE = 9  # verify ran but never exercised the bug path; bisect could not decide
+    BAD_RANGE = 10  # bisect: the endpoints do not behave as claimed
+    UNKNOWN_REF = 11  # the ref (tag, branch, SHA) is not in the repository
+    EXPECTATION_FAILED = 12  # verify --expect: the verdict is not the expected one
+    INTERRUPTED = 130  # Ctrl-C (128 + SIGINT), as shells report it
+
+
+class VerifierError(Exception):
+    """An expected failure with a one-line message and an exit status."""
+
+    status: ExitStatus = ExitStatus.HARNESS_ERROR
+
+    def __init__(self, message: str, *, detail: str = "", status: ExitStatus | None = None):
+        super().__init__(message)
+        self.message = message
+        self.detail = detail  # extra lines (failing hunk, log tail), printed after the message
+        if status is not None:
+            self.status = status
+
+
+class BadInput(VerifierError):
+    status = ExitStatus.BAD_INPUT
+
+
+class UnknownRef(VerifierError):
+    status = ExitStatus.UNKNOWN_REF
+
+
+class PatchDoesNotApply(VerifierError):
+    status = ExitStatus.PATCH_DOES_NOT_APPLY
+
+
+class PatchAlreadyApplied(VerifierError):
+    status = ExitStatus.PATCH_ALREADY_APPLIED
+
+
+class BuildFailed(VerifierError):
+    status = ExitStatus.BUILD_FAILED
+
+
+class EnvironmentMissing(VerifierError):
+    status = ExitStatus.ENV_MISSING
+
+
+class NotApplicable(VerifierError):
+    status = ExitStatus.NOT_APPLICABLE
+
+
+class HarnessError(VerifierError):
+    status = ExitStatus.HARNESS_ERROR
+
+
+class BadRange(VerifierError):
+    status = ExitStatus.BAD_RANGE

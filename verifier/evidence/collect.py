@@ -1,0 +1,106 @@
+"""Gather and save the evidence of a hang (or crash) into the trial's run directory.
+
+Order matters: stats from the held connection first (gdb stops the process), then /proc,
+then gdb. The held connection stays open until everything is taken: closing it would
+re-enable accepting in the lost wake-up hang and destroy the evidence.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+from pathlib import Path
+from typing import Any
+
+from verifier import __version__
+from verifier.evidence import gdb, procfs
+from verifier.evidence.classify import Evidence, Signature, classify
+from verifier.util.atomic import write_json, write_text
+from verifier.util.proc import run
+
+
+def environment() -> dict[str, Any]:
+    def read(path: str) -> str:
+        try:
+            return Path(path).read_text().strip()
+        except OSError:
+            return "?"
+
+    return {
+        "verifier": __version__,
+        "kernel": platform.release(),
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "perf_event_paranoid": read("/proc/sys/kernel/perf_event_paranoid"),
+        "ptrace_scope": read("/proc/sys/kernel/yama/ptrace_scope"),
+        "euid": os.geteuid(),
+    }
+
+
+def collect_hang(
+    pid: int,
+    out_dir: Path,
+    *,
+    held_stats: dict[str, str] | None,
+    had_held: bool,
+    held_local_port: int | None,
+    variables: tuple[str, ...],
+) -> tuple[Signature, Evidence]:
+    """Take and save all evidence of a hung server (which keeps running), then classify."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    threads = procfs.thread_states(pid)
+    sockets = procfs.open_sockets(pid)
+    dump = gdb.dump(pid, variables)
+    evidence = Evidence(
+        pid=pid,
+        stacks=dump.threads,
+        threads=threads,
+        variables=dump.variables,
+        sockets=sockets,
+        held_stats=held_stats,
+        held_local_port=held_local_port,
+    )
+    signature = classify(evidence, had_held)
+    write_text(out_dir / "backtraces.txt", dump.text)
+    write_json(out_dir / "threads.json", procfs.as_jsonable(threads))
+    write_json(out_dir / "sockets.json", procfs.as_jsonable(sockets))
+    write_json(out_dir / "held-connection-stats.json", held_stats or {"answer": None})
+    write_json(out_dir / "variables.json", dump.variables)
+    write_json(out_dir / "environment.json", environment())
+    write_json(
+        out_dir / "signature.json",
+        {
+            "class": signature.hang_class,
+            "liveness": signature.liveness,
+            "summary": signature.summary,
+            "details": signature.details,
+        },
+    )
+    return signature, evidence
+
+
+_BIAS_RE = re.compile(r"load-bias (0x[0-9a-f]+)")
+_FRAME_RE = re.compile(r"\[(0x[0-9a-f]+)\]")
+
+
+def symbolise_crash(binary: Path, server_log: str) -> str:
+    """Turn the preload library's crash backtrace (addresses) into function names/lines."""
+    bias = _BIAS_RE.search(server_log)
+    if not bias:
+        return ""
+    start = server_log.rfind("amplify: fatal signal")
+    block = server_log[start:] if start >= 0 else server_log
+    base = int(bias[1], 16)
+    lines = []
+    for line in block.splitlines():
+        if str(binary.name) not in line:
+            continue
+        match = _FRAME_RE.search(line)
+        if not match:
+            continue
+        offset = int(match[1], 16) - base
+        result = run(["addr2line", "-f", "-C", "-i", "-e", str(binary), hex(offset)], timeout_s=10)
+        names = result.output.split()
+        lines.append(f"{hex(offset)} {' '.join(names[:2])}" if result.ok else line.strip())
+    return "\n".join(lines)

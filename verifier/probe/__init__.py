@@ -1,0 +1,1 @@
+"""Liveness probes: telnet-style ``stats`` checks with pexpect."""

@@ -1,0 +1,149 @@
+"""Telnet-style sessions with pexpect: the ``telnet`` client when installed, a socket otherwise.
+
+A session sends text commands and waits for a terminator (``END`` for ``stats``), exactly
+as a person at a terminal would check a memcached by hand.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import time
+from dataclasses import dataclass
+
+import pexpect
+import pexpect.fdpexpect
+
+TELNET_ENV = "VERIFIER_PROBE_CLIENT"  # "telnet" or "socket" forces one kind
+
+
+class ProbeTimeout(Exception):
+    """No connection, or no complete reply, within the timeout."""
+
+    def __init__(self, stage: str, message: str) -> None:
+        super().__init__(message)
+        self.stage = stage  # "connect" or "reply"
+
+
+def client_kind(preferred: str | None = None) -> str:
+    kind = preferred or os.environ.get(TELNET_ENV) or "auto"
+    if kind == "auto":
+        return "telnet" if shutil.which("telnet") else "socket"
+    if kind not in ("telnet", "socket"):
+        raise ValueError(f"unknown probe client {kind!r}")
+    return kind
+
+
+@dataclass
+class TelnetSession:
+    """One open connection; ``kind`` tells which client carries it."""
+
+    kind: str
+    child: pexpect.spawn | pexpect.fdpexpect.fdspawn
+    sock: socket.socket | None = None
+
+    @classmethod
+    def open(cls, host: str, port: int, timeout_s: float, kind: str | None = None) -> TelnetSession:
+        kind = client_kind(kind)
+        if kind == "telnet":
+            child = pexpect.spawn(
+                "telnet",
+                [host, str(port)],
+                timeout=timeout_s,
+                encoding="utf-8",
+                codec_errors="replace",
+                env={**os.environ, "TERM": "dumb"},
+            )
+            try:
+                child.expect("Escape character is", timeout=timeout_s)
+            except pexpect.TIMEOUT:
+                child.close(force=True)
+                raise ProbeTimeout(
+                    "connect", f"telnet: no connection within {timeout_s:.1f}s"
+                ) from None
+            except pexpect.EOF:
+                said = " ".join(str(child.before).split())[-120:]
+                child.close(force=True)
+                raise ProbeTimeout("connect", f"telnet: {said or 'exited'}") from None
+            return cls(kind, child)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.settimeout(timeout_s)
+        try:
+            sock.connect((host, port))
+        except OSError as exc:
+            sock.close()
+            raise ProbeTimeout("connect", f"socket: connect failed: {exc}") from None
+        sock.setblocking(True)
+        child = pexpect.fdpexpect.fdspawn(
+            sock.fileno(), timeout=timeout_s, encoding="utf-8", codec_errors="replace"
+        )
+        return cls(kind, child, sock)
+
+    def command(self, line: str, until: str = "END", timeout_s: float = 1.0) -> str:
+        """Send ``line`` and return the reply up to and including ``until``."""
+        self.child.send(line + "\r\n")
+        try:
+            self.child.expect(f"{until}\r\n", timeout=timeout_s)
+        except pexpect.TIMEOUT:
+            raise ProbeTimeout("reply", f"no {until} within {timeout_s:.1f}s") from None
+        except pexpect.EOF:
+            raise ProbeTimeout("reply", "connection closed before the reply") from None
+        return str(self.child.before) + until
+
+    def stats(self, timeout_s: float = 1.0) -> dict[str, str]:
+        return parse_stats(self.command("stats", "END", timeout_s))
+
+    def local_port(self) -> int | None:
+        """Our end's port, so evidence can tell the held connection from clients."""
+        if self.sock is not None:
+            return int(self.sock.getsockname()[1])
+        from verifier.evidence.procfs import open_sockets
+
+        mine = [s for s in open_sockets(self.child.pid) if s.state == "ESTABLISHED"]
+        return int(mine[0].local.rsplit(":", 1)[1]) if mine else None
+
+    def close(self) -> None:
+        try:
+            if self.kind == "telnet":
+                self.child.close(force=True)
+            elif self.sock is not None:
+                self.sock.close()
+        except (OSError, pexpect.ExceptionPexpect):
+            pass
+
+
+def parse_stats(text: str) -> dict[str, str]:
+    stats: dict[str, str] = {}
+    for line in text.splitlines():
+        parts = line.strip().split(" ", 2)
+        if len(parts) == 3 and parts[0] == "STAT":
+            stats[parts[1]] = parts[2]
+    return stats
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    ok: bool
+    latency_s: float
+    stage: str  # "ok", "connect" or "reply"
+    detail: str = ""
+    stats: dict[str, str] | None = None
+
+
+def probe_new_connection(
+    host: str, port: int, timeout_s: float, kind: str | None = None
+) -> ProbeResult:
+    """Open a NEW connection, send ``stats``, expect ``END``: is the listener alive?"""
+    started = time.monotonic()
+    deadline = started + timeout_s
+    session: TelnetSession | None = None
+    try:
+        session = TelnetSession.open(host, port, timeout_s, kind)
+        stats = session.stats(max(0.05, deadline - time.monotonic()))
+        return ProbeResult(True, time.monotonic() - started, "ok", stats=stats)
+    except ProbeTimeout as exc:
+        return ProbeResult(False, time.monotonic() - started, exc.stage, str(exc))
+    finally:
+        if session is not None:
+            session.close()

@@ -1,0 +1,1 @@
+"""Rendering results: tables for people, JSON for machines."""

@@ -1,0 +1,1 @@
+"""Running memcached: the server process and its lifecycle."""

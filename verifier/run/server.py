@@ -1,0 +1,151 @@
+"""Run one memcached on 127.0.0.1: free port, fd limit = -c, verbose log, always stopped.
+
+The server gets its own process group (stopped with killpg) and a parent-death signal,
+so it dies with the verifier even when the verifier is SIGKILLed. As root, memcached
+needs ``-u nobody``; its setuid() clears the parent-death signal, so the preload library
+re-arms it (VERIFIER_PDEATHSIG) right after the switch.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+from verifier.errors import HarnessError
+from verifier.util.proc import die_with_parent, kill_group
+
+HOST = "127.0.0.1"
+READY_TIMEOUT_S = 10.0
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    binary: Path
+    threads: int
+    maxconns: int
+    extra_args: tuple[str, ...] = ()
+    env: Mapping[str, str] = field(default_factory=dict)  # e.g. LD_PRELOAD for the amplifier
+    fd_limit: int | None = None  # RLIMIT_NOFILE of the server; default: maxconns
+
+    def argv(self, port: int) -> list[str]:
+        args = [str(self.binary), "-l", HOST, "-p", str(port), "-U", "0"]
+        args += ["-t", str(self.threads), "-c", str(self.maxconns), "-v"]
+        if os.geteuid() == 0:
+            args += ["-u", "nobody"]
+        return args + list(self.extra_args)
+
+
+class MemcachedServer:
+    """Context manager around one server process."""
+
+    def __init__(self, config: ServerConfig, log_path: Path) -> None:
+        self.config = config
+        self.log_path = log_path
+        self.port = 0
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.started_at = 0.0
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def __enter__(self) -> MemcachedServer:
+        self.start()
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def _preexec(self) -> None:
+        limit = self.config.fd_limit or self.config.maxconns
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+        die_with_parent()
+
+    def start(self, attempts: int = 3) -> None:
+        env = dict(os.environ)
+        env.update(self.config.env)
+        env["VERIFIER_PDEATHSIG"] = str(int(signal.SIGKILL))
+        env["VERIFIER_PARENT_PID"] = str(os.getpid())
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(attempts):
+            self.port = free_port()
+            with open(self.log_path, "ab") as log:
+                self.proc = subprocess.Popen(
+                    self.config.argv(self.port),
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                    start_new_session=True,
+                    preexec_fn=self._preexec,
+                )
+            self.started_at = time.monotonic()
+            if self._wait_ready():
+                return
+            self.stop()  # port taken by someone else in between, or the server died: retry
+        raise HarnessError(f"memcached did not start; see {self.log_path}:\n{self.log_tail()}")
+
+    def _wait_ready(self) -> bool:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.proc is None or self.proc.poll() is not None:
+                return False
+            try:
+                with socket.create_connection((HOST, self.port), timeout=0.5) as sock:
+                    sock.sendall(b"version\r\n")
+                    if sock.recv(64).startswith(b"VERSION"):
+                        return True
+            except OSError:
+                time.sleep(0.05)
+        return False
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            kill_group(self.proc)
+
+    # -- state ----------------------------------------------------------------------------
+    @property
+    def pid(self) -> int:
+        if self.proc is None:
+            raise HarnessError("server not started")
+        return self.proc.pid
+
+    def exited(self) -> int | None:
+        """None while running; else the return code (negative: killed by that signal)."""
+        return None if self.proc is None else self.proc.poll()
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+def server_options_for(binary: Path, options: Sequence[tuple[tuple[str, ...], str]]) -> list[str]:
+    """Recipe server options whose condition (a word in ``memcached -h``) holds."""
+    if not options:
+        return []
+    try:
+        help_text = subprocess.run(
+            [str(binary), "-h"], capture_output=True, text=True, timeout=10, errors="replace"
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise HarnessError(f"cannot run {binary} -h: {exc}") from None
+    args: list[str] = []
+    for option_args, mentions in options:
+        if not mentions or mentions in help_text:
+            args += option_args
+    return args

@@ -1,0 +1,1 @@
+"""Obtaining memcached source: git repositories (URL or path) and Debian source packages."""

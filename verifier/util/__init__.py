@@ -1,0 +1,1 @@
+"""Small typed helpers shared by the pipeline stages."""
