@@ -80,27 +80,27 @@ def collect_hang(
     return signature, evidence
 
 
-_BIAS_RE = re.compile(r"load-bias (0x[0-9a-f]+)")
-_FRAME_RE = re.compile(r"\[(0x[0-9a-f]+)\]")
+_FRAME_RE = re.compile(r"\(\+(0x[0-9a-f]+)\)\[0x[0-9a-f]+\]")
 
 
 def symbolise_crash(binary: Path, server_log: str) -> str:
-    """Turn the preload library's crash backtrace (addresses) into function names/lines."""
-    bias = _BIAS_RE.search(server_log)
-    if not bias:
-        return ""
+    """Turn the preload library's crash backtrace into function names and lines.
+
+    Frames of the binary carry their module offset ("memcached(+0x48f8)"); addr2line gets
+    offset - 1, since a return address points after its call (and after a noreturn abort).
+    """
     start = server_log.rfind("amplify: fatal signal")
-    block = server_log[start:] if start >= 0 else server_log
-    base = int(bias[1], 16)
+    if start < 0:
+        return ""
     lines = []
-    for line in block.splitlines():
-        if str(binary.name) not in line:
-            continue
+    for line in server_log[start:].splitlines():
         match = _FRAME_RE.search(line)
-        if not match:
+        if binary.name not in line or not match:
             continue
-        offset = int(match[1], 16) - base
+        offset = int(match[1], 16) - 1
         result = run(["addr2line", "-f", "-C", "-i", "-e", str(binary), hex(offset)], timeout_s=10)
-        names = result.output.split()
-        lines.append(f"{hex(offset)} {' '.join(names[:2])}" if result.ok else line.strip())
+        pairs = result.output.split("\n")
+        names = [pairs[i].strip() for i in range(0, len(pairs) - 1, 2) if pairs[i].strip()]
+        where = pairs[1].rsplit("/", 1)[-1].strip() if len(pairs) > 1 else "?"
+        lines.append(f"{' < '.join(names) or '??'} ({where})" if result.ok else line.strip())
     return "\n".join(lines)

@@ -1,0 +1,276 @@
+"""verify on Debian's real memcached: real floods, real hangs, real evidence."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import (
+    CRASH_FIXTURE,
+    LOST_WAKEUP_FIX,
+    MAXCONNS_FIX,
+    RACE_FIXTURE,
+    ROOT,
+    _children_named,
+    run_cli,
+)
+from verifier.errors import ExitStatus
+from verifier.paths import CacheLayout
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def verify(
+    cache: CacheLayout, run_dir: Path, *args: str, env: dict[str, str] | None = None
+) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+    result = run_cli(
+        "verify", "--source", "debian", "--run-dir", str(run_dir), *args, cache=cache, env=env
+    )
+    report_path = run_dir / "report.json"
+    assert report_path.is_file(), result.stderr
+    return result, json.loads(report_path.read_text())
+
+
+@pytest.fixture(scope="module")
+def race_hang(cache_layout: CacheLayout, tmp_path_factory) -> tuple[Any, dict[str, Any]]:
+    run_dir = tmp_path_factory.mktemp("race-hang")
+    return verify(
+        cache_layout,
+        run_dir,
+        "--patch",
+        str(RACE_FIXTURE),
+        "--amplify",
+        "watch",
+        "--soak",
+        "20",
+        "--trials",
+        "2",
+    )
+
+
+def test_reintroduced_race_hangs_with_the_self_deadlock_signature(race_hang) -> None:
+    result, report = race_hang
+    assert result.returncode == ExitStatus.HANG, result.stderr
+    verdict = report["verdict"]
+    assert verdict["kind"] == "HANG" and verdict["hang_class"] == "self-deadlock"
+    trial = report["trials"][-1]
+    details = trial["signature"]["details"]
+    assert details["lock"] == "conn_lock"
+    assert details["chain"] == ["accept_new_conns", "maxconns_handler", "accept_new_conns"]
+    assert trial["liveness"] == "listener dead, workers alive"
+    assert trial["amplifier_triggers"] >= 1 and trial["emfile_episodes"] >= 1
+    evidence = Path(trial["run_dir"]) / "evidence"
+    backtraces = (evidence / "backtraces.txt").read_text()
+    assert "accept_new_conns (do_accept=do_accept@entry=true)" in backtraces
+    assert (
+        json.loads((evidence / "held-connection-stats.json").read_text())["accepting_conns"] == "0"
+    )
+    assert "hung thread:" in result.stdout and "pthread_mutex_lock" in result.stdout
+
+
+def test_race_plus_fix_is_a_bounded_pass(cache_layout: CacheLayout, tmp_path: Path) -> None:
+    result, report = verify(
+        cache_layout,
+        tmp_path,
+        "--patch",
+        str(RACE_FIXTURE),
+        "--patch",
+        str(MAXCONNS_FIX),
+        "--soak",
+        "12",
+        "--trials",
+        "1",
+    )
+    assert result.returncode == ExitStatus.SUCCESS, result.stdout + result.stderr
+    verdict = report["verdict"]
+    assert verdict["kind"] == "PASS"
+    assert "0 hangs in 12.0 s" in verdict["headline"] and "at 95%" in verdict["headline"]
+    assert verdict["rate_upper_bound_per_s"] == pytest.approx(2.9957 / 12, rel=0.01)
+    trial = report["trials"][0]
+    assert trial["amplifier_triggers"] >= 1  # the window was stretched, and still no hang
+    assert trial["emfile_episodes"] >= 1
+
+
+def test_pristine_debian_is_a_bounded_pass(cache_layout: CacheLayout, tmp_path: Path) -> None:
+    result, report = verify(
+        cache_layout, tmp_path, "--soak", "10", "--trials", "1", "--expect", "pass"
+    )
+    assert result.returncode == ExitStatus.SUCCESS, result.stdout + result.stderr
+    assert report["verdict"]["kind"] == "PASS"
+    assert report["trials"][0]["flood"]["cycles"] > 1000
+
+
+def test_abort_under_load_is_a_crash(cache_layout: CacheLayout, tmp_path: Path) -> None:
+    result, report = verify(
+        cache_layout,
+        tmp_path,
+        "--patch",
+        str(CRASH_FIXTURE),
+        "--amplify",
+        "none",
+        "--soak",
+        "15",
+        "--trials",
+        "1",
+    )
+    assert result.returncode == ExitStatus.HANG, result.stdout + result.stderr
+    trial = report["trials"][0]
+    assert report["verdict"]["kind"] == "CRASH"
+    assert trial["crash_signal"] == "SIGABRT"
+    assert "do_accept_new_conns" in trial["crash_backtrace"]
+
+
+def test_saturation_is_never_a_hang(cache_layout: CacheLayout, tmp_path: Path) -> None:
+    """A tiny connection limit and a huge flood make new-connection probes fail; the drain
+    shows the server alive each time, so the verdict must not be HANG."""
+    scenario = tmp_path / "saturate.toml"
+    scenario.write_text(
+        'name = "saturate"\nsummary = "flood only"\nexpect = "unknown"\n'
+        "requires_symbols = []\n[server]\nmaxconns = 24\n[flood]\nconcurrency = 1500\n"
+        'mix = { get = 1.0 }\n[amplify]\ndefault = "none"\n'
+    )
+    result, report = verify(
+        cache_layout,
+        tmp_path / "run",
+        "--scenario",
+        str(scenario),
+        "--soak",
+        "12",
+        "--trials",
+        "1",
+        "--probe-client",
+        "socket",
+    )
+    assert report["verdict"]["kind"] != "HANG", result.stdout
+    trial = report["trials"][0]
+    assert trial["outcome"] == "clean"
+    assert trial["saturation_episodes"] >= 1, "the flood never saturated: the test proves nothing"
+
+
+def test_lost_wakeup_hangs_pristine_debian(cache_layout: CacheLayout, tmp_path: Path) -> None:
+    result, report = verify(
+        cache_layout,
+        tmp_path,
+        "--scenario",
+        "listener-lost-wakeup",
+        "--soak",
+        "20",
+        "--expect",
+        "hang:listener-lost-wakeup",
+    )
+    assert result.returncode == ExitStatus.SUCCESS, result.stdout + result.stderr
+    trial = report["trials"][-1]
+    assert trial["hang_class"] == "listener-lost-wakeup"
+    details = trial["signature"]["details"]
+    assert details["allow_new_conns"] == "0" and details["client_sockets"] == 0
+    threads = json.loads((Path(trial["run_dir"]) / "evidence" / "threads.json").read_text())
+    assert threads[0]["syscall"] in ("epoll_wait", "epoll_pwait")
+
+
+def test_lost_wakeup_fix_is_a_bounded_pass(cache_layout: CacheLayout, tmp_path: Path) -> None:
+    result, report = verify(
+        cache_layout,
+        tmp_path,
+        "--scenario",
+        "listener-lost-wakeup",
+        "--patch",
+        str(LOST_WAKEUP_FIX),
+        "--soak",
+        "12",
+        "--trials",
+        "1",
+    )
+    assert result.returncode == ExitStatus.SUCCESS, result.stdout + result.stderr
+    assert report["verdict"]["kind"] == "PASS"
+    assert report["trials"][0]["amplifier_triggers"] >= 10  # EMFILE hit again and again
+
+
+def test_scenario_with_missing_symbols_is_not_applicable(
+    cache_layout: CacheLayout, tmp_path: Path
+) -> None:
+    scenario = tmp_path / "future.toml"
+    scenario.write_text(
+        'name = "future"\nsummary = "needs code memcached does not have"\nexpect = "unknown"\n'
+        'requires_symbols = ["maxconns_handler", "no_such_function_xyz"]\n'
+        '[amplify]\ndefault = "none"\n'
+    )
+    result, report = verify(cache_layout, tmp_path / "run", "--scenario", str(scenario))
+    assert result.returncode == ExitStatus.NOT_APPLICABLE
+    assert report["verdict"]["kind"] == "NOT APPLICABLE"
+    assert report["not_applicable_missing_symbols"] == ["no_such_function_xyz"]
+    assert report["trials"] == []
+
+
+def test_expect_mismatch_has_its_own_exit_code(race_hang, cache_layout, tmp_path) -> None:
+    result, _ = verify(
+        cache_layout,
+        tmp_path,
+        "--patch",
+        str(RACE_FIXTURE),
+        "--soak",
+        "20",
+        "--expect",
+        "hang:listener-lost-wakeup",
+    )
+    assert result.returncode == ExitStatus.EXPECTATION_FAILED
+
+
+def test_killed_verifier_leaves_no_server_behind(
+    cache_layout: CacheLayout, tmp_path: Path, pristine
+) -> None:
+    """SIGKILL the verifier mid-soak: the parent-death signal (re-armed after memcached's
+    setuid to nobody) takes the server down, and the flood workers with it."""
+    env = {**os.environ, "VERIFIER_CACHE_DIR": str(cache_layout.root)}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "verifier",
+            "verify",
+            "--source",
+            "debian",
+            "--soak",
+            "60",
+            "--trials",
+            "1",
+            "--run-dir",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        servers: list[int] = []
+        while time.monotonic() < deadline and not servers:
+            time.sleep(0.2)
+            servers = _children_named("memcached")
+        assert servers, "the verifier never started memcached"
+        time.sleep(2.0)  # flooding now
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        alive = servers
+        while alive and time.monotonic() < deadline:
+            time.sleep(0.1)
+            alive = [
+                pid
+                for pid in servers
+                if Path(f"/proc/{pid}").exists()
+                and "Z" not in Path(f"/proc/{pid}/stat").read_text().split(")")[-1][:3]
+            ]
+        assert not alive, f"memcached outlived the verifier: {alive}"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
