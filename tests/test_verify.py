@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from conftest import (
     CRASH_FIXTURE,
     LOST_WAKEUP_FIX,
@@ -22,6 +21,7 @@ from conftest import (
     _children_named,
     run_cli,
 )
+
 from verifier.errors import ExitStatus
 from verifier.paths import CacheLayout
 

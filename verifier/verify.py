@@ -63,7 +63,7 @@ def check_applicable(binary: Path, scenario: Scenario) -> list[str]:
     return missing_symbols(binary, scenario.requires_symbols)
 
 
-def _settings(options: VerifyOptions, build: BuildResult, soak_s: float) -> TrialSettings:
+def trial_settings(options: VerifyOptions, build: BuildResult, soak_s: float) -> TrialSettings:
     recipe_args = server_options_for(
         build.binary, [(o.args, o.when_help_mentions) for o in build.recipe.server_options]
     )
@@ -97,7 +97,7 @@ def run_trials(
         this_soak = soak_s if total_soak_s is None else min(soak_s, total_soak_s - spent)
         if this_soak <= 0:
             break
-        settings = _settings(options, build, this_soak)
+        settings = trial_settings(options, build, this_soak)
         trial = run_trial(
             index,
             build.binary,

@@ -12,6 +12,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from verifier.build.cache import BuildCache, CacheEntry
 from verifier.build.recipe import Recipe, load_recipes, select_recipe
@@ -57,6 +58,15 @@ class BuildResult:
     @property
     def build_seconds(self) -> float:
         return float(self.entry.meta.get("build_seconds", 0.0))
+
+
+class _Plan(NamedTuple):
+    sha: str
+    describe: str
+    recipe: Recipe
+    patches: list[PatchFile]
+    toolchain: Toolchain
+    key: str
 
 
 def _version_of(request: BuildRequest, sha: str) -> tuple[tuple[int, int, int], str]:
@@ -106,14 +116,22 @@ class Builder:
             check_libevent()
         return self._toolchain
 
-    def build(self, request: BuildRequest) -> BuildResult:
-        started = time.monotonic()
+    def _plan(self, request: BuildRequest) -> _Plan:
         toolchain = self.toolchain(request.cflags)
         patches = [PatchFile.load(path) for path in request.patches]
         sha = request.source.git.resolve(request.ref)
         version, describe = _version_of(request, sha)
         recipe = select_recipe(self.recipes, version, describe)
         key = build_key(sha, patches, request.reverse, recipe, toolchain)
+        return _Plan(sha, describe, recipe, patches, toolchain, key)
+
+    def is_cached(self, request: BuildRequest) -> bool:
+        """Whether ``build(request)`` would be a lookup (a success or a known failure)."""
+        return self.cache.get(self._plan(request).key) is not None
+
+    def build(self, request: BuildRequest) -> BuildResult:
+        started = time.monotonic()
+        sha, describe, recipe, patches, toolchain, key = self._plan(request)
 
         def result(entry: CacheEntry, hit: bool, notes: list[str]) -> BuildResult:
             return BuildResult(

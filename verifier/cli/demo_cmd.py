@@ -28,8 +28,14 @@ FIX = "maxconns-fix.diff"
 def register(cli: click.Group) -> None:
     @cli.command("demo")
     @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None)
-    @click.option("--soak", "soak_s", type=click.FloatRange(1.0), default=20.0, show_default=True,
-                  help="Seconds of flood per trial for the fixed build.")
+    @click.option(
+        "--soak",
+        "soak_s",
+        type=click.FloatRange(1.0),
+        default=20.0,
+        show_default=True,
+        help="Seconds of flood per trial for the fixed build.",
+    )
     @click.option("--trials", type=click.IntRange(1), default=3, show_default=True)
     def demo(cache_dir: Path | None, soak_s: float, trials: int) -> ExitStatus:
         """Catch the 1.4.6 self-deadlock in Debian's memcached, then verify the fix."""
@@ -48,13 +54,17 @@ def register(cli: click.Group) -> None:
             run_dir = default_run_dir(workspace.cache.runs, "demo", scenario.name)
             progress = ProgressLine()
             try:
-                outcome = verify(workspace.builder, request, options, workspace.cache.tools,
-                                 run_dir, progress)
+                outcome = verify(
+                    workspace.builder, request, options, workspace.cache.tools, run_dir, progress
+                )
             finally:
                 progress.done()
             write_report(outcome, sys.argv)
             click.echo(render(outcome))
             ok &= outcome.verdict.kind == wanted
-        click.secho("\ndemo: " + ("as expected" if ok else "NOT as expected"),
-                    fg="green" if ok else "red", bold=True)
+        click.secho(
+            "\ndemo: " + ("as expected" if ok else "NOT as expected"),
+            fg="green" if ok else "red",
+            bold=True,
+        )
         return ExitStatus.SUCCESS if ok else ExitStatus.EXPECTATION_FAILED

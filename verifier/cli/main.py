@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import click
 
 from verifier import __version__
-from verifier.cli import build_cmd, cache_cmd, demo_cmd, verify_cmd
+from verifier.cli import bisect_cmd, build_cmd, cache_cmd, demo_cmd, verify_cmd
 from verifier.errors import ExitStatus, VerifierError
 
 
@@ -24,7 +24,7 @@ def cli() -> None:
     """
 
 
-for module in (build_cmd, verify_cmd, demo_cmd, cache_cmd):
+for module in (build_cmd, verify_cmd, bisect_cmd, demo_cmd, cache_cmd):
     module.register(cli)
 
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import os
+import re
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +16,7 @@ import click
 from verifier.build.builder import Builder, BuildRequest
 from verifier.paths import CACHE_ENV, CacheLayout, default_cache_dir
 from verifier.resources import resolve_patch
+from verifier.scenario import AMPLIFIERS, DEFAULT_SCENARIO
 from verifier.source.select import SourceChoice, choose_source
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -90,3 +95,85 @@ def open_workspace(repo: str | None, source: str | None, cache_dir: Path | None)
     layout = cache_layout(cache_dir)
     choice = choose_source(repo, source, layout)
     return Workspace(layout, choice, Builder(layout.builds, layout.locks))
+
+
+class ProgressLine:
+    """One live status line on a terminal; a line every few seconds otherwise."""
+
+    def __init__(self, every_s: float = 5.0) -> None:
+        self.tty = sys.stderr.isatty()
+        self.every_s = every_s
+        self.last = 0.0
+
+    def __call__(self, text: str) -> None:
+        if self.tty:
+            click.echo("\r\033[K" + text[: click.get_terminal_size()[0] - 1], err=True, nl=False)
+            return
+        now = dt.datetime.now().timestamp()
+        if now - self.last >= self.every_s:
+            self.last = now
+            click.echo(text, err=True)
+
+    def done(self) -> None:
+        if self.tty:
+            click.echo("\r\033[K", err=True, nl=False)
+
+
+def default_run_dir(cache_runs: Path, label: str, scenario: str) -> Path:
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", label)[:40]
+    return cache_runs / f"{stamp}-{safe}-{scenario}-{os.getpid()}"
+
+
+def scenario_options(func):  # type: ignore[no-untyped-def]
+    for option in reversed(
+        [
+            click.option(
+                "--scenario",
+                default=DEFAULT_SCENARIO,
+                show_default=True,
+                help="Race to hunt: a name from `verifier scenarios` or a .toml file.",
+            ),
+            click.option(
+                "--amplify",
+                type=click.Choice(AMPLIFIERS),
+                default=None,
+                help="Race amplifier (default: the scenario's).",
+            ),
+            click.option(
+                "--delay-us",
+                type=click.IntRange(0),
+                default=None,
+                help="Override the amplifier's delay (gdb: hold time).",
+            ),
+            click.option(
+                "--soak",
+                "soak_s",
+                type=click.FloatRange(1.0),
+                default=20.0,
+                show_default=True,
+                help="Seconds of flood per trial.",
+            ),
+            click.option(
+                "--threads",
+                type=click.IntRange(1),
+                default=None,
+                help="Server worker threads (default: host cores).",
+            ),
+            click.option(
+                "--concurrency",
+                type=click.IntRange(1),
+                default=None,
+                help="Flood connections in flight (default: the scenario's).",
+            ),
+            click.option(
+                "--probe-client",
+                type=click.Choice(["auto", "telnet", "socket"]),
+                default="auto",
+                show_default=True,
+                help="Liveness probe carrier.",
+            ),
+        ]
+    ):
+        func = option(func)
+    return func

@@ -1,0 +1,129 @@
+"""A synthetic memcached history for bisect tests and benchmarks, made at run time from
+Debian's source (never committed): harmless edits, one commit that reintroduces the 1.4.6
+race, one that does not build (repaired by the next), and a later one that fixes the race.
+
+    index  commit
+    0      base (debian/<version>)                  good
+    1-5    harmless
+    6      breaks the build
+    7      repairs the build
+    8-9    harmless
+    10     INTRODUCE: reintroduce-maxconns-race     first bad
+    11-19  harmless                                 (15 is the regression search's bad end)
+    20     FIX: maxconns-fix                        first fixed
+    21-23  harmless
+"""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "tests" / "fixtures" / "patches"
+INTRODUCE, BROKEN, FIX, REGRESSION_BAD, LAST = 10, 6, 20, 15, 23
+
+
+@dataclass(frozen=True)
+class History:
+    path: Path
+    shas: tuple[str, ...]  # by index, see the module docstring
+
+    @property
+    def good(self) -> str:
+        return self.shas[0]
+
+    @property
+    def introduce(self) -> str:
+        return self.shas[INTRODUCE]
+
+    @property
+    def fix(self) -> str:
+        return self.shas[FIX]
+
+    @property
+    def broken(self) -> str:
+        return self.shas[BROKEN]
+
+    @property
+    def regression_bad(self) -> str:
+        return self.shas[REGRESSION_BAD]
+
+    @property
+    def last(self) -> str:
+        return self.shas[LAST]
+
+
+def _git(repo: Path, *args: str, env: dict[str, str] | None = None) -> str:
+    return subprocess.run(
+        ["git", "-C", str(repo), *args], check=True, capture_output=True, text=True, env=env
+    ).stdout.strip()
+
+
+def make_history(debian_repo: Path, base_ref: str, dest: Path) -> History:
+    """Clone the Debian import and add the commits; identical SHAs on every run."""
+    if not (dest / ".git").exists():
+        subprocess.run(["git", "clone", "-q", str(debian_repo), str(dest)], check=True)
+        _git(dest, "checkout", "-q", "-B", "synthetic", base_ref)
+        _build_commits(dest)
+    shas = _git(dest, "rev-list", "--first-parent", "--reverse", f"{base_ref}^..synthetic")
+    return History(dest, tuple(shas.split()))
+
+
+def _build_commits(repo: Path) -> None:
+    env = {
+        "GIT_AUTHOR_NAME": "Synthetic History",
+        "GIT_AUTHOR_EMAIL": "synthetic@example.invalid",
+        "GIT_COMMITTER_NAME": "Synthetic History",
+        "GIT_COMMITTER_EMAIL": "synthetic@example.invalid",
+        "PATH": "/usr/bin:/bin",
+    }
+
+    def commit(index: int, subject: str) -> None:
+        stamp = f"2024-01-{index:02d}T12:00:00Z" if index else "2024-01-31T12:00:00Z"
+        _git(repo, "add", "-A")
+        _git(
+            repo,
+            "commit",
+            "-q",
+            "--no-verify",
+            "-m",
+            subject,
+            env={**env, "GIT_AUTHOR_DATE": stamp, "GIT_COMMITTER_DATE": stamp},
+        )
+
+    def apply(patch: str, *flags: str) -> None:
+        subprocess.run(
+            [
+                "patch",
+                "-p1",
+                "-s",
+                "--no-backup-if-mismatch",
+                "-F2",
+                *flags,
+                "-i",
+                str(ROOT / patch),
+            ],
+            cwd=repo,
+            check=True,
+        )
+
+    for index in range(1, LAST + 1):
+        if index == BROKEN:
+            apply("tests/fixtures/patches/break-build.diff")
+            commit(index, "Refactor maxconns declarations (does not build)")
+        elif index == BROKEN + 1:
+            apply("tests/fixtures/patches/break-build.diff", "-R")
+            commit(index, "Fix the build")
+        elif index == INTRODUCE:
+            apply("tests/fixtures/patches/reintroduce-maxconns-race.diff")
+            commit(index, "Simplify maxconns handling (drops conn_lock in conn_close)")
+        elif index == FIX:
+            apply("patches/maxconns-fix.diff")
+            commit(index, "Fix incredibly slim race for maxconns handler")
+        else:
+            target = repo / ("README.md" if index % 2 else "doc/protocol.txt")
+            with target.open("a") as handle:
+                handle.write(f"\nSynthetic note {index}: a harmless edit.\n")
+            commit(index, f"Docs: harmless edit {index}")
