@@ -274,3 +274,27 @@ def test_killed_verifier_leaves_no_server_behind(
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_baseline_sizes_the_soak_from_the_unfixed_rate(
+    cache_layout: CacheLayout, tmp_path: Path
+) -> None:
+    """--baseline: the race fixture alone hangs fast, so the fixed build must soak long
+    enough that, were it still hanging at that rate, a hang would show at 95%."""
+    result, report = verify(
+        cache_layout,
+        tmp_path,
+        "--patch",
+        str(RACE_FIXTURE),
+        "--patch",
+        str(MAXCONNS_FIX),
+        "--baseline",
+        "--soak",
+        "6",
+    )
+    baseline = report["baseline"]
+    assert baseline["hangs"] == 3 and len(baseline["times_to_hang_s"]) == 3
+    required = baseline["required_soak_s"]
+    assert 0 < required < 120
+    assert report["verdict"]["kind"] == "PASS", result.stdout
+    assert report["verdict"]["total_soak_s"] >= required - 0.5

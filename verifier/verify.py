@@ -14,7 +14,7 @@ from typing import Any
 from verifier.build.builder import Builder, BuildRequest, BuildResult
 from verifier.build.symbols import missing_symbols
 from verifier.build.toolchain import host_cores
-from verifier.errors import ExitStatus, NotApplicable
+from verifier.errors import BadInput, ExitStatus, NotApplicable
 from verifier.run.amplifier import AmplifierPlan, plan_amplifier
 from verifier.run.server import server_options_for
 from verifier.run.trial import Progress, TrialSettings, run_trial
@@ -122,8 +122,11 @@ def measure_baseline(
     run_dir: Path,
     progress: Progress | None,
 ) -> dict[str, Any]:
-    """Time-to-hang of the unpatched build: the rate the patched soak must beat."""
-    unpatched = builder.build(replace(request, patches=(), reverse=False))
+    """Time-to-hang of the build without the patch under test (the last --patch; earlier
+    ones, such as fixtures, stay): the rate the patched soak must beat."""
+    if not request.patches:
+        raise BadInput("--baseline needs a --patch to test (the baseline is the build without it)")
+    unpatched = builder.build(replace(request, patches=request.patches[:-1]))
     amplifier = plan_amplifier(
         options.amplify, options.scenario, unpatched.binary, tools_dir, options.delay_us
     )

@@ -76,8 +76,8 @@ def register(cli: click.Group) -> None:
     @click.option(
         "--baseline",
         is_flag=True,
-        help="Measure the unpatched build's time-to-hang first and size the soak so "
-        "that 'fixed' holds at --confidence.",
+        help="Measure the time-to-hang without the last --patch first, then size the soak "
+        "so that 'fixed' holds at --confidence against that rate.",
     )
     @click.option(
         "--expect",

@@ -9,6 +9,7 @@ from typing import Any
 
 from verifier.report.table import key_value_table
 from verifier.util.atomic import write_json
+from verifier.verdict.verdict import TrialResult
 from verifier.verify import VerifyOutcome
 
 
@@ -50,6 +51,12 @@ def hang_backtrace(outcome: VerifyOutcome) -> str:
                     lwp = states[0]["tid"] if states else None
             return _thread_excerpt(Path(trial.run_dir) / "evidence", lwp)
     return ""
+
+
+def _last_good(trial: TrialResult) -> str:
+    if trial.last_good_s is None:
+        return "no good reply on a new connection since the flood began"
+    return f"last good reply at {trial.last_good_s:.1f} s"
 
 
 def summary_rows(outcome: VerifyOutcome) -> list[tuple[str, str]]:
@@ -100,8 +107,8 @@ def summary_rows(outcome: VerifyOutcome) -> list[tuple[str, str]]:
         rows.append(
             (
                 "time to hang",
-                f"{hang_trial.time_to_hang_s:.1f} s into the flood; "
-                f"verdict {hang_trial.detection_latency_s:.1f} s after the last good reply",
+                f"first failed probe {hang_trial.time_to_hang_s:.1f} s into the flood; HANG "
+                f"confirmed at {hang_trial.verdict_at_s:.1f} s ({_last_good(hang_trial)})",
             )
         )
         if hang_trial.signature:

@@ -166,7 +166,8 @@ def _soak(
             if _confirm_hang(settings, server.port, flood):
                 result.outcome = "crash" if server.exited() is not None else "hang"
                 result.time_to_hang_s = suspected_at
-                result.detection_latency_s = clock.now() - (result.last_good_s or 0.0)
+                result.verdict_at_s = clock.now()
+                result.detection_latency_s = result.verdict_at_s - (result.last_good_s or 0.0)
                 break
             result.saturation_episodes += 1
             flood.resume()
@@ -190,7 +191,8 @@ def _soak(
             HOST, server.port, settings.confirm_timeout_s, settings.probe_client
         ).ok and _confirm_hang(settings, server.port, flood):
             result.outcome, result.time_to_hang_s = "hang", result.soak_s
-            result.detection_latency_s = clock.now() - (result.last_good_s or 0.0)
+            result.verdict_at_s = clock.now()
+            result.detection_latency_s = result.verdict_at_s - (result.last_good_s or 0.0)
         stats = _held_stats(held)
         if stats is not None:
             result.emfile_episodes = int(stats.get("listen_disabled_num", 0)) - disabled_at_start

@@ -38,6 +38,7 @@ class TrialResult:
     time_to_hang_s: float | None = None  # flood start -> first failed probe (later confirmed)
     last_good_s: float | None = None  # flood start -> last good reply on a new connection
     detection_latency_s: float | None = None  # last good reply -> HANG confirmed
+    verdict_at_s: float | None = None  # flood start -> HANG confirmed
     hang_class: str | None = None
     liveness: str | None = None
     signature: dict[str, Any] | None = None

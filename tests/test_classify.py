@@ -1,0 +1,95 @@
+"""Hang signatures from gdb output (recorded shapes, written by hand for the tests)."""
+
+from __future__ import annotations
+
+from verifier.evidence.classify import (
+    FROZEN,
+    LOST_WAKEUP,
+    SELF_DEADLOCK,
+    UNKNOWN,
+    WORKERS_ALIVE,
+    Evidence,
+    classify,
+)
+from verifier.evidence.gdb import parse_backtraces, parse_variables
+from verifier.evidence.procfs import SocketInfo, ThreadState
+
+DEADLOCK = """\
+Thread 3 (Thread 0x7f0000000700 (LWP 102) "mc-worker"):
+#0  0x00007f in epoll_wait (epfd=7, events=0x5, maxevents=32, timeout=-1) at epoll_wait.c:30
+#1  0x00007f in event_base_loop () from /lib/libevent-2.1.so.7
+#2  0x000055 in worker_libevent (arg=0x55) at thread.c:380
+Thread 1 (Thread 0x7f0000000740 (LWP 100) "memcached"):
+#0  futex_wait (private=0, expected=2, futex_word=0x55 <conn_lock>) at futex-internal.h:146
+#1  __GI___lll_lock_wait (futex=futex@entry=0x55 <conn_lock>, private=0) at lowlevellock.c:49
+#2  0x00007f in lll_mutex_lock_optimized (mutex=0x55 <conn_lock>) at pthread_mutex_lock.c:48
+#3  ___pthread_mutex_lock (mutex=0x55 <conn_lock>) at pthread_mutex_lock.c:93
+#4  0x000055 in accept_new_conns (do_accept=do_accept@entry=true) at thread.c:183
+#5  0x000055 in maxconns_handler (fd=<optimized out>, which=0, arg=0x0) at memcached.c:140
+#6  maxconns_handler (fd=<optimized out>, which=0, arg=0x0) at memcached.c:130
+#7  0x000055 in accept_new_conns (do_accept=do_accept@entry=false) at thread.c:184
+#8  0x000055 in drive_machine (c=0x55) at memcached.c:3483
+#9  0x00007f in event_base_loop () from /lib/libevent-2.1.so.7
+#10 0x000055 in main (argc=1, argv=0x7ffe) at memcached.c:5000
+VAR allow_new_conns =1
+"""
+
+POLLING = """\
+Thread 1 (Thread 0x7f0000000740 (LWP 100) "memcached"):
+#0  0x00007f in epoll_wait (epfd=4, events=0x5, maxevents=32, timeout=10) at epoll_wait.c:30
+#1  0x00007f in ?? () from /lib/libevent-2.1.so.7
+#2  0x00007f in event_base_loop () from /lib/libevent-2.1.so.7
+#3  0x000055 in main (argc=1, argv=0x7ffe) at memcached.c:6221
+Thread 2 (Thread 0x7f0000000700 (LWP 101) "mc-worker"):
+#0  0x00007f in epoll_wait (epfd=7, events=0x5, maxevents=32, timeout=-1) at epoll_wait.c:30
+VAR allow_new_conns =0
+"""
+
+LISTEN = SocketInfo(15, "LISTEN", "127.0.0.1:5000", "0.0.0.0:0")
+HELD = SocketInfo(16, "ESTABLISHED", "127.0.0.1:5000", "127.0.0.1:40000")
+CLIENT = SocketInfo(17, "ESTABLISHED", "127.0.0.1:5000", "127.0.0.1:40001")
+
+
+def _evidence(text: str, sockets: list[SocketInfo], held: dict[str, str] | None) -> Evidence:
+    return Evidence(
+        pid=100,
+        stacks=parse_backtraces(text),
+        threads=[ThreadState(100, "memcached", "S", "epoll_wait", (), "do_epoll_wait")],
+        variables=parse_variables(text),
+        sockets=sockets,
+        held_stats=held,
+        held_local_port=40000,
+    )
+
+
+def test_self_deadlock_names_the_lock_and_the_functions() -> None:
+    signature = classify(_evidence(DEADLOCK, [LISTEN, HELD, CLIENT], {"accepting_conns": "0"}))
+    assert signature.hang_class == SELF_DEADLOCK and signature.liveness == WORKERS_ALIVE
+    assert signature.details["lock"] == "conn_lock"
+    assert signature.details["chain"] == [
+        "accept_new_conns",
+        "maxconns_handler",
+        "accept_new_conns",
+    ]
+    assert (
+        signature.key() == "self-deadlock:conn_lock:accept_new_conns>maxconns_handler>"
+        "accept_new_conns"
+    )
+
+
+def test_lost_wakeup_needs_no_client_left() -> None:
+    quiet = classify(_evidence(POLLING, [LISTEN, HELD], {"accepting_conns": "0"}))
+    assert quiet.hang_class == LOST_WAKEUP
+    assert quiet.details["allow_new_conns"] == "0"
+    busy = classify(_evidence(POLLING, [LISTEN, HELD, CLIENT], {"accepting_conns": "0"}))
+    assert busy.hang_class == UNKNOWN  # a client could still close and wake it
+    assert busy.details["client_sockets"] == 1
+
+
+def test_a_single_inlined_repeat_is_not_a_self_deadlock() -> None:
+    inlined = DEADLOCK.replace(
+        "#7  0x000055 in accept_new_conns (do_accept=do_accept@entry=false) at thread.c:184\n", ""
+    )
+    signature = classify(_evidence(inlined, [LISTEN], None))
+    assert signature.hang_class == UNKNOWN and signature.liveness == FROZEN
+    assert signature.details["waiting_on_lock"] is True
