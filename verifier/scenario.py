@@ -45,6 +45,7 @@ class GdbHoldSpec:
     location: str  # a breakpoint location, e.g. a function name
     hold_ms: int = 50
     thread: str = "main"
+    every: int = 1  # hold on every Nth hit only
 
 
 @dataclass(frozen=True)

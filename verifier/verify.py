@@ -33,6 +33,7 @@ class VerifyOptions:
     scenario: Scenario
     amplify: str | None = None  # None: the scenario's default
     delay_us: int | None = None
+    amplify_every: int = 1  # stretch only every Nth window (a rarer race)
     trials: int = 3
     soak_s: float = 20.0
     threads: int | None = None  # None: host cores
@@ -56,6 +57,11 @@ class VerifyOutcome:
     seconds: float
     baseline: dict[str, Any] = field(default_factory=dict)
     not_applicable: list[str] = field(default_factory=list)
+
+
+def amplifier_for(options: VerifyOptions, binary: Path, tools_dir: Path) -> AmplifierPlan:
+    return plan_amplifier(options.amplify, options.scenario, binary, tools_dir, options.delay_us,
+                          options.amplify_every)
 
 
 def check_applicable(binary: Path, scenario: Scenario) -> list[str]:
@@ -127,9 +133,7 @@ def measure_baseline(
     if not request.patches:
         raise BadInput("--baseline needs a --patch to test (the baseline is the build without it)")
     unpatched = builder.build(replace(request, patches=request.patches[:-1]))
-    amplifier = plan_amplifier(
-        options.amplify, options.scenario, unpatched.binary, tools_dir, options.delay_us
-    )
+    amplifier = amplifier_for(options, unpatched.binary, tools_dir)
     trials = run_trials(
         unpatched,
         options,
@@ -187,9 +191,7 @@ def verify(
             not_applicable=missing,
         )
     try:
-        amplifier = plan_amplifier(
-            options.amplify, options.scenario, build.binary, tools_dir, options.delay_us
-        )
+        amplifier = amplifier_for(options, build.binary, tools_dir)
     except NotApplicable as error:
         verdict = Verdict(
             NOT_APPLICABLE, f"NOT APPLICABLE: {error.message}", ExitStatus.NOT_APPLICABLE

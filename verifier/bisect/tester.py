@@ -12,10 +12,9 @@ from pathlib import Path
 
 from verifier.build.builder import Builder, BuildRequest
 from verifier.errors import BuildFailed, HarnessError, NotApplicable
-from verifier.run.amplifier import plan_amplifier
 from verifier.run.trial import Progress, run_trial
 from verifier.scenario import Scenario
-from verifier.verify import VerifyOptions, check_applicable, trial_settings
+from verifier.verify import VerifyOptions, amplifier_for, check_applicable, trial_settings
 
 HANG, CLEAN, OTHER_BUG, SKIP = "hang", "clean", "other-bug", "skip"
 
@@ -103,13 +102,7 @@ class CommitTester:
                 build_cached=build.cache_hit,
             )
         try:
-            amplifier = plan_amplifier(
-                self.options.amplify,
-                self.scenario,
-                build.binary,
-                self.tools_dir,
-                self.options.delay_us,
-            )
+            amplifier = amplifier_for(self.options, build.binary, self.tools_dir)
         except NotApplicable as error:
             return Observation(
                 sha,

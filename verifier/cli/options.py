@@ -143,8 +143,16 @@ def scenario_options(func):  # type: ignore[no-untyped-def]
             click.option(
                 "--delay-us",
                 type=click.IntRange(0),
+
                 default=None,
                 help="Override the amplifier's delay (gdb: hold time).",
+            ),
+            click.option(
+                "--amplify-every",
+                type=click.IntRange(1),
+                default=1,
+                show_default=True,
+                help="Stretch only every Nth race window (emulates a rarer race).",
             ),
             click.option(
                 "--soak",

@@ -62,6 +62,7 @@ def plan_amplifier(
     binary: Path,
     tools_dir: Path,
     delay_us: int | None = None,
+    every: int = 1,
 ) -> AmplifierPlan:
     """Resolve ``--amplify`` (default: the scenario's) against ``binary``'s symbols."""
     chosen = kind or scenario.amplify_default
@@ -79,6 +80,7 @@ def plan_amplifier(
                 cond=w.cond,
                 value=w.value,
                 delay_us=w.delay_us if delay_us is None else delay_us,
+                every=every,
                 thread=w.thread,
             )
             for w in scenario.watch
@@ -91,6 +93,7 @@ def plan_amplifier(
                 ret=i.ret,
                 errno_name=i.errno_name,
                 delay_us=i.delay_us if delay_us is None else delay_us,
+                every=every,
                 when=i.when,
                 thread=i.thread,
             )
@@ -99,4 +102,6 @@ def plan_amplifier(
     gdb = scenario.gdb if chosen == "gdb" else None
     if gdb is not None and delay_us is not None:
         gdb = replace(gdb, hold_ms=max(1, delay_us // 1000))
+    if gdb is not None and every != 1:
+        gdb = replace(gdb, every=every)
     return AmplifierPlan(chosen, tuple(rules), gdb, build_library(tools_dir))

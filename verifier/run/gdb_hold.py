@@ -21,6 +21,7 @@ _SCRIPT = """
 import gdb, time
 HOLD_S = {hold_s!r}
 MAIN_ONLY = {main_only!r}
+EVERY = {every!r}
 hits = 0
 holds = 0
 
@@ -29,6 +30,8 @@ class Hold(gdb.Breakpoint):
         global hits, holds
         hits += 1
         if MAIN_ONLY and gdb.selected_thread().num != 1:
+            return False
+        if hits % EVERY:
             return False
         holds += 1
         time.sleep(HOLD_S)
@@ -54,6 +57,7 @@ class GdbHolder:
                 hold_s=self.spec.hold_ms / 1000.0,
                 main_only=self.spec.thread == "main",
                 location=self.spec.location,
+                every=self.spec.every,
             )
         )
         log = open(self.log_path, "w", encoding="utf-8")  # noqa: SIM115 - closed in stop()
