@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
+import traceback
 from collections.abc import Sequence
+from pathlib import Path
 
 import click
 
@@ -28,6 +32,12 @@ for module in (build_cmd, verify_cmd, bisect_cmd, demo_cmd, cache_cmd):
     module.register(cli)
 
 
+def save_traceback() -> Path:
+    path = Path(tempfile.gettempdir()) / f"verifier-traceback-{os.getpid()}.txt"
+    path.write_text(traceback.format_exc())
+    return path
+
+
 def report_error(error: VerifierError) -> None:
     click.secho(f"error: {error.message}", fg="red", err=True)
     if error.detail:
@@ -49,4 +59,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     except click.ClickException as error:
         error.show()
         sys.exit(int(ExitStatus.BAD_INPUT))
+    except Exception as error:  # a bug in the verifier: one line here, the traceback in a file
+        saved = save_traceback()
+        click.secho(f"internal error: {type(error).__name__}: {error} (a bug in verifier; "
+                    f"traceback in {saved})", fg="red", err=True)
+        sys.exit(int(ExitStatus.HARNESS_ERROR))
     sys.exit(int(status) if isinstance(status, int) else 0)

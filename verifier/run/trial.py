@@ -61,9 +61,11 @@ def _held_stats(held: TelnetSession | None, timeout_s: float = 1.0) -> dict[str,
         return None
 
 
-def _confirm_hang(settings: TrialSettings, port: int, flood: Flood) -> bool:
-    """Pause and drain the flood, then probe again: True only if every probe fails."""
-    flood.pause(settings.drain_timeout_s)
+def _confirm_hang(settings: TrialSettings, port: int, flood: Flood | None) -> bool:
+    """Pause and drain the flood (if it still runs), then probe again: True only if every
+    probe fails."""
+    if flood is not None:
+        flood.pause(settings.drain_timeout_s)
     for _ in range(settings.confirm_probes):
         if probe_new_connection(HOST, port, settings.confirm_timeout_s, settings.probe_client).ok:
             return False
@@ -187,9 +189,7 @@ def _soak(
         flood.stop()  # a hang at the very end still counts: one last probe on a quiet server
         if server.exited() is not None:
             result.outcome = "crash"
-        elif not probe_new_connection(
-            HOST, server.port, settings.confirm_timeout_s, settings.probe_client
-        ).ok and _confirm_hang(settings, server.port, flood):
+        elif _confirm_hang(settings, server.port, None):
             result.outcome, result.time_to_hang_s = "hang", result.soak_s
             result.verdict_at_s = clock.now()
             result.detection_latency_s = result.verdict_at_s - (result.last_good_s or 0.0)
