@@ -189,28 +189,33 @@ class Bisection:
         self.search()
         return self.conclude()
 
-    # -- answer ----------------------------------------------------------------------------
     def conclude(self) -> Conclusion:
-        result = self.bisector.result()
-        group = list(result.group)
-        note = ""
-        skipped_na = {
-            self.commits.shas.index(s) for s in self.state.not_applicable if s in self.commits.shas
-        }
-        if len(group) > 1 and all(i in skipped_na for i in group[:-1]):
-            # The commits in doubt lack the code the scenario exercises, so they cannot have
-            # this bug; the first one that has the code and hangs is the culprit.
-            note = (
-                "the other candidates lack the scenario's code "
-                f"({', '.join(self.tester.scenario.requires_symbols)}), so they cannot have "
-                "this bug"
-            )
-            group = group[-1:]
-        return Conclusion(
-            result=result,
-            answer=self.commits.answer(group[0]) if len(group) == 1 else None,
-            group=[self.commits.answer(i) for i in group],
-            probability=result.group_probability,
-            note=note,
-            other_bugs=list(self.state.other_bugs),
+        return conclude(
+            self.bisector, self.commits, self.state, self.tester.scenario.requires_symbols
         )
+
+
+def conclude(
+    bisector: FlakyBisector, commits: CommitRange, state: BisectState, symbols: tuple[str, ...]
+) -> Conclusion:
+    """The answer from the posterior; pure, so a saved state can be replayed."""
+    result = bisector.result()
+    group = list(result.group)
+    note = ""
+    skipped_na = {commits.shas.index(s) for s in state.not_applicable if s in commits.shas}
+    if len(group) > 1 and all(i in skipped_na for i in group[:-1]):
+        # The commits in doubt lack the code the scenario exercises, so they cannot have
+        # this bug; the first one that has the code and hangs is the culprit.
+        note = (
+            f"the other candidates lack the scenario's code ({', '.join(symbols)}), "
+            "so they cannot have this bug"
+        )
+        group = group[-1:]
+    return Conclusion(
+        result=result,
+        answer=commits.answer(group[0]) if len(group) == 1 else None,
+        group=[commits.answer(i) for i in group],
+        probability=result.group_probability,
+        note=note,
+        other_bugs=list(state.other_bugs),
+    )

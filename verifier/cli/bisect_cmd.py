@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import sys
 import time
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import click
 
-from verifier.bisect.commits import commit_range
+from verifier.bisect.commits import CommitRange, commit_range
 from verifier.bisect.planner import FlakyBisector
-from verifier.bisect.session import Bisection, BisectSettings
+from verifier.bisect.session import Bisection, BisectSettings, conclude
 from verifier.bisect.state import BisectState, StepRow, load
 from verifier.bisect.tester import CommitTester
 from verifier.cli.options import (
@@ -24,8 +21,9 @@ from verifier.cli.options import (
     patch_options,
     scenario_options,
     source_options,
+    verify_options,
 )
-from verifier.errors import ExitStatus, VerifierError
+from verifier.errors import ExitStatus
 from verifier.report.bisect_report import (
     STEP_HEADERS,
     final_line,
@@ -38,32 +36,6 @@ from verifier.report.table import table
 from verifier.scenario import load_scenario
 from verifier.source.git_source import GitSource
 from verifier.util.hashing import digest
-from verifier.verdict.verdict import HANG, PASS
-from verifier.verify import VerifyOptions, verify
-
-GOOD, BAD, SKIP = 0, 1, 125
-
-
-def _options(
-    scenario: str,
-    amplify: str | None,
-    delay_us: int | None,
-    amplify_every: int,
-    threads: int | None,
-    concurrency: int | None,
-    probe_client: str,
-    **extra: Any,
-) -> VerifyOptions:
-    return VerifyOptions(
-        scenario=load_scenario(scenario),
-        amplify=amplify,
-        delay_us=delay_us,
-        amplify_every=amplify_every,
-        threads=threads,
-        concurrency=concurrency,
-        probe_client=None if probe_client == "auto" else probe_client,
-        **extra,
-    )
 
 
 def register(cli: click.Group) -> None:
@@ -133,7 +105,7 @@ def register(cli: click.Group) -> None:
         git = workspace.source.git
         if replay is not None:
             return _replay(git, replay)
-        options = _options(**flood)
+        options = verify_options(**flood)
         request = workspace.request(good, patches, reverse, cflags, rebuild)
         commits = commit_range(git, good, bad, find_fix)
         settings = BisectSettings(
@@ -205,94 +177,6 @@ def register(cli: click.Group) -> None:
             return ExitStatus.INCONCLUSIVE
         return ExitStatus.SUCCESS
 
-    @cli.command("bisect-step")
-    @click.option(
-        "--repo",
-        default=".",
-        show_default=True,
-        metavar="PATH",
-        help="The repository git bisect is running in; its HEAD is tested.",
-    )
-    @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None)
-    @click.option(
-        "--find-fix",
-        is_flag=True,
-        help="For `git bisect start --term-old=hangs --term-new=fixed`: a hang is old (0), "
-        "no hang is new (1).",
-    )
-    @patch_options
-    @scenario_options
-    @click.option("--soak", "soak_s", type=click.FloatRange(1.0), default=20.0, show_default=True)
-    @click.option("--trials", type=click.IntRange(1), default=1, show_default=True)
-    def bisect_step(
-        repo: str,
-        cache_dir: Path | None,
-        find_fix: bool,
-        patches: tuple[str, ...],
-        reverse: bool,
-        cflags: str | None,
-        rebuild: bool,
-        soak_s: float,
-        trials: int,
-        **flood: Any,
-    ) -> NoReturn:
-        """Test HEAD for `git bisect run`: exit 0 good, 1 bad, 125 skip, never 128 or more."""
-        _exit_for_git(
-            lambda: _step(
-                repo, cache_dir, find_fix, patches, reverse, cflags, rebuild, soak_s, trials, flood
-            )
-        )
-
-
-def _step(
-    repo: str,
-    cache_dir: Path | None,
-    find_fix: bool,
-    patches: tuple[str, ...],
-    reverse: bool,
-    cflags: str | None,
-    rebuild: bool,
-    soak_s: float,
-    trials: int,
-    flood: dict[str, Any],
-) -> int:
-    workspace = open_workspace(None, None, cache_dir)
-    git = GitSource(repo, workspace.cache.mirrors, mirror=False)
-    workspace.source = type(workspace.source)(git, None, repo)
-    head = git.repo.head.commit.hexsha
-    options = _options(trials=trials, soak_s=soak_s, **flood)
-    request = workspace.request(head, patches, reverse, cflags, rebuild)
-    run_dir = workspace.cache.runs / f"bisect-step-{head[:12]}-{os.getpid()}"
-    outcome = verify(workspace.builder, request, options, workspace.cache.tools, run_dir)
-    verdict = outcome.verdict
-    click.echo(f"bisect-step {head[:12]}: {verdict.headline}", err=True)
-    if verdict.kind == HANG and verdict.hang_class == options.scenario.expect:
-        return GOOD if find_fix else BAD
-    if verdict.kind == PASS:
-        return BAD if find_fix else GOOD
-    return SKIP  # does not build, not applicable, another bug, inconclusive
-
-
-def _exit_for_git(step: Any) -> NoReturn:
-    """git bisect run aborts on exit codes >= 128: map every failure to a skip instead."""
-
-    def on_signal(signum: int, _frame: object) -> NoReturn:
-        click.echo(f"bisect-step: signal {signum}, skipping this commit", err=True)
-        os._exit(SKIP)
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGHUP, on_signal)
-    try:
-        code = step()
-    except VerifierError as error:
-        click.echo(f"bisect-step: {error.message} (skip)", err=True)
-        code = SKIP
-    except BaseException as error:
-        click.echo(f"bisect-step: {type(error).__name__}: {error} (skip)", err=True)
-        code = SKIP
-    sys.stdout.flush()
-    os._exit(code)
-
 
 def _replay(git: GitSource, path: Path) -> ExitStatus:
     """Recompute the posterior from a saved state's events and print the report."""
@@ -310,15 +194,8 @@ def _replay(git: GitSource, path: Path) -> ExitStatus:
             }
         )
     )
-    from verifier.bisect.commits import CommitRange
-    from verifier.bisect.session import Conclusion
-
     commits = CommitRange(tuple(state.shas), state.find_fix)
-    conclusion = Conclusion(
-        result,
-        commits.answer(result.group[0]) if len(result.group) == 1 else None,
-        commits.answer_group(result.group),
-        result.group_probability,
-    )
+    symbols = load_scenario(state.params["scenario"]).requires_symbols
+    conclusion = conclude(bisector, commits, state, symbols)
     click.echo(final_line(git, conclusion, state.find_fix))
     return ExitStatus.SUCCESS

@@ -12,7 +12,14 @@ from pathlib import Path
 import click
 
 from verifier import __version__
-from verifier.cli import bisect_cmd, build_cmd, cache_cmd, demo_cmd, verify_cmd
+from verifier.cli import (
+    bisect_cmd,
+    bisect_step_cmd,
+    build_cmd,
+    cache_cmd,
+    demo_cmd,
+    verify_cmd,
+)
 from verifier.errors import ExitStatus, VerifierError
 
 
@@ -28,7 +35,7 @@ def cli() -> None:
     """
 
 
-for module in (build_cmd, verify_cmd, bisect_cmd, demo_cmd, cache_cmd):
+for module in (build_cmd, verify_cmd, bisect_cmd, bisect_step_cmd, demo_cmd, cache_cmd):
     module.register(cli)
 
 
@@ -61,7 +68,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(int(ExitStatus.BAD_INPUT))
     except Exception as error:  # a bug in the verifier: one line here, the traceback in a file
         saved = save_traceback()
-        click.secho(f"internal error: {type(error).__name__}: {error} (a bug in verifier; "
-                    f"traceback in {saved})", fg="red", err=True)
+        click.secho(
+            f"internal error: {type(error).__name__}: {error} (a bug in verifier; "
+            f"traceback in {saved})",
+            fg="red",
+            err=True,
+        )
         sys.exit(int(ExitStatus.HARNESS_ERROR))
     sys.exit(int(status) if isinstance(status, int) else 0)

@@ -16,8 +16,9 @@ import click
 from verifier.build.builder import Builder, BuildRequest
 from verifier.paths import CACHE_ENV, CacheLayout, default_cache_dir
 from verifier.resources import resolve_patch
-from verifier.scenario import AMPLIFIERS, DEFAULT_SCENARIO
+from verifier.scenario import AMPLIFIERS, DEFAULT_SCENARIO, load_scenario
 from verifier.source.select import SourceChoice, choose_source
+from verifier.verify import VerifyOptions
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -125,6 +126,16 @@ def default_run_dir(cache_runs: Path, label: str, scenario: str) -> Path:
     return cache_runs / f"{stamp}-{safe}-{scenario}-{os.getpid()}"
 
 
+soak_option = click.option(
+    "--soak",
+    "soak_s",
+    type=click.FloatRange(1.0),
+    default=20.0,
+    show_default=True,
+    help="Seconds of flood per trial.",
+)
+
+
 def scenario_options(func):  # type: ignore[no-untyped-def]
     for option in reversed(
         [
@@ -143,7 +154,6 @@ def scenario_options(func):  # type: ignore[no-untyped-def]
             click.option(
                 "--delay-us",
                 type=click.IntRange(0),
-
                 default=None,
                 help="Override the amplifier's delay (gdb: hold time).",
             ),
@@ -153,14 +163,6 @@ def scenario_options(func):  # type: ignore[no-untyped-def]
                 default=1,
                 show_default=True,
                 help="Stretch only every Nth race window (emulates a rarer race).",
-            ),
-            click.option(
-                "--soak",
-                "soak_s",
-                type=click.FloatRange(1.0),
-                default=20.0,
-                show_default=True,
-                help="Seconds of flood per trial.",
             ),
             click.option(
                 "--threads",
@@ -185,3 +187,26 @@ def scenario_options(func):  # type: ignore[no-untyped-def]
     ):
         func = option(func)
     return func
+
+
+def verify_options(
+    scenario: str,
+    amplify: str | None,
+    delay_us: int | None,
+    amplify_every: int,
+    threads: int | None,
+    concurrency: int | None,
+    probe_client: str,
+    **extra: Any,
+) -> VerifyOptions:
+    """VerifyOptions from the shared scenario options (the rest passed through)."""
+    return VerifyOptions(
+        scenario=load_scenario(scenario),
+        amplify=amplify,
+        delay_us=delay_us,
+        amplify_every=amplify_every,
+        threads=threads,
+        concurrency=concurrency,
+        probe_client=None if probe_client == "auto" else probe_client,
+        **extra,
+    )

@@ -14,14 +14,16 @@ from verifier.cli.options import (
     open_workspace,
     patch_options,
     scenario_options,
+    soak_option,
     source_options,
+    verify_options,
 )
 from verifier.errors import BadInput, ExitStatus
 from verifier.report.table import table
 from verifier.report.verify_report import render, write_report
-from verifier.scenario import DEFAULT_SCENARIO, list_scenarios, load_scenario
+from verifier.scenario import DEFAULT_SCENARIO, list_scenarios
 from verifier.verdict.verdict import expectation_met
-from verifier.verify import VerifyOptions, verify
+from verifier.verify import verify
 
 _EXPECT_RE = re.compile(r"^(pass|crash|hang(:[\w-]+)?)$")
 
@@ -63,6 +65,7 @@ def register(cli: click.Group) -> None:
     @click.option("--ref", help="Tag, branch or SHA (default with --source debian: Debian's tree).")
     @patch_options
     @scenario_options
+    @soak_option
     @click.option(
         "--trials",
         type=click.IntRange(1),
@@ -120,23 +123,24 @@ def register(cli: click.Group) -> None:
         """
         if expect and not _EXPECT_RE.match(expect):
             raise BadInput(f"bad --expect {expect!r} (pass, crash, hang or hang:CLASS)")
-        chosen = load_scenario(scenario)
-        workspace = open_workspace(repo, source, cache_dir)
-        request = workspace.request(ref, patches, reverse, cflags, rebuild)
-        options = VerifyOptions(
-            scenario=chosen,
-            amplify=amplify,
-            delay_us=delay_us,
-            amplify_every=amplify_every,
+        options = verify_options(
+            scenario,
+            amplify,
+            delay_us,
+            amplify_every,
+            threads,
+            concurrency,
+            probe_client,
             trials=trials,
             soak_s=soak_s,
-            threads=threads,
-            concurrency=concurrency,
             confidence=confidence,
-            probe_client=None if probe_client == "auto" else probe_client,
             baseline=baseline,
         )
-        target = run_dir or default_run_dir(workspace.cache.runs, request.ref, chosen.name)
+        workspace = open_workspace(repo, source, cache_dir)
+        request = workspace.request(ref, patches, reverse, cflags, rebuild)
+        target = run_dir or default_run_dir(
+            workspace.cache.runs, request.ref, options.scenario.name
+        )
         progress = ProgressLine()
         try:
             outcome = verify(
