@@ -12,7 +12,9 @@ Modes:
   amplified   the watch amplifier on every EMFILE episode (deterministic hangs)
   rare        the amplifier on every 40th episode only (--amplify-every), a flaky race with a
               mean time-to-hang of several seconds, and short soaks: where flakiness bites
-  natural     no amplifier at all (what a plain flood does)
+  natural     no amplifier at all, short soaks (what a plain flood does)
+git-bayesect has no skip: bisect-step's 125 (the unbuildable commit) counts as a failure
+there; runs longer than --bayesect-timeout are called off.
 Builds come from a shared warm cache; "commits" is how many distinct commits each method
 had to build (its cold-cache build cost).
 """
@@ -36,10 +38,10 @@ from tabulate import tabulate
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
-from synthetic_history import REGRESSION_BAD, History, make_history  # noqa: E402
-
 from verifier.paths import CacheLayout, default_cache_dir  # noqa: E402
 from verifier.source.select import choose_source  # noqa: E402
+
+from synthetic_history import REGRESSION_BAD, History, make_history  # noqa: E402
 
 MODES = {
     "amplified": {"flags": [], "soak": 8.0},
@@ -121,23 +123,31 @@ def run_git_bisect(history: History, mode: str, env: dict[str, str], where: Path
                commits, soaks, seconds)
 
 
+def _text(data: bytes | str | None) -> str:
+    return data.decode(errors="replace") if isinstance(data, bytes) else (data or "")
+
+
 def run_bayesect(history: History, mode: str, env: dict[str, str], where: Path,
-                 bayesect: str) -> Run:
+                 bayesect: str, timeout_s: float) -> Run:
     spec = MODES[mode]
     work = _clone(history, where)
     started = time.monotonic()
     subprocess.run([bayesect, "start", "--old", history.good, "--new", history.regression_bad],
                    cwd=work, check=True, capture_output=True)
-    result = subprocess.run(
-        [bayesect, "run", "--confidence", "0.95",
-         *_verifier("bisect-step", "--soak", str(spec["soak"]), *spec["flags"])],
-        cwd=work, capture_output=True, text=True, env=env, timeout=3600,
-    )
+    try:
+        result = subprocess.run(
+            [bayesect, "run", "--confidence", "0.95",
+             *_verifier("bisect-step", "--soak", str(spec["soak"]), *spec["flags"])],
+            cwd=work, capture_output=True, text=True, env=env, timeout=timeout_s,
+        )
+        output = result.stdout + result.stderr
+    except subprocess.TimeoutExpired as expired:
+        output = _text(expired.stdout) + _text(expired.stderr) + "\n(timed out)"
     wall = time.monotonic() - started
-    match = re.search(r"converged to ([0-9a-f]{7,40})", result.stdout)
-    answer = match[1] if match else ""
-    commits, soaks, seconds = _step_stats(result.stdout + result.stderr)
-    correct = bool(answer) and history.introduce.startswith(answer)
+    match = re.search(r"converged to ([0-9a-f]{7,40})", output)
+    answer = match[1] if match else ("timeout" if "(timed out)" in output else "")
+    commits, soaks, seconds = _step_stats(output)
+    correct = answer not in ("", "timeout") and history.introduce.startswith(answer)
     return Run("bayesect", mode, correct, answer[:12] or "none", wall, commits, soaks, seconds)
 
 
@@ -160,7 +170,9 @@ def summarise(runs: list[Run]) -> list[list[str]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--modes", default="amplified,rare")
+    parser.add_argument("--modes", default="amplified,natural")
+    parser.add_argument("--bayesect-timeout", type=float, default=300.0,
+                        help="seconds before a git-bayesect run is called off (no answer)")
     parser.add_argument("--methods", default="verifier,git-bisect,bayesect")
     parser.add_argument("--bayesect", default=shutil.which("git-bayesect"))
     parser.add_argument("--cache-dir", type=Path, default=None)
@@ -185,7 +197,8 @@ def main() -> None:
                     elif method == "git-bisect":
                         run = run_git_bisect(history, mode, env, where)
                     elif method == "bayesect" and args.bayesect:
-                        run = run_bayesect(history, mode, env, where, args.bayesect)
+                        run = run_bayesect(history, mode, env, where, args.bayesect,
+                                           args.bayesect_timeout)
                     else:
                         continue
                     runs.append(run)

@@ -1,10 +1,12 @@
 """Figures for verify, on Debian's memcached (no GitHub needed).
 
     .venv/bin/python benchmarks/verify_figures.py [--runs 10] [--cache-dir DIR]
+    .venv/bin/python benchmarks/verify_figures.py --repo CLONE --ref 1.4.6   # upstream
 
 Prints, over --runs trials each:
   - time to a HANG verdict with the amplifier, on the reintroduced-race fixture
-    (maxconns-deadlock, watch) and on pristine Debian (listener-lost-wakeup, interpose):
+    (maxconns-deadlock, watch) and on pristine Debian (listener-lost-wakeup, interpose),
+    or both scenarios on --ref of --repo:
     first failed probe, HANG confirmed, and detection latency (last good reply -> verdict);
   - the flood's connection cycles/s and ops/s during a clean soak (server shares the cores);
   - a repeat `verifier build --source debian` (cache hit) wall time.
@@ -98,13 +100,17 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--cache-dir", type=Path, default=None)
     parser.add_argument("--flood-seconds", type=float, default=15.0)
+    parser.add_argument("--repo", help="measure this repository's --ref instead of Debian's")
+    parser.add_argument("--ref", help="with --repo: the ref to measure")
     args = parser.parse_args()
     cache = CacheLayout(args.cache_dir or default_cache_dir())
-    source = choose_source(None, "debian", cache)
+    source = choose_source(args.repo, None if args.repo else "debian", cache)
     builder = Builder(cache.builds, cache.locks)
-    assert source.default_ref
-    race = builder.build(BuildRequest(source, source.default_ref, (RACE,)))
-    pristine = builder.build(BuildRequest(source, source.default_ref))
+    ref = args.ref or source.default_ref
+    if ref is None:
+        parser.error("--repo needs --ref")
+    pristine = builder.build(BuildRequest(source, ref))
+    race = pristine if args.repo else builder.build(BuildRequest(source, ref, (RACE,)))
     with tempfile.TemporaryDirectory(prefix="verify-figures-") as tmp:
         work = Path(tmp)
         rows = [

@@ -12,8 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT, run_cli
-from synthetic_history import INTRODUCE, History, make_history
 
 from verifier.bisect.tester import SKIP, CommitTester
 from verifier.build.builder import BuildRequest
@@ -23,6 +21,9 @@ from verifier.scenario import load_scenario
 from verifier.source.git_source import GitSource
 from verifier.source.select import SourceChoice
 from verifier.verify import VerifyOptions
+
+from conftest import ROOT, run_cli
+from synthetic_history import INTRODUCE, History, make_history
 
 pytestmark = pytest.mark.timeout(900)
 FAST = ["--max-soak", "10", "--endpoint-soak", "10", "--min-soak", "3"]

@@ -6,11 +6,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURES, MAXCONNS_FIX, run_cli
 
 from verifier.build.builder import BuildResult
 from verifier.errors import ExitStatus
 from verifier.paths import CacheLayout
+
+from conftest import FIXTURES, MAXCONNS_FIX, run_cli
 
 
 def _one_error_line(result: subprocess.CompletedProcess[str]) -> str:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from conftest import MAXCONNS_FIX
-
 from verifier.patch.dep3 import parse_dep3
+
+from conftest import MAXCONNS_FIX
 
 
 def test_shipped_fix_has_a_complete_dep3_header() -> None:

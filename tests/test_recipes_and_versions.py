@@ -63,5 +63,5 @@ def test_no_recipe_and_overlap_are_clear_errors(tmp_path: Path) -> None:
 
 def test_bad_recipe_file(tmp_path: Path) -> None:
     (tmp_path / "bad.toml").write_text('versions = ">=1"\n[build]\nautogen = "not a list"\n')
-    with pytest.raises(BadInput, match="bad.toml"):
+    with pytest.raises(BadInput, match=r"bad\.toml"):
         load_recipe(tmp_path / "bad.toml")

@@ -12,6 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from verifier.errors import ExitStatus
+from verifier.paths import CacheLayout
+
 from conftest import (
     CRASH_FIXTURE,
     LOST_WAKEUP_FIX,
@@ -21,9 +25,6 @@ from conftest import (
     _children_named,
     run_cli,
 )
-
-from verifier.errors import ExitStatus
-from verifier.paths import CacheLayout
 
 pytestmark = pytest.mark.timeout(300)
 

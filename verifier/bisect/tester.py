@@ -10,6 +10,8 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from git import GitCommandError
+
 from verifier.build.builder import Builder, BuildRequest
 from verifier.errors import BuildFailed, HarnessError, NotApplicable
 from verifier.run.trial import Progress, run_trial
@@ -69,7 +71,7 @@ class CommitTester:
         for name in self.scenario.requires_symbols:
             try:
                 git.grep("-q", "-w", "-F", name, sha, "--", "*.c")
-            except Exception:
+            except GitCommandError:  # git grep exits 1 when nothing matches
                 missing.append(name)
         return missing
 

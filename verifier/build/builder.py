@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
+from git import GitCommandError
+
 from verifier.build.cache import BuildCache, CacheEntry
 from verifier.build.recipe import Recipe, load_recipes, select_recipe
 from verifier.build.toolchain import Toolchain, check_autotools, check_libevent, detect_toolchain
@@ -74,7 +76,7 @@ def _version_of(request: BuildRequest, sha: str) -> tuple[tuple[int, int, int], 
     describe = git.describe(sha)
     try:  # tarball-derived trees (Debian) carry version.m4; git checkouts generate it
         version_m4 = git.repo.git.show(f"{sha}:version.m4")
-    except Exception:
+    except GitCommandError:
         version_m4 = ""
     version = parse_version(version_m4) or parse_version(describe)
     if version is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,8 +68,6 @@ class GitSource:
                 return git.Repo(self.path)
             partial = self.path.with_name(self.path.name + ".partial")
             if partial.exists():
-                import shutil
-
                 shutil.rmtree(partial)
             try:
                 git.Repo.clone_from(self.location, partial, mirror=True)
