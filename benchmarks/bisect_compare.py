@@ -71,10 +71,24 @@ def run_verifier(history: History, mode: str, env: dict[str, str]) -> Run:
     soak = str(spec["soak"])
     started = time.monotonic()
     result = subprocess.run(
-        _verifier("bisect", "--repo", str(history.path), "--good", history.good, "--bad",
-                  history.regression_bad, "--restart", "--max-soak", str(4 * spec["soak"]),
-                  "--endpoint-soak", str(4 * spec["soak"]), *spec["flags"]),
-        capture_output=True, text=True, env=env,
+        _verifier(
+            "bisect",
+            "--repo",
+            str(history.path),
+            "--good",
+            history.good,
+            "--bad",
+            history.regression_bad,
+            "--restart",
+            "--max-soak",
+            str(4 * spec["soak"]),
+            "--endpoint-soak",
+            str(4 * spec["soak"]),
+            *spec["flags"],
+        ),
+        capture_output=True,
+        text=True,
+        env=env,
     )
     wall = time.monotonic() - started
     match = re.search(r"^report: (.+)$", result.stdout, re.MULTILINE)
@@ -85,8 +99,16 @@ def run_verifier(history: History, mode: str, env: dict[str, str]) -> Run:
     answer = (report.get("answer") or {}).get("sha", "")
     tested = {s["sha"] for s in report["steps"] if s["kind"] != "skip" or s["build_seconds"]}
     del soak
-    return Run("verifier", mode, answer == history.introduce, answer[:12] or "ambiguous", wall,
-               len(tested), report["soaks"], report["soak_seconds"])
+    return Run(
+        "verifier",
+        mode,
+        answer == history.introduce,
+        answer[:12] or "ambiguous",
+        wall,
+        len(tested),
+        report["soaks"],
+        report["soak_seconds"],
+    )
 
 
 def _clone(history: History, where: Path) -> Path:
@@ -108,37 +130,70 @@ def run_git_bisect(history: History, mode: str, env: dict[str, str], where: Path
     spec = MODES[mode]
     work = _clone(history, where)
     started = time.monotonic()
-    subprocess.run(["git", "-C", str(work), "bisect", "start", history.regression_bad,
-                    history.good], check=True, capture_output=True)
+    subprocess.run(
+        ["git", "-C", str(work), "bisect", "start", history.regression_bad, history.good],
+        check=True,
+        capture_output=True,
+    )
     result = subprocess.run(
-        ["git", "-C", str(work), "bisect", "run",
-         *_verifier("bisect-step", "--soak", str(spec["soak"]), *spec["flags"])],
-        capture_output=True, text=True, env=env,
+        [
+            "git",
+            "-C",
+            str(work),
+            "bisect",
+            "run",
+            *_verifier("bisect-step", "--soak", str(spec["soak"]), *spec["flags"]),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
     )
     wall = time.monotonic() - started
     match = re.search(r"^([0-9a-f]{40}) is the first bad commit", result.stdout, re.MULTILINE)
     answer = match[1] if match else ""
     commits, soaks, seconds = _step_stats(result.stdout + result.stderr)
-    return Run("git-bisect", mode, answer == history.introduce, answer[:12] or "none", wall,
-               commits, soaks, seconds)
+    return Run(
+        "git-bisect",
+        mode,
+        answer == history.introduce,
+        answer[:12] or "none",
+        wall,
+        commits,
+        soaks,
+        seconds,
+    )
 
 
 def _text(data: bytes | str | None) -> str:
     return data.decode(errors="replace") if isinstance(data, bytes) else (data or "")
 
 
-def run_bayesect(history: History, mode: str, env: dict[str, str], where: Path,
-                 bayesect: str, timeout_s: float) -> Run:
+def run_bayesect(
+    history: History, mode: str, env: dict[str, str], where: Path, bayesect: str, timeout_s: float
+) -> Run:
     spec = MODES[mode]
     work = _clone(history, where)
     started = time.monotonic()
-    subprocess.run([bayesect, "start", "--old", history.good, "--new", history.regression_bad],
-                   cwd=work, check=True, capture_output=True)
+    subprocess.run(
+        [bayesect, "start", "--old", history.good, "--new", history.regression_bad],
+        cwd=work,
+        check=True,
+        capture_output=True,
+    )
     try:
         result = subprocess.run(
-            [bayesect, "run", "--confidence", "0.95",
-             *_verifier("bisect-step", "--soak", str(spec["soak"]), *spec["flags"])],
-            cwd=work, capture_output=True, text=True, env=env, timeout=timeout_s,
+            [
+                bayesect,
+                "run",
+                "--confidence",
+                "0.95",
+                *_verifier("bisect-step", "--soak", str(spec["soak"]), *spec["flags"]),
+            ],
+            cwd=work,
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=timeout_s,
         )
         output = result.stdout + result.stderr
     except subprocess.TimeoutExpired as expired:
@@ -155,15 +210,19 @@ def summarise(runs: list[Run]) -> list[list[str]]:
     rows = []
     for key in sorted({(r.mode, r.method) for r in runs}):
         group = [r for r in runs if (r.mode, r.method) == key]
-        rows.append([
-            key[0], key[1], str(len(group)),
-            f"{sum(r.correct for r in group)}/{len(group)}",
-            f"{statistics.median(r.wall_s for r in group):.0f}",
-            f"{statistics.mean(r.commits for r in group):.1f}",
-            f"{statistics.mean(r.soaks for r in group):.1f}",
-            f"{statistics.mean(r.soak_s for r in group):.0f}",
-            ", ".join(sorted({r.answer for r in group if not r.correct}))[:40] or "-",
-        ])
+        rows.append(
+            [
+                key[0],
+                key[1],
+                str(len(group)),
+                f"{sum(r.correct for r in group)}/{len(group)}",
+                f"{statistics.median(r.wall_s for r in group):.0f}",
+                f"{statistics.mean(r.commits for r in group):.1f}",
+                f"{statistics.mean(r.soaks for r in group):.1f}",
+                f"{statistics.mean(r.soak_s for r in group):.0f}",
+                ", ".join(sorted({r.answer for r in group if not r.correct}))[:40] or "-",
+            ]
+        )
     return rows
 
 
@@ -171,8 +230,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--modes", default="amplified,natural")
-    parser.add_argument("--bayesect-timeout", type=float, default=300.0,
-                        help="seconds before a git-bayesect run is called off (no answer)")
+    parser.add_argument(
+        "--bayesect-timeout",
+        type=float,
+        default=300.0,
+        help="seconds before a git-bayesect run is called off (no answer)",
+    )
     parser.add_argument("--methods", default="verifier,git-bisect,bayesect")
     parser.add_argument("--bayesect", default=shutil.which("git-bayesect"))
     parser.add_argument("--cache-dir", type=Path, default=None)
@@ -187,8 +250,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bisect-compare-") as tmp:
         where = Path(tmp)
         history = make_history(source.git.path, source.default_ref, where / "history")
-        print(f"history {history.path}: culprit {history.introduce[:12]} (index 10), "
-              f"bad end index {REGRESSION_BAD}", file=sys.stderr)
+        print(
+            f"history {history.path}: culprit {history.introduce[:12]} (index 10), "
+            f"bad end index {REGRESSION_BAD}",
+            file=sys.stderr,
+        )
         for mode in args.modes.split(","):
             for repeat in range(args.repeats):
                 for method in methods:
@@ -197,18 +263,35 @@ def main() -> None:
                     elif method == "git-bisect":
                         run = run_git_bisect(history, mode, env, where)
                     elif method == "bayesect" and args.bayesect:
-                        run = run_bayesect(history, mode, env, where, args.bayesect,
-                                           args.bayesect_timeout)
+                        run = run_bayesect(
+                            history, mode, env, where, args.bayesect, args.bayesect_timeout
+                        )
                     else:
                         continue
                     runs.append(run)
-                    print(f"{mode} #{repeat + 1} {method}: {'ok' if run.correct else 'WRONG'} "
-                          f"{run.answer} in {run.wall_s:.0f} s", file=sys.stderr)
+                    print(
+                        f"{mode} #{repeat + 1} {method}: {'ok' if run.correct else 'WRONG'} "
+                        f"{run.answer} in {run.wall_s:.0f} s",
+                        file=sys.stderr,
+                    )
                     if args.json:
                         args.json.write_text(json.dumps([vars(r) for r in runs], indent=1))
-    print(tabulate(summarise(runs), headers=["mode", "method", "runs", "correct",
-                                             "median wall s", "commits", "soaks", "soak s",
-                                             "wrong answers"]))
+    print(
+        tabulate(
+            summarise(runs),
+            headers=[
+                "mode",
+                "method",
+                "runs",
+                "correct",
+                "median wall s",
+                "commits",
+                "soaks",
+                "soak s",
+                "wrong answers",
+            ],
+        )
+    )
 
 
 if __name__ == "__main__":

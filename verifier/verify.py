@@ -60,8 +60,14 @@ class VerifyOutcome:
 
 
 def amplifier_for(options: VerifyOptions, binary: Path, tools_dir: Path) -> AmplifierPlan:
-    return plan_amplifier(options.amplify, options.scenario, binary, tools_dir, options.delay_us,
-                          options.amplify_every)
+    return plan_amplifier(
+        options.amplify,
+        options.scenario,
+        binary,
+        tools_dir,
+        options.delay_us,
+        options.amplify_every,
+    )
 
 
 def check_applicable(binary: Path, scenario: Scenario) -> list[str]:
