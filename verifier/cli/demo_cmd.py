@@ -7,19 +7,17 @@ with a bounded PASS.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
 
-from verifier.cli.options import open_workspace
-from verifier.cli.verify_cmd import ProgressLine, default_run_dir
+from verifier.cli.options import default_run_dir, open_workspace
+from verifier.cli.verify_cmd import verify_and_report
 from verifier.errors import ExitStatus
-from verifier.report.verify_report import render, write_report
 from verifier.resources import fixtures_dir
 from verifier.scenario import DEFAULT_SCENARIO, load_scenario
 from verifier.verdict.verdict import HANG, PASS
-from verifier.verify import VerifyOptions, verify
+from verifier.verify import VerifyOptions
 
 RACE_FIXTURE = "patches/reintroduce-maxconns-race.diff"
 FIX = "maxconns-fix.diff"
@@ -52,15 +50,7 @@ def register(cli: click.Group) -> None:
             request = workspace.request(None, patches, False, None, False)
             options = VerifyOptions(scenario=scenario, trials=trials, soak_s=soak_s)
             run_dir = default_run_dir(workspace.cache.runs, "demo", scenario.name)
-            progress = ProgressLine()
-            try:
-                outcome = verify(
-                    workspace.builder, request, options, workspace.cache.tools, run_dir, progress
-                )
-            finally:
-                progress.done()
-            write_report(outcome, sys.argv)
-            click.echo(render(outcome))
+            outcome = verify_and_report(workspace, request, options, run_dir)
             ok &= outcome.verdict.kind == wanted
         click.secho(
             "\ndemo: " + ("as expected" if ok else "NOT as expected"),

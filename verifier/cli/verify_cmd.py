@@ -8,8 +8,10 @@ from pathlib import Path
 
 import click
 
+from verifier.build.builder import BuildRequest
 from verifier.cli.options import (
     ProgressLine,
+    Workspace,
     default_run_dir,
     open_workspace,
     patch_options,
@@ -23,9 +25,25 @@ from verifier.report.table import table
 from verifier.report.verify_report import render, write_report
 from verifier.scenario import DEFAULT_SCENARIO, list_scenarios
 from verifier.verdict.verdict import expectation_met
-from verifier.verify import verify
+from verifier.verify import VerifyOptions, VerifyOutcome, verify
 
 _EXPECT_RE = re.compile(r"^(pass|crash|hang(:[\w-]+)?)$")
+
+
+def verify_and_report(
+    workspace: Workspace, request: BuildRequest, options: VerifyOptions, run_dir: Path
+) -> VerifyOutcome:
+    """Run verify with a live progress line, then write the JSON and print the summary."""
+    progress = ProgressLine()
+    try:
+        outcome = verify(
+            workspace.builder, request, options, workspace.cache.tools, run_dir, progress
+        )
+    finally:
+        progress.done()
+    write_report(outcome, sys.argv)
+    click.echo(render(outcome))
+    return outcome
 
 
 def register(cli: click.Group) -> None:
@@ -141,15 +159,7 @@ def register(cli: click.Group) -> None:
         target = run_dir or default_run_dir(
             workspace.cache.runs, request.ref, options.scenario.name
         )
-        progress = ProgressLine()
-        try:
-            outcome = verify(
-                workspace.builder, request, options, workspace.cache.tools, target, progress
-            )
-        finally:
-            progress.done()
-        write_report(outcome, sys.argv)
-        click.echo(render(outcome))
+        outcome = verify_and_report(workspace, request, options, target)
         if expect:
             met = expectation_met(outcome.verdict, expect)
             click.echo(f"expect {expect}: {'met' if met else 'NOT met'}", err=True)
