@@ -152,6 +152,7 @@ def test_missing_deb_src_says_what_to_add(tmp_path: Path) -> None:
 def test_cache_list_and_clean(cache_layout: CacheLayout, pristine) -> None:
     listed = run_cli("cache", "list", cache=cache_layout)
     assert pristine.entry.key[:12] in listed.stdout
+    assert "debian imports:" in listed.stdout  # the other parts of the cache, with sizes
     refused = run_cli("cache", "clean", cache=cache_layout)
     assert refused.returncode == ExitStatus.BAD_INPUT
     cleaned = run_cli("cache", "clean", "--failed", cache=cache_layout)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import shutil
 from pathlib import Path
 
 import click
@@ -30,6 +31,12 @@ def _human(n: float) -> str:
             return f"{n:.0f}{unit}"
         n /= 1024
     return f"{n:.1f}T"
+
+
+def _tree_size(path: Path) -> int:
+    if not path.is_dir():
+        return 0
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
 
 
 def register(cli: click.Group) -> None:
@@ -59,6 +66,18 @@ def register(cli: click.Group) -> None:
             )
         headers = ["key", "status", "ref", "patches", "build", "size", "last used"]
         click.echo(table(rows, headers) if rows else "no cached builds")
+        layout = cache_layout(cache_dir)
+        parts = [
+            ("git mirrors", layout.mirrors),
+            ("debian imports", layout.debian),
+            ("runs and evidence", layout.runs),
+            ("bisect states", layout.bisects),
+        ]
+        click.echo(
+            "\n"
+            + "; ".join(f"{name}: {_human(_tree_size(path))}" for name, path in parts)
+            + f"  (under {layout.root})"
+        )
         return ExitStatus.SUCCESS
 
     @cache.command("clean")
@@ -67,19 +86,25 @@ def register(cli: click.Group) -> None:
     @click.option("--failed", is_flag=True, help="Remove cached build failures.")
     @click.option("--older-than", type=float, metavar="DAYS", help="Unused for more than DAYS.")
     @click.option("--max-size", metavar="SIZE", help="Evict least recently used down to SIZE.")
+    @click.option("--runs", is_flag=True, help="Also remove run directories (logs, evidence).")
     def clean(
         cache_dir: Path | None,
         everything: bool,
         failed: bool,
         older_than: float | None,
         max_size: str | None,
+        runs: bool,
     ) -> ExitStatus:
         """Remove cached builds by rule (at least one rule is required)."""
-        if not (everything or failed or older_than is not None or max_size):
+        if not (everything or failed or older_than is not None or max_size or runs):
             raise BadInput(
-                "say what to clean: --all, --failed, --older-than DAYS or --max-size SIZE"
+                "say what to clean: --all, --failed, --older-than DAYS, --max-size SIZE or --runs"
             )
-        builds = BuildCache(cache_layout(cache_dir).builds)
+        layout = cache_layout(cache_dir)
+        if runs and layout.runs.is_dir():
+            shutil.rmtree(layout.runs)
+            click.echo(f"removed {layout.runs}")
+        builds = BuildCache(layout.builds)
         removed = builds.clean(
             everything=everything,
             failed=failed,
