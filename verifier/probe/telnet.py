@@ -15,11 +15,14 @@ from dataclasses import dataclass
 import pexpect
 import pexpect.fdpexpect
 
+from verifier.errors import HarnessError
+
 TELNET_ENV = "VERIFIER_PROBE_CLIENT"  # "telnet" or "socket" forces one kind
 
 
-class ProbeTimeout(Exception):
-    """No connection, or no complete reply, within the timeout."""
+class ProbeTimeout(HarnessError):
+    """No connection, or no complete reply, within the timeout. Probes expect it; anywhere
+    else (the held connection before the flood) it is a harness error."""
 
     def __init__(self, stage: str, message: str) -> None:
         super().__init__(message)
