@@ -84,7 +84,9 @@ def trial_settings(options: VerifyOptions, build: BuildResult, soak_s: float) ->
         threads=options.threads or host_cores(),
         server_args=tuple(recipe_args),
         concurrency=options.concurrency,
-        flood_processes=options.flood_processes,
+        # half the cores flood, half serve: one uvloop process did 8.3k cycles/s here on 2
+        # cores, two did 6.5k (benchmarks/stress_throughput.py)
+        flood_processes=options.flood_processes or max(1, host_cores() // 2),
         probe_client=options.probe_client,
     )
 
