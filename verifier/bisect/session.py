@@ -20,6 +20,7 @@ from verifier.errors import BadRange
 from verifier.source.git_source import GitSource
 
 Echo = Callable[[StepRow], None]
+GOOD_END_FACTOR = 5.0  # good-end soak in bad-end mean times-to-hang: e^-5 < 1% to miss a hang
 
 
 @dataclass(frozen=True)
@@ -123,6 +124,14 @@ class Bisection:
         return row
 
     # -- endpoints -------------------------------------------------------------------------
+    def good_end_soak(self) -> float:
+        """Long enough that the bad end, at its observed rate, would have hung with ~99%
+        probability (5 mean times-to-hang); no longer than --endpoint-soak."""
+        post, n = self.bisector.posterior, self.commits.n
+        mean_time_to_hang = post.exposure(n) / max(1, post.hangs(n))
+        wanted = GOOD_END_FACTOR * mean_time_to_hang
+        return min(self.settings.endpoint_soak_s, max(self.settings.min_soak_s, wanted))
+
     def check_endpoints(self) -> None:
         if self.state.phase != "endpoints":
             return
@@ -147,7 +156,8 @@ class Bisection:
                     f"with scenario {self.tester.scenario.name}: it is not bad for this bug "
                     "(try --amplify, a longer --endpoint-soak, or another --bad)"
                 )
-        obs = self.tester.test(self.commits.good, budget, self.state.reference_key)
+        good_budget = self.good_end_soak()
+        obs = self.tester.test(self.commits.good, good_budget, self.state.reference_key)
         if obs.kind == HANG:
             raise BadRange(
                 f"the good end {obs.sha[:12]} hangs too, with the same signature "
@@ -161,7 +171,7 @@ class Bisection:
             self.state.notes.append(
                 f"good end {obs.sha[:12]}: {obs.kind} ({obs.reason}); assumed good as given"
             )
-        self._row(0, obs, "good end", budget)
+        self._row(0, obs, "good end", good_budget)
         self.state.phase = "search"
         self._save()
 
