@@ -27,12 +27,12 @@ from verifier.errors import ExitStatus
 from verifier.report.bisect_report import (
     STEP_HEADERS,
     final_line,
+    live_line,
     report_document,
     step_cells,
     steps_table,
     write_report,
 )
-from verifier.report.table import table
 from verifier.scenario import load_scenario
 from verifier.source.git_source import GitSource
 from verifier.util.hashing import digest
@@ -152,9 +152,10 @@ def register(cli: click.Group) -> None:
 
         def echo(row: StepRow) -> None:
             progress.done()
-            lines = table([step_cells(len(state.steps), row)], STEP_HEADERS).splitlines()
-            click.echo("\n".join(lines if not header_shown[0] else lines[2:]))
-            header_shown[0] = True
+            if not header_shown[0]:
+                click.echo(live_line(STEP_HEADERS))
+                header_shown[0] = True
+            click.echo(live_line(step_cells(len(state.steps), row)))
 
         tester = CommitTester(
             workspace.builder, request, options, workspace.cache.tools, state_dir / "runs", progress

@@ -29,6 +29,16 @@ def step_cells(number: int, row: StepRow) -> list[str]:
     ]
 
 
+_LIVE_WIDTHS = (3, 11, 12, 30, 7, 9, 34, 21)
+
+
+def live_line(cells: list[str]) -> str:
+    """One step as it happens, in fixed-width columns (the final table re-aligns them all)."""
+    return "  ".join(
+        cell[:width].ljust(width) for cell, width in zip(cells, _LIVE_WIDTHS, strict=True)
+    ).rstrip()
+
+
 def steps_table(state: BisectState) -> str:
     return table([step_cells(i, row) for i, row in enumerate(state.steps, 1)], STEP_HEADERS)
 
