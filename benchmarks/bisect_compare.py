@@ -152,11 +152,14 @@ def run_git_bisect(history: History, mode: str, env: dict[str, str], where: Path
     match = re.search(r"^([0-9a-f]{40}) is the first bad commit", result.stdout, re.MULTILINE)
     answer = match[1] if match else ""
     commits, soaks, seconds = _step_stats(result.stdout + result.stderr)
+    if not answer:  # e.g. "only 'skip'ped commits left": say why in the table
+        last = [line for line in result.stdout.splitlines() if line.strip()][-1:] or ["?"]
+        answer = f"none ({last[0][:50]})"
     return Run(
         "git-bisect",
         mode,
         answer == history.introduce,
-        answer[:12] or "none",
+        answer if not match else answer[:12],
         wall,
         commits,
         soaks,
