@@ -173,7 +173,7 @@ def test_interrupted_bisect_resumes_and_replays(cache_layout, history: History) 
     assert [s["role"] for s in report["steps"]].count("bad end") >= 1
     assert report["steps"][:done_before] == json.loads(states[0].read_text())["steps"][:done_before]
     replay = run_cli(
-        "bisect", "--repo", str(history.path), *args, "--replay", str(states[0]), cache=cache_layout
+        "bisect", "--repo", str(history.path), "--replay", str(states[0]), cache=cache_layout
     )
     assert replay.returncode == 0 and f"introduced by {history.introduce[:12]}" in replay.stdout
 

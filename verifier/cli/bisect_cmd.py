@@ -23,7 +23,7 @@ from verifier.cli.options import (
     source_options,
     verify_options,
 )
-from verifier.errors import ExitStatus
+from verifier.errors import BadInput, ExitStatus
 from verifier.report.bisect_report import (
     STEP_HEADERS,
     final_line,
@@ -41,8 +41,8 @@ from verifier.util.hashing import digest
 def register(cli: click.Group) -> None:
     @cli.command("bisect")
     @source_options
-    @click.option("--good", required=True, help="A commit without the hang.")
-    @click.option("--bad", required=True, help="A commit with the hang.")
+    @click.option("--good", help="A commit without the hang (required unless --replay).")
+    @click.option("--bad", help="A commit with the hang (required unless --replay).")
     @click.option(
         "--find-fix",
         is_flag=True,
@@ -83,8 +83,8 @@ def register(cli: click.Group) -> None:
         repo: str | None,
         source: str | None,
         cache_dir: Path | None,
-        good: str,
-        bad: str,
+        good: str | None,
+        bad: str | None,
         find_fix: bool,
         patches: tuple[str, ...],
         reverse: bool,
@@ -105,6 +105,8 @@ def register(cli: click.Group) -> None:
         git = workspace.source.git
         if replay is not None:
             return _replay(git, replay)
+        if not good or not bad:
+            raise BadInput("--good and --bad are required (or --replay STATE.json)")
         options = verify_options(**flood)
         request = workspace.request(good, patches, reverse, cflags, rebuild)
         commits = commit_range(git, good, bad, find_fix)
