@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from verifier.evidence.classify import (
     FROZEN,
     LOST_WAKEUP,
@@ -12,7 +14,7 @@ from verifier.evidence.classify import (
     classify,
 )
 from verifier.evidence.gdb import parse_backtraces, parse_variables
-from verifier.evidence.procfs import SocketInfo, ThreadState
+from verifier.evidence.procfs import FdUsage, SocketInfo, ThreadState
 
 DEADLOCK = """\
 Thread 3 (Thread 0x7f0000000700 (LWP 102) "mc-worker"):
@@ -93,3 +95,19 @@ def test_a_single_inlined_repeat_is_not_a_self_deadlock() -> None:
     signature = classify(_evidence(inlined, [LISTEN], None))
     assert signature.hang_class == UNKNOWN and signature.liveness == FROZEN
     assert signature.details["waiting_on_lock"] is True
+
+
+def test_unreadable_variables_are_left_out_not_taken_as_values() -> None:
+    text = 'VAR allow_new_conns =No symbol "allow_new_conns" in current context.\nVAR x =0\n'
+    assert parse_variables(text) == {"x": "0"}
+
+
+def test_a_server_with_every_descriptor_taken_is_full_not_a_lost_wakeup() -> None:
+    base = _evidence(POLLING, [LISTEN, HELD], {"accepting_conns": "0"})
+    assert classify(base).hang_class == LOST_WAKEUP
+    full = dataclasses.replace(base, fds=FdUsage(open=16, limit=16))
+    signature = classify(full)
+    assert signature.hang_class == UNKNOWN and "16 of 16" in signature.summary
+    assert classify(dataclasses.replace(base, fds=FdUsage(open=16, limit=24))).hang_class == (
+        LOST_WAKEUP
+    )

@@ -10,12 +10,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from verifier.evidence.gdb import Frame, ThreadStack
-from verifier.evidence.procfs import SocketInfo, ThreadState
+from verifier.evidence.procfs import FdUsage, SocketInfo, ThreadState
 
 SELF_DEADLOCK = "self-deadlock"
 LOST_WAKEUP = "listener-lost-wakeup"
 UNKNOWN = "unknown"
 CLASSES = (SELF_DEADLOCK, LOST_WAKEUP, UNKNOWN)
+# read on every hang, whatever the scenario: the classes above are recognised by them
+SIGNATURE_VARIABLES = ("allow_new_conns",)
 
 WORKERS_ALIVE = "listener dead, workers alive"
 FROZEN = "whole server frozen"
@@ -37,6 +39,7 @@ class Evidence:
     sockets: list[SocketInfo]
     held_stats: dict[str, str] | None  # None: the held connection gave no answer
     held_local_port: int | None = None
+    fds: FdUsage | None = None
 
 
 @dataclass(frozen=True)
@@ -135,6 +138,16 @@ def classify(evidence: Evidence, had_held: bool = True) -> Signature:
     flag = evidence.variables.get("allow_new_conns")
     accepting = (evidence.held_stats or {}).get("accepting_conns")
     clients = _client_sockets(evidence)
+    if evidence.fds is not None and evidence.fds.exhausted:
+        # Every descriptor is taken (the held connection may be the last one): accept() and
+        # any re-check must fail. That is a full server, not a lost wake-up.
+        return Signature(
+            UNKNOWN,
+            alive,
+            f"every file descriptor is in use ({evidence.fds.open} of {evidence.fds.limit}): "
+            "the server is full, so nothing can be accepted; raise -c or hold fewer connections",
+            {"open_fds": evidence.fds.open, "fd_limit": evidence.fds.limit},
+        )
     if (
         _main_thread_polling(evidence)
         and not waiting_on_lock

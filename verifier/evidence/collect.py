@@ -15,7 +15,7 @@ from typing import Any
 
 from verifier import __version__
 from verifier.evidence import gdb, procfs
-from verifier.evidence.classify import Evidence, Signature, classify
+from verifier.evidence.classify import SIGNATURE_VARIABLES, Evidence, Signature, classify
 from verifier.util.atomic import write_json, write_text
 from verifier.util.proc import run
 
@@ -51,7 +51,9 @@ def collect_hang(
     out_dir.mkdir(parents=True, exist_ok=True)
     threads = procfs.thread_states(pid)
     sockets = procfs.open_sockets(pid)
-    dump = gdb.dump(pid, variables)
+    fds = procfs.fd_usage(pid)
+    wanted = tuple(dict.fromkeys((*SIGNATURE_VARIABLES, *variables)))
+    dump = gdb.dump(pid, wanted)
     evidence = Evidence(
         pid=pid,
         stacks=dump.threads,
@@ -60,11 +62,13 @@ def collect_hang(
         sockets=sockets,
         held_stats=held_stats,
         held_local_port=held_local_port,
+        fds=fds,
     )
     signature = classify(evidence, had_held)
     write_text(out_dir / "backtraces.txt", dump.text)
     write_json(out_dir / "threads.json", procfs.as_jsonable(threads))
     write_json(out_dir / "sockets.json", procfs.as_jsonable(sockets))
+    write_json(out_dir / "fds.json", procfs.as_jsonable([fds])[0] if fds else {})
     write_json(out_dir / "held-connection-stats.json", held_stats or {"answer": None})
     write_json(out_dir / "variables.json", dump.variables)
     write_json(out_dir / "environment.json", environment())

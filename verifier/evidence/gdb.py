@@ -93,6 +93,11 @@ def parse_backtraces(text: str) -> list[ThreadStack]:
 
 
 def parse_variables(text: str) -> dict[str, str]:
-    return {
-        m["name"]: m["value"].strip() for line in text.splitlines() if (m := _VALUE_RE.match(line))
-    }
+    """``VAR name = value`` lines; a name gdb could not read (no such symbol) is left out."""
+    values = {}
+    for line in text.splitlines():
+        m = _VALUE_RE.match(line)
+        value = m["value"].strip() if m else ""
+        if m and value and not value.startswith(("No symbol", "Cannot access")):
+            values[m["name"]] = value
+    return values

@@ -128,5 +128,29 @@ def open_sockets(pid: int) -> list[SocketInfo]:
     return sorted(sockets, key=lambda s: s.fd)
 
 
+@dataclass(frozen=True)
+class FdUsage:
+    open: int
+    limit: int | None  # the soft RLIMIT_NOFILE; None if unlimited or unreadable
+
+    @property
+    def exhausted(self) -> bool:
+        return self.limit is not None and self.open >= self.limit
+
+
+def fd_usage(pid: int) -> FdUsage | None:
+    """How many descriptors the process holds, against its soft limit."""
+    try:
+        count = sum(1 for _ in Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:
+        return None
+    limit = None
+    for line in _read(Path(f"/proc/{pid}/limits")).splitlines():
+        if line.startswith("Max open files"):
+            soft = line.split()[3]
+            limit = int(soft) if soft.isdigit() else None
+    return FdUsage(count, limit)
+
+
 def as_jsonable(items: list[Any]) -> list[dict[str, Any]]:
     return [asdict(item) for item in items]

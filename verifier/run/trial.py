@@ -1,9 +1,12 @@
 """One soak trial: start the server, hold a connection, flood, probe every second.
 
 A failed probe is only a suspicion (a saturated server also drops new connections). The
-flood is paused and drained, and two more probes must fail before a HANG is confirmed;
-if either answers, it was saturation and the flood resumes. On a HANG the evidence is
-taken while the held connection stays open.
+flood is paused and drained, two more probes must fail, and then one long probe that
+outlasts TCP's SYN retransmissions (1 s, 3 s) must fail too before a HANG is confirmed;
+if any answers, it was saturation and the flood resumes. (Without the long probe a
+saturated 1.6.18 at -c 24 was once called hung: a SYN dropped from a full accept queue
+is only resent after 1 s, and such stalls measured up to 3 s after the drain.)
+On a HANG the evidence is taken while the held connection stays open.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ class TrialSettings:
     probe_timeout_s: float = 1.0
     confirm_probes: int = 2
     confirm_timeout_s: float = 1.0
+    persist_timeout_s: float = 5.0  # the last, long confirmation probe
     drain_timeout_s: float = 2.0
     probe_client: str | None = None  # "telnet", "socket" or None (auto)
 
@@ -66,8 +70,9 @@ def _confirm_hang(settings: TrialSettings, port: int, flood: Flood | None) -> bo
     probe fails."""
     if flood is not None:
         flood.pause(settings.drain_timeout_s)
-    for _ in range(settings.confirm_probes):
-        if probe_new_connection(HOST, port, settings.confirm_timeout_s, settings.probe_client).ok:
+    timeouts = [settings.confirm_timeout_s] * settings.confirm_probes
+    for timeout_s in [*timeouts, settings.persist_timeout_s]:
+        if probe_new_connection(HOST, port, timeout_s, settings.probe_client).ok:
             return False
     return True
 
