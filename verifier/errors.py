@@ -25,6 +25,7 @@ class ExitStatus(enum.IntEnum):
     BAD_RANGE = 10  # bisect: the endpoints do not behave as claimed
     UNKNOWN_REF = 11  # the ref (tag, branch, SHA) is not in the repository
     EXPECTATION_FAILED = 12  # verify --expect: the verdict is not the expected one
+    OTHER_HANG = 13  # verify: the scenario's bug did not show (bounded), another known hang did
     INTERRUPTED = 130  # Ctrl-C (128 + SIGINT), as shells report it
 
 

@@ -25,6 +25,8 @@ from verifier.verdict.verdict import (
     TrialResult,
     Verdict,
     decide,
+    exposure_s,
+    is_other_bug,
 )
 
 
@@ -123,8 +125,11 @@ def run_trials(
         )
         trials.append(trial)
         spent += trial.soak_s
-        if trial.outcome == "error" or (stop_at_first_hang and trial.outcome in ("hang", "crash")):
-            break
+        this_bug = trial.outcome == "crash" or (
+            trial.outcome == "hang" and not is_other_bug(trial, options.scenario.expect)
+        )
+        if trial.outcome == "error" or (stop_at_first_hang and this_bug):
+            break  # another bug's hang says nothing about this one: the next trial goes on
     return trials
 
 
@@ -153,10 +158,9 @@ def measure_baseline(
         label="baseline",
         progress=progress,
     )
-    hangs = [t for t in trials if t.outcome == "hang"]
-    exposure = sum(
-        t.soak_s if t.outcome != "hang" else (t.time_to_hang_s or t.soak_s) for t in trials
-    )
+    expected = options.scenario.expect
+    hangs = [t for t in trials if t.outcome == "hang" and not is_other_bug(t, expected)]
+    exposure = sum(exposure_s(t) for t in trials)
     required = soak_for_fix(len(hangs), exposure, options.confidence)
     return {
         "commit": unpatched.commit,

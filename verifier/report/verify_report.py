@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
 from pathlib import Path
 from typing import Any
 
 from verifier.report.table import key_value_table
 from verifier.util.atomic import write_json
-from verifier.verdict.verdict import TrialResult
+from verifier.verdict.verdict import TrialResult, is_other_bug
 from verifier.verify import VerifyOutcome
 
 
@@ -38,15 +39,15 @@ def _thread_excerpt(evidence_dir: Path, lwp: int | None, max_frames: int = 12) -
 
 
 def hang_backtrace(outcome: VerifyOutcome) -> str:
-    for trial in outcome.trials:
+    """The hung thread of this bug's hang (else of another bug's)."""
+    expected = outcome.scenario.expect
+    for trial in sorted(outcome.trials, key=lambda t: is_other_bug(t, expected)):
         if trial.outcome == "hang" and trial.signature:
             details = trial.signature.get("details", {})
             lwp = details.get("lwp")
             if lwp is None:  # lost wake-up and unknown: show the listener (main thread)
                 threads = Path(trial.run_dir) / "evidence" / "threads.json"
                 if threads.is_file():
-                    import json
-
                     states = json.loads(threads.read_text())
                     lwp = states[0]["tid"] if states else None
             return _thread_excerpt(Path(trial.run_dir) / "evidence", lwp)
@@ -64,7 +65,10 @@ def summary_rows(outcome: VerifyOutcome) -> list[tuple[str, str]]:
     patches = ", ".join(p.name for p in build.patches) or "none"
     if build.patches and build.entry.meta.get("reverse"):
         patches += " (reversed)"
-    hang_trial = next((t for t in outcome.trials if t.outcome in ("hang", "crash")), None)
+    expected = outcome.scenario.expect
+    stopped = [t for t in outcome.trials if t.outcome in ("hang", "crash")]
+    hang_trial = next((t for t in stopped if not is_other_bug(t, expected)), None)
+    hang_trial = hang_trial or next(iter(stopped), None)
     rows: list[tuple[str, str]] = [
         ("source", build.entry.meta.get("source", "?")),
         ("ref", f"{build.describe} ({build.commit[:12]})"),
@@ -114,6 +118,9 @@ def summary_rows(outcome: VerifyOutcome) -> list[tuple[str, str]]:
         if hang_trial.signature:
             rows.append(("signature", hang_trial.signature["summary"]))
         rows.append(("evidence", str(Path(hang_trial.run_dir) / "evidence")))
+    for bug in outcome.verdict.other_bugs:
+        if hang_trial is None or bug["trial"] != hang_trial.index:
+            rows.append(("other bug", f"{bug['class']} in trial {bug['trial']}: {bug['evidence']}"))
     if hang_trial is not None and hang_trial.outcome == "crash" and hang_trial.crash_backtrace:
         rows.append(("backtrace", hang_trial.crash_backtrace.replace("\n", " <- ")[:300]))
     rows.append(("report", str(outcome.run_dir / "report.json")))
