@@ -1,11 +1,13 @@
 """One soak trial: start the server, hold a connection, flood, probe every second.
 
 A failed probe is only a suspicion (a saturated server also drops new connections). The
-flood is paused and drained, two more probes must fail, and then one long probe that
-outlasts TCP's SYN retransmissions (1 s, 3 s) must fail too before a HANG is confirmed;
-if any answers, it was saturation and the flood resumes. (Without the long probe a
-saturated 1.6.18 at -c 24 was once called hung: a SYN dropped from a full accept queue
-is only resent after 1 s, and such stalls measured up to 3 s after the drain.)
+flood is paused and drained; then a fresh probe (a new SYN) goes out every 0.25 s, and a
+HANG is confirmed only when none answers for 3 s while the server has a free file
+descriptor. If one answers, it was saturation and the flood resumes. Measured on a
+saturated 1.6.18 at -c 24: a single probe is not enough (a SYN dropped by a full accept
+queue is only resent after 1 s and 3 s), and for up to 4 s after the drain the server
+can still hold connections whose clients have left (their FIN is being resent), so its
+fd table is full and it rightly accepts nothing.
 On a HANG the evidence is taken while the held connection stays open.
 """
 
@@ -20,6 +22,7 @@ from pathlib import Path
 
 from verifier.errors import EnvironmentMissing, VerifierError
 from verifier.evidence.collect import collect_hang, symbolise_crash
+from verifier.evidence.procfs import fd_usage
 from verifier.probe.telnet import ProbeTimeout, TelnetSession, probe_new_connection
 from verifier.run.amplifier import AmplifierPlan
 from verifier.run.gdb_hold import GdbHolder
@@ -41,9 +44,11 @@ class TrialSettings:
     flood_processes: int = 0  # 0: one per core
     probe_interval_s: float = 1.0
     probe_timeout_s: float = 1.0
-    confirm_probes: int = 2
-    confirm_timeout_s: float = 1.0
-    persist_timeout_s: float = 5.0  # the last, long confirmation probe
+    confirm_probes: int = 2  # at least this many fresh probes must fail...
+    confirm_timeout_s: float = 0.5
+    confirm_interval_s: float = 0.25
+    confirm_window_s: float = 3.0  # ...and every one sent in this window after the drain
+    confirm_max_s: float = 20.0  # longest wait for a full fd table to free a descriptor
     drain_timeout_s: float = 2.0
     probe_client: str | None = None  # "telnet", "socket" or None (auto)
 
@@ -65,15 +70,28 @@ def _held_stats(held: TelnetSession | None, timeout_s: float = 1.0) -> dict[str,
         return None
 
 
-def _confirm_hang(settings: TrialSettings, port: int, flood: Flood | None) -> bool:
-    """Pause and drain the flood (if it still runs), then probe again: True only if every
-    probe fails."""
+def _confirm_hang(settings: TrialSettings, server: MemcachedServer, flood: Flood | None) -> bool:
+    """Pause and drain the flood (if it still runs), then probe with fresh connections: True
+    only if every probe fails for ``confirm_window_s`` while the server has a free file
+    descriptor. A full fd table (connections whose clients left but whose FIN the kernel
+    is still resending) explains the silence, so the window restarts, up to
+    ``confirm_max_s``."""
     if flood is not None:
         flood.pause(settings.drain_timeout_s)
-    timeouts = [settings.confirm_timeout_s] * settings.confirm_probes
-    for timeout_s in [*timeouts, settings.persist_timeout_s]:
-        if probe_new_connection(HOST, port, timeout_s, settings.probe_client).ok:
+    start = window = time.monotonic()
+    sent = 0
+    while sent < settings.confirm_probes or time.monotonic() - window < settings.confirm_window_s:
+        sent_at = time.monotonic()
+        probe = probe_new_connection(
+            HOST, server.port, settings.confirm_timeout_s, settings.probe_client
+        )
+        if probe.ok:
             return False
+        sent += 1
+        fds = fd_usage(server.pid)
+        if fds is not None and fds.exhausted and sent_at - start < settings.confirm_max_s:
+            window = time.monotonic()
+        time.sleep(max(0.0, settings.confirm_interval_s - (time.monotonic() - sent_at)))
     return True
 
 
@@ -170,7 +188,7 @@ def _soak(
             result.last_good_s = clock.now()
         else:
             suspected_at = clock.now()
-            if _confirm_hang(settings, server.port, flood):
+            if _confirm_hang(settings, server, flood):
                 result.outcome = "crash" if server.exited() is not None else "hang"
                 result.time_to_hang_s = suspected_at
                 result.verdict_at_s = clock.now()
@@ -194,7 +212,7 @@ def _soak(
         flood.stop()  # a hang at the very end still counts: one last probe on a quiet server
         if server.exited() is not None:
             result.outcome = "crash"
-        elif _confirm_hang(settings, server.port, None):
+        elif _confirm_hang(settings, server, None):
             result.outcome, result.time_to_hang_s = "hang", result.soak_s
             result.verdict_at_s = clock.now()
             result.detection_latency_s = result.verdict_at_s - (result.last_good_s or 0.0)
