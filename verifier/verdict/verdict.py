@@ -1,8 +1,8 @@
 """From trials to a verdict: HANG and CRASH are proof; PASS is only ever a bound.
 
 Kinds:
-  HANG            a probe got no END to ``stats`` on a new connection, twice more after
-                  the flood drained: proof, with evidence.
+  HANG            no END to ``stats`` on any new connection, for 3 s of fresh probes after
+                  the flood drained, with a descriptor free: proof, with evidence.
   CRASH           the server died by a signal.
   PASS            no hang: stated as "0 hangs in T s over n trials; rate < 3/T at 95%".
   INCONCLUSIVE    the soak never reached the buggy path (no EMFILE episode), so its
