@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from verifier.util.atomic import write_json
+from verifier.util.disk import tree_size
 
 
 @dataclass(frozen=True)
@@ -52,9 +53,7 @@ class CacheEntry:
         return stamp.stat().st_mtime if stamp.exists() else self.path.stat().st_mtime
 
     def size_bytes(self) -> int:
-        return sum(
-            p.stat().st_size for p in self.path.rglob("*") if p.is_file() and not p.is_symlink()
-        )
+        return tree_size(self.path)
 
 
 class BuildCache:

@@ -51,24 +51,9 @@ def register(cli: click.Group) -> None:
     @scenario_options
     @soak_option
     @click.option("--trials", type=click.IntRange(1), default=1, show_default=True)
-    def bisect_step(
-        repo: str,
-        cache_dir: Path | None,
-        find_fix: bool,
-        patches: tuple[str, ...],
-        reverse: bool,
-        cflags: str | None,
-        rebuild: bool,
-        soak_s: float,
-        trials: int,
-        **flood: Any,
-    ) -> NoReturn:
+    def bisect_step(**params: Any) -> NoReturn:
         """Test HEAD for `git bisect run`: exit 0 good, 1 bad, 125 skip, never 128 or more."""
-        _exit_for_git(
-            lambda: _step(
-                repo, cache_dir, find_fix, patches, reverse, cflags, rebuild, soak_s, trials, flood
-            )
-        )
+        _exit_for_git(lambda: _step(**params))
 
 
 def _step(
@@ -81,7 +66,7 @@ def _step(
     rebuild: bool,
     soak_s: float,
     trials: int,
-    flood: dict[str, Any],
+    **flood: Any,
 ) -> int:
     workspace = open_workspace(None, None, cache_dir)
     git = GitSource(repo, workspace.cache.mirrors, mirror=False)
@@ -95,9 +80,11 @@ def _step(
     click.echo(f"bisect-step {head[:12]}: {verdict.headline}", err=True)
     if verdict.kind == HANG and verdict.hang_class == options.scenario.expect:
         return GOOD if find_fix else BAD
-    if verdict.kind == PASS:
+    if verdict.kind == PASS and not verdict.other_bugs:
         return BAD if find_fix else GOOD
-    return SKIP  # does not build, not applicable, another bug, inconclusive
+    # does not build, not applicable, inconclusive, or another bug cut the soak short (its
+    # clean seconds are too few to call the commit good, as in `verifier bisect`)
+    return SKIP
 
 
 def _exit_for_git(step: Any) -> NoReturn:

@@ -13,6 +13,7 @@ from verifier.build.cache import BuildCache
 from verifier.cli.options import cache_layout, cache_option
 from verifier.errors import BadInput, ExitStatus
 from verifier.report.table import table
+from verifier.util.disk import tree_size
 
 _SIZE_RE = re.compile(r"^(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?$", re.IGNORECASE)
 
@@ -31,12 +32,6 @@ def _human(n: float) -> str:
             return f"{n:.0f}{unit}"
         n /= 1024
     return f"{n:.1f}T"
-
-
-def _tree_size(path: Path) -> int:
-    if not path.is_dir():
-        return 0
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
 
 
 def register(cli: click.Group) -> None:
@@ -75,7 +70,7 @@ def register(cli: click.Group) -> None:
         ]
         click.echo(
             "\n"
-            + "; ".join(f"{name}: {_human(_tree_size(path))}" for name, path in parts)
+            + "; ".join(f"{name}: {_human(tree_size(path))}" for name, path in parts)
             + f"  (under {layout.root})"
         )
         return ExitStatus.SUCCESS

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from verifier.cli.options import default_run_dir, open_workspace
+from verifier.cli.options import default_run_dir, open_workspace, soak_option
 from verifier.cli.verify_cmd import verify_and_report
 from verifier.errors import ExitStatus
 from verifier.resources import fixtures_dir
@@ -30,14 +30,7 @@ LOST_WAKEUP = "listener-lost-wakeup"
 def register(cli: click.Group) -> None:
     @cli.command("demo")
     @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None)
-    @click.option(
-        "--soak",
-        "soak_s",
-        type=click.FloatRange(1.0),
-        default=20.0,
-        show_default=True,
-        help="Seconds of flood per trial for the fixed build.",
-    )
+    @soak_option
     @click.option("--trials", type=click.IntRange(1), default=3, show_default=True)
     def demo(cache_dir: Path | None, soak_s: float, trials: int) -> ExitStatus:
         """Catch the 1.4.6 self-deadlock in Debian's memcached, verify the fix, then catch

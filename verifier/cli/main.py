@@ -21,6 +21,7 @@ from verifier.cli import (
     verify_cmd,
 )
 from verifier.errors import ExitStatus, VerifierError
+from verifier.util.atomic import write_text
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -41,7 +42,7 @@ for module in (build_cmd, verify_cmd, bisect_cmd, bisect_step_cmd, demo_cmd, cac
 
 def save_traceback() -> Path:
     path = Path(tempfile.gettempdir()) / f"verifier-traceback-{os.getpid()}.txt"
-    path.write_text(traceback.format_exc())
+    write_text(path, traceback.format_exc())
     return path
 
 
