@@ -36,6 +36,11 @@ class CacheLayout:
         return self.root / "builds"
 
     @property
+    def ccache(self) -> Path:
+        """ccache directories of build users (``ccache/<user>``, owned by that user)."""
+        return self.root / "ccache"
+
+    @property
     def locks(self) -> Path:
         return self.root / "locks"
 

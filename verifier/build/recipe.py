@@ -2,7 +2,8 @@
 
 The code that runs them is generic; everything version-specific lives in the data:
 how to generate ``configure`` for a git checkout, what to fix after configure, which
-targets to make, and which server options a build of that range needs.
+targets to make (or, rarely, the make step itself: ``build.make``, whose words may say
+``{make}`` and ``{jobs}``), and which server options a build of that range needs.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from verifier.build.versions import Version, in_range
-from verifier.errors import BadInput
+from verifier.errors import BadInput, NoRecipe
 from verifier.util.hashing import digest
 
 Command = tuple[str, ...]
@@ -37,11 +38,22 @@ class Recipe:
     post_configure: tuple[Command, ...]
     targets: tuple[str, ...]
     touch_generated: tuple[str, ...]  # generated files to date after their inputs
+    make: tuple[Command, ...] = ()  # empty: `make -j<jobs> <targets>`
     server_options: tuple[ServerOption, ...] = field(default_factory=tuple)
     content_hash: str = ""
 
     def matches(self, version: Version) -> bool:
         return in_range(version, self.versions)
+
+    def make_commands(self, make: str, jobs: int) -> tuple[Command, ...]:
+        """The make step: the recipe's own commands with ``{make}``/``{jobs}`` filled in,
+        else ``make -j<jobs> <targets>``."""
+        if not self.make:
+            return ((make, f"-j{jobs}", *self.targets),)
+        return tuple(
+            tuple(w.replace("{make}", make).replace("{jobs}", str(jobs)) for w in cmd)
+            for cmd in self.make
+        )
 
 
 def _commands(value: object, where: str) -> tuple[Command, ...]:
@@ -72,6 +84,7 @@ def load_recipe(path: Path) -> Recipe:
             ),
             targets=tuple(build.get("targets", ["memcached"])),
             touch_generated=tuple(build.get("touch_generated", [])),
+            make=_commands(build.get("make", []), f"{path.name} build.make"),
             server_options=tuple(
                 ServerOption(tuple(opt["args"]), opt.get("when_help_mentions", ""))
                 for opt in server.get("options", [])
@@ -93,7 +106,7 @@ def select_recipe(recipes: list[Recipe], version: Version, label: str) -> Recipe
     found = [recipe for recipe in recipes if recipe.matches(version)]
     if not found:
         shown = ".".join(map(str, version))
-        raise BadInput(
+        raise NoRecipe(
             f"no build recipe covers version {shown} ({label}); add one to recipes/build/"
         )
     if len(found) > 1:

@@ -23,7 +23,9 @@ def describe_build(result: BuildResult) -> list[tuple[str, str]]:
     rows.append(
         ("build", f"{how} in {result.seconds:.2f} s (original build {result.build_seconds:.1f} s)")
     )
-    rows.append(("log", str(result.entry.log)))
+    if result.build_user:
+        rows.append(("built as", result.build_user))
+    rows.append(("log", str(result.log)))
     return rows
 
 

@@ -43,25 +43,25 @@ def register(cli: click.Group) -> None:
     @cache_option
     def list_entries(cache_dir: Path | None) -> ExitStatus:
         """One line per cached build."""
-        builds = BuildCache(cache_layout(cache_dir).builds)
+        layout = cache_layout(cache_dir)
+        builds = BuildCache(layout.builds, layout.locks)
         rows = []
         for entry in builds.entries():
             meta = entry.meta
-            patches = ",".join(p["name"] for p in meta.get("patches", [])) or "-"
+            patches = ",".join(p.name for p in meta.patches) or "-"
             rows.append(
                 (
                     entry.key[:12],
-                    meta.get("status"),
-                    meta.get("describe"),
-                    patches + (" (reversed)" if meta.get("reverse") else ""),
-                    f"{meta.get('build_seconds', 0):.1f}s",
+                    str(meta.status),
+                    meta.describe,
+                    patches + (" (reversed)" if meta.reverse else ""),
+                    f"{meta.build_seconds:.1f}s",
                     _human(entry.size_bytes()),
                     dt.datetime.fromtimestamp(entry.last_used).strftime("%Y-%m-%d %H:%M"),
                 )
             )
         headers = ["key", "status", "ref", "patches", "build", "size", "last used"]
         click.echo(table(rows, headers) if rows else "no cached builds")
-        layout = cache_layout(cache_dir)
         parts = [
             ("git mirrors", layout.mirrors),
             ("debian imports", layout.debian),
@@ -79,7 +79,9 @@ def register(cli: click.Group) -> None:
     @cache_option
     @click.option("--all", "everything", is_flag=True, help="Remove every cached build.")
     @click.option("--failed", is_flag=True, help="Remove cached build failures.")
-    @click.option("--older-than", type=float, metavar="DAYS", help="Unused for more than DAYS.")
+    @click.option(
+        "--older-than", type=click.FloatRange(0), metavar="DAYS", help="Unused for more than DAYS."
+    )
     @click.option("--max-size", metavar="SIZE", help="Evict least recently used down to SIZE.")
     @click.option("--runs", is_flag=True, help="Also remove run directories (logs, evidence).")
     def clean(
@@ -97,14 +99,21 @@ def register(cli: click.Group) -> None:
             )
         layout = cache_layout(cache_dir)
         if runs and layout.runs.is_dir():
-            shutil.rmtree(layout.runs)
+            shutil.rmtree(layout.runs, ignore_errors=True)  # another clean may race us
             click.echo(f"removed {layout.runs}")
-        builds = BuildCache(layout.builds)
-        removed = builds.clean(
+        max_bytes = parse_size(max_size) if max_size else None
+        if not (everything or failed or older_than is not None or max_bytes is not None):
+            return ExitStatus.SUCCESS  # --runs alone: builds untouched
+        builds = BuildCache(layout.builds, layout.locks)
+        result = builds.clean(
             everything=everything,
             failed=failed,
             older_than_s=older_than * 86400 if older_than is not None else None,
-            max_bytes=parse_size(max_size) if max_size else None,
+            max_bytes=max_bytes,
         )
-        click.echo(f"removed {len(removed)} cached build(s)")
+        click.echo(f"removed {len(result.removed)} cached build(s)")
+        if result.skipped:
+            in_use = "; ".join(f"{e.key[:12]} {e.meta.describe}" for e in result.skipped)
+            count = len(result.skipped)
+            click.echo(f"skipped {count} build{'s' if count > 1 else ''} in use: {in_use}")
         return ExitStatus.SUCCESS

@@ -21,8 +21,9 @@ from pathlib import Path
 
 import git
 
-from verifier.errors import BadInput, EnvironmentMissing
+from verifier.errors import BadInput, EnvironmentMissing, NetworkError
 from verifier.patch.dep3 import parse_dep3
+from verifier.source.network import GIT_TIMEOUT_ENV, git_timeout_s, is_unreachable, reason
 from verifier.util.locks import file_lock
 from verifier.util.proc import require_tool, run
 
@@ -79,7 +80,9 @@ class DebianSource:
             upstream_tag=upstream_version(version),
             debian_tag=f"debian/{version.replace(':', '%').replace('~', '_')}",
         )
-        with file_lock(self.cache_dir / "import.lock"):
+        # the holder downloads (bounded by the network timeout) and imports (seconds)
+        wait_s = git_timeout_s() + 300
+        with file_lock(self.cache_dir / "import.lock", timeout_s=wait_s):
             if not self._has_tag(result.debian_tag):
                 self._import(result)
         return result
@@ -121,18 +124,15 @@ class DebianSource:
         require_tool("apt-get", "this needs a Debian-based system")
         target = self.cache_dir / "downloads" / version
         partial = Path(tempfile.mkdtemp(prefix=".download-", dir=self.cache_dir))
+        timeout_s = git_timeout_s()
         try:
             result = run(
                 ["apt-get", "source", "--download-only", "-q", f"{PACKAGE}={version}"],
                 cwd=partial,
-                timeout_s=600,
+                timeout_s=timeout_s,
             )
             if not result.ok:
-                if "deb-src" in result.output:
-                    raise EnvironmentMissing(DEB_SRC_HINT)
-                raise EnvironmentMissing(
-                    f"apt-get source {PACKAGE}={version} failed: {result.output.strip()[-200:]}"
-                )
+                raise _download_failure(version, result.output, result.timed_out, timeout_s)
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.rmtree(target, ignore_errors=True)
             partial.rename(target)
@@ -219,6 +219,22 @@ class DebianSource:
             f"refs/tags/{target.upstream_tag}",
             f"refs/tags/{target.debian_tag}",
         )
+
+
+def _download_failure(
+    version: str, output: str, timed_out: bool, timeout_s: float
+) -> EnvironmentMissing | NetworkError:
+    what = f"cannot download Debian's {PACKAGE}={version} source (apt-get source)"
+    hint = "check the network or the deb-src mirror in /etc/apt/sources.list"
+    if timed_out:
+        return NetworkError(
+            f"{what}: no answer within {timeout_s:.0f} s ({GIT_TIMEOUT_ENV} sets the limit); {hint}"
+        )
+    if is_unreachable(output):
+        return NetworkError(f"{what}: {reason(output)} ({hint})")
+    if "deb-src" in output:
+        return EnvironmentMissing(DEB_SRC_HINT)
+    return EnvironmentMissing(f"{what}: {reason(output)}")
 
 
 def _series(debian_dir: Path) -> list[Path]:

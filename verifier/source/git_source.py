@@ -1,7 +1,16 @@
-"""A git repository kept as a bare mirror in the cache: resolve refs, make clean checkouts."""
+"""A git repository kept as a bare mirror in the cache: resolve refs, make clean checkouts.
+
+Cloning and fetching talk to a remote: they run bounded in time (``verifier.source.network``)
+and an unreachable remote is a ``NetworkError`` carrying git's own reason. They run git
+directly (``util.proc.run``: timeout, process-group kill) rather than through GitPython,
+whose ``clone_from`` starts git ``as_process`` and so never applies ``kill_after_timeout``
+(GitPython 3.1/3.2), and whose ``GitCommandError.stderr`` ends in a quote that the old
+last-line parser turned into an empty reason.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import re
 import shutil
@@ -10,9 +19,13 @@ from pathlib import Path
 
 import git
 
-from verifier.errors import BadInput, UnknownRef
+from verifier.errors import BadInput, NetworkError, UnknownRef
+from verifier.source.network import git_network_env, git_timeout_s, remote_failure
 from verifier.util.hashing import digest
-from verifier.util.locks import file_lock
+from verifier.util.locks import HeldLock, file_lock
+from verifier.util.proc import run
+
+MIRROR_LOCK_SLACK_S = 120.0  # a holder's clone/fetch ends within the git timeout plus this
 
 UPSTREAM_URL = "https://github.com/memcached/memcached.git"
 _SHA_RE = re.compile(r"^[0-9a-f]{7,40}$")
@@ -60,19 +73,47 @@ class GitSource:
             self._repo = self._open_or_clone()
         return self._repo
 
+    @property
+    def lock_path(self) -> Path:
+        """Held while the mirror is cloned or fetched."""
+        return self._mirrors_dir / f"{self.path.name}.lock"
+
+    def _mirror_lock(self) -> contextlib.AbstractContextManager[HeldLock]:
+        wait_s = git_timeout_s() + MIRROR_LOCK_SLACK_S
+        return file_lock(self.lock_path, timeout_s=wait_s)
+
+    def _remote_git(self, what: str, *argv: str) -> None:
+        """Run a git command that talks to the origin; raise NetworkError/BadInput with
+        git's reason when it fails."""
+        timeout_s = git_timeout_s()
+        result = run(
+            ["git", "-c", "protocol.ext.allow=never", *argv],
+            env=git_network_env(),
+            timeout_s=timeout_s,
+        )
+        if not result.ok:
+            raise remote_failure(
+                f"cannot {what} {self.location}",
+                result.output,
+                timed_out=result.timed_out,
+                timeout_s=timeout_s,
+            )
+
     def _open_or_clone(self) -> git.Repo:
         if not self._mirror:
             return git.Repo(self.path)
-        with file_lock(self._mirrors_dir / f"{self.path.name}.lock"):
+        with self._mirror_lock():
             if (self.path / "HEAD").exists():
                 return git.Repo(self.path)
             partial = self.path.with_name(self.path.name + ".partial")
             if partial.exists():
                 shutil.rmtree(partial)
+            partial.parent.mkdir(parents=True, exist_ok=True)
             try:
-                git.Repo.clone_from(self.location, partial, mirror=True)
-            except git.GitCommandError as exc:
-                raise BadInput(f"cannot clone {self.location}: {_last_line(exc.stderr)}") from None
+                self._remote_git("clone", "clone", "--mirror", "--", self.location, str(partial))
+            except BaseException:
+                shutil.rmtree(partial, ignore_errors=True)
+                raise
             partial.rename(self.path)
             return git.Repo(self.path)
 
@@ -80,11 +121,18 @@ class GitSource:
         """Update the mirror from its origin (a no-op for in-place repositories)."""
         if not self._mirror:
             return
-        with file_lock(self._mirrors_dir / f"{self.path.name}.lock"):
-            try:
-                self.repo.git.fetch("--prune", "--tags", "origin", "+refs/*:refs/*")
-            except git.GitCommandError as exc:
-                raise BadInput(f"cannot fetch {self.location}: {_last_line(exc.stderr)}") from None
+        repo = self.repo
+        with self._mirror_lock():
+            self._remote_git(
+                "fetch",
+                "-C",
+                str(repo.git_dir),
+                "fetch",
+                "--prune",
+                "--tags",
+                "origin",
+                "+refs/*:refs/*",
+            )
 
     # -- refs -----------------------------------------------------------------------------
     def _try_resolve(self, ref: str) -> str | None:
@@ -103,7 +151,7 @@ class GitSource:
             return sha
         try:
             self.fetch()
-        except BadInput:
+        except (BadInput, NetworkError):
             if sha is not None:  # offline: a cached branch is better than nothing
                 return sha
             raise
@@ -147,13 +195,11 @@ class GitSource:
         return f"https://github.com/{match['slug']}/commit/{sha}" if match else None
 
     # -- checkouts ------------------------------------------------------------------------
-    def checkout(self, sha: str, dest: Path) -> None:
+    def checkout(self, sha: str, dest: Path, *, independent: bool = False) -> None:
         """A clean work tree of ``sha`` at ``dest`` that is a git repository with tags
-        (1.4.x's version.sh runs ``git describe``)."""
-        clone = git.Repo.clone_from(str(self.path), dest, shared=True, no_checkout=True)
+        (1.4.x's version.sh runs ``git describe``). ``independent``: its own copy of the
+        objects (no alternates into the cache, no hard links), for a tree handed to another
+        user."""
+        options = {"no_local": True} if independent else {"shared": True}
+        clone = git.Repo.clone_from(str(self.path), dest, no_checkout=True, **options)
         clone.git.checkout("--quiet", "--detach", sha)
-
-
-def _last_line(text: str | None) -> str:
-    lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
-    return lines[-1].removeprefix("stderr: ").strip("'") if lines else "git failed"
