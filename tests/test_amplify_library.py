@@ -7,6 +7,7 @@ import os
 import re
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from verifier.amplify.counters import (
 from verifier.amplify.library import build_library, preload_env
 from verifier.amplify.spec import (
     InterposeRule,
+    LockRule,
     Rule,
     WatchRule,
     encode_rules,
@@ -160,6 +162,69 @@ int main(int argc, char **argv) {
 }
 """
 
+# Contention on a global mutex and a heap one, made certain with semaphores: the worker
+# posts right before it locks conn_lock (held by main for 5 ms more), then holds the heap
+# mutex while main locks it. Marked lines are looked up for the call sites.
+LOCK_C = r"""
+#define _GNU_SOURCE
+#include <pthread.h>
+#include <semaphore.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+#include <unistd.h>
+
+pthread_mutex_t conn_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_mutex_t *heap_lock;
+static sem_t about_to_lock, holds_heap, main_waits;
+
+static double now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
+static void *worker(void *arg) {
+    (void)arg;
+    printf("worker_tid %d\n", gettid());
+    sem_post(&about_to_lock);
+    double t0 = now_ms();
+    pthread_mutex_lock(&conn_lock); /* SITE worker_conn */
+    printf("worker_conn_ms %.3f\n", now_ms() - t0);
+    pthread_mutex_unlock(&conn_lock);
+    pthread_mutex_lock(heap_lock);
+    sem_post(&holds_heap);
+    sem_wait(&main_waits);
+    usleep(5000);
+    pthread_mutex_unlock(heap_lock);
+    return NULL;
+}
+int main(void) {
+    heap_lock = malloc(sizeof *heap_lock);
+    pthread_mutex_init(heap_lock, NULL);
+    sem_init(&about_to_lock, 0, 0);
+    sem_init(&holds_heap, 0, 0);
+    sem_init(&main_waits, 0, 0);
+    printf("main_tid %d\n", gettid());
+    double t0 = now_ms();
+    pthread_mutex_lock(&conn_lock);
+    printf("main_uncontended_ms %.3f\n", now_ms() - t0);
+    pthread_t t;
+    pthread_create(&t, NULL, worker, NULL);
+    sem_wait(&about_to_lock);
+    usleep(5000);
+    pthread_mutex_unlock(&conn_lock);
+    sem_wait(&holds_heap);
+    sem_post(&main_waits);
+    t0 = now_ms();
+    pthread_mutex_lock(heap_lock); /* SITE main_heap */
+    printf("main_heap_ms %.3f\n", now_ms() - t0);
+    pthread_mutex_unlock(heap_lock);
+    pthread_join(t, NULL);
+    fflush(stdout);
+    return 0;
+}
+"""
+
 CRASH_C = r"""
 #include <stdlib.h>
 __attribute__((noinline)) void crash_here(int segv) {
@@ -207,6 +272,22 @@ def values(stdout: str) -> dict[str, float]:
     return {k: float(v) for k, v in re.findall(r"^(\w+) ([-\d.]+)$", stdout, re.MULTILINE)}
 
 
+def source_line(source: str, marker: str) -> int:
+    """1-based line of ``marker`` in a C source above."""
+    return next(i for i, line in enumerate(source.splitlines(), 1) if marker in line)
+
+
+def where(prog: Path, status: AmplifierStatus, pc: int) -> tuple[str, int]:
+    """(function, line) of a code address from the status file: addr2line on pc - bias - 1."""
+    out = subprocess.run(
+        ["addr2line", "-f", "-e", str(prog), f"{pc - status.load_bias - 1:#x}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split("\n")
+    return out[0], int(out[1].rsplit(":", 1)[1].split()[0])
+
+
 def watch_status(status_file: Path, rules: list[Rule]) -> AmplifierStatus:
     """The status, or a skip (with the reason) after checking the failure is reported."""
     status = read_status(status_file)
@@ -229,11 +310,17 @@ def test_rules_round_trip_and_validate() -> None:
         WatchRule("x", addr=0x7000, length=8, cond="ne", value=-1, thread="any"),
         InterposeRule(("accept", "accept4"), errno_name="EWOULDBLOCK", thread="main"),
         InterposeRule(("close",), ret=None, errno_name=None, when="before", delay_us=7),
+        LockRule("conn_lock", symoff=0x48A60, length=40, delay_us=5, thread="main"),
+        LockRule(site=0x1234, every=3),
+        LockRule(max_triggers=2),
     ]
     text = encode_rules(rules)
     assert text.startswith("watch:sym=allow_new_conns,symoff=0x4c2a0,len=1,cond=eq,value=0,")
     assert "fn=accept|accept4,ret=-1,errno=11," in text
+    assert "lock:sym=conn_lock,symoff=0x48a60,len=40,delay_us=5,thread=main;" in text
+    assert text.endswith(";lock:sym=any,delay_us=20000,thread=any,max=2")
     assert parse_rules(text) == rules
+    assert rules[-1].any_mutex and not rules[-2].any_mutex
     assert rules[1].thread == "all" and rules[2].errno_name == "EAGAIN"
     for bad in (
         lambda: WatchRule("a b"),
@@ -246,6 +333,11 @@ def test_rules_round_trip_and_validate() -> None:
         lambda: encode_rules([WatchRule("v", addr=8 * i) for i in range(5)]),
         lambda: parse_rules("watch:symoff=0x10,colour=red"),
         lambda: parse_rules("interpose:ret=-1"),
+        lambda: LockRule(symoff=8, addr=16),
+        lambda: LockRule(length=0),
+        lambda: LockRule(site=0),
+        lambda: LockRule(thread="workers"),
+        lambda: parse_rules("lock:fn=accept"),
     ):
         with pytest.raises(BadInput):
             bad()
@@ -314,7 +406,9 @@ def test_watch_delays_matching_stores_on_main_thread_only(
     prog = compile_c(tmp_path, "watch", WATCH_C, *flags)
     rules = resolve_rules([WatchRule("allow_new_conns", value=0, delay_us=DELAY_US)], prog)
     status_file = tmp_path / "status"
+    before_ns = time.monotonic_ns()
     result = run(prog, "5", "2000", env=preload_env(lib, rules, status_file))
+    after_ns = time.monotonic_ns()
     assert result.returncode == 0, result.stderr
     status = watch_status(status_file, rules)
     v = values(result.stdout)
@@ -327,6 +421,14 @@ def test_watch_delays_matching_stores_on_main_thread_only(
     assert (rule.kind, rule.events, rule.matches, rule.triggers) == ("watch", 2010, 5, 5)
     assert rule.main_triggers == 5 and rule.last_tid == v["main_tid"] == status.main_tid
     assert rule.slept_ns >= 5 * DELAY_US * 1000 * 0.95
+    # the last trigger is named: when (CLOCK_MONOTONIC, as time.monotonic_ns), where (the
+    # trapping RIP: the store's line), and the same on the main thread
+    assert before_ns < rule.first_ns < rule.last_ns < after_ns
+    assert rule.last_ns - rule.first_ns >= 4 * DELAY_US * 1000 * 0.95
+    assert (rule.main_last_ns, rule.main_last_pc) == (rule.last_ns, rule.last_pc)
+    function, line = where(prog, status, rule.last_pc)
+    assert function == "store_many" or function.startswith("main")
+    assert line == source_line(WATCH_C, "allow_new_conns = v;")
 
 
 def test_watch_all_threads_every_and_max(lib: Path, tmp_path: Path) -> None:
@@ -348,6 +450,7 @@ def test_watch_all_threads_every_and_max(lib: Path, tmp_path: Path) -> None:
     all_threads, every = status.rules
     assert (all_threads.events, all_threads.matches, all_threads.triggers) == (12, 8, 8)
     assert all_threads.main_triggers == 4 and all_threads.last_tid == v["worker_tid"]
+    assert 0 < all_threads.main_last_ns < all_threads.last_ns  # the worker stored last
     # thread=main: 8 stores on main, 4 of them != 0, every 2nd -> 2, capped at 1
     assert (every.events, every.matches, every.triggers) == (8, 4, 1)
 
@@ -418,6 +521,15 @@ def test_interpose_delays_emfile_and_keeps_errno(lib: Path, tmp_path: Path, fn: 
     emfile, eagain = status.rules
     assert (emfile.events, emfile.matches, emfile.triggers, emfile.main_triggers) == (3, 3, 3, 3)
     assert (eagain.events, eagain.matches, eagain.triggers) == (3, 0, 0)
+    function, line = where(prog, status, emfile.last_pc)  # the return address: the call
+    assert function == "accepts" or function.startswith("main")
+    assert line == source_line(ACCEPT_C, "int fd = use4 ?")
+    assert eagain.last_ns == 0 and eagain.last_pc == 0  # never triggered
+    # every failure of a wrapped call is counted per (function, errno, thread kind)
+    assert [(f.function, f.errno_name, f.main, f.count) for f in status.failures] == [
+        (fn, "EMFILE", True, 3)
+    ]
+    assert status.failures[0].last_pc == emfile.last_pc
 
 
 def test_interpose_thread_main_skips_workers(lib: Path, tmp_path: Path) -> None:
@@ -426,8 +538,15 @@ def test_interpose_thread_main_skips_workers(lib: Path, tmp_path: Path) -> None:
     status_file = tmp_path / "status"
     result = run(prog, "accept", "thread", env=preload_env(lib, rules, status_file))
     assert result.returncode == 0, result.stderr
-    assert all(ms < DELAY_MS and err == "EMFILE" for _, err, ms in accept_results(result.stdout))
-    assert read_status(status_file).rules[0].events == 0
+    calls = accept_results(result.stdout)
+    assert len(calls) == 3
+    assert all(ms < DELAY_MS and err == "EMFILE" for _, err, ms in calls)
+    status = read_status(status_file)
+    assert status.rules[0].events == 0
+    # the failures are still counted, on a thread that is not the main one
+    assert [(f.function, f.errno_name, f.main, f.count) for f in status.failures] == [
+        ("accept", "EMFILE", False, 3)
+    ]
 
 
 def test_interpose_before_and_status_survives_sigkill(lib: Path, tmp_path: Path) -> None:
@@ -463,6 +582,107 @@ def test_interpose_before_and_status_survives_sigkill(lib: Path, tmp_path: Path)
     accept_rule, close_rule = status.rules
     assert (accept_rule.events, accept_rule.matches, accept_rule.triggers) == (3, 3, 1)
     assert (close_rule.events, close_rule.triggers) == (1, 1)
+
+
+def test_failure_histogram_counts_every_errno(lib: Path, tmp_path: Path) -> None:
+    """Discovery's probe: ret=-1, errno=any, no delay; close() on a bad fd fails with EBADF."""
+    prog = compile_c(tmp_path, "accept", ACCEPT_C)
+    rules: list[Rule] = [
+        InterposeRule(("accept", "accept4", "close"), ret=-1, errno_name=None, delay_us=0)
+    ]
+    status_file = tmp_path / "status"
+    env = preload_env(lib, rules, status_file)
+    result = run(prog, "accept4", env=env)
+    assert result.returncode == 0, result.stderr
+    status = read_status(status_file)
+    (rule,) = status.rules
+    assert rule.triggers == rule.matches == 3 and rule.slept_ns < DELAY_US * 1000
+    counts = {(f.function, f.errno_name, f.main): f.count for f in status.failures}
+    assert counts == {("accept4", "EMFILE", True): 3}  # close() succeeded
+    assert status.failures_dropped == 0
+
+
+# ---- lock ----
+
+
+@pytest.fixture
+def lock_prog(tmp_path: Path) -> Path:
+    return compile_c(tmp_path, "lock", LOCK_C)
+
+
+def lock_values(lib: Path, prog: Path, rules: list[Rule], status_file: Path) -> dict[str, float]:
+    result = run(prog, env=preload_env(lib, rules, status_file))
+    assert result.returncode == 0, result.stderr
+    return values(result.stdout)
+
+
+def test_lock_probe_counts_contended_acquisitions(
+    lib: Path, lock_prog: Path, tmp_path: Path
+) -> None:
+    """Any mutex, no delay: the discovery probe. Two contended acquisitions, named."""
+    status_file = tmp_path / "status"
+    v = lock_values(lib, lock_prog, [LockRule(delay_us=0)], status_file)
+    status = read_status(status_file)
+    require_armed(status, [LockRule(delay_us=0)])
+    (rule,) = status.rules
+    assert rule.kind == "lock" and (rule.events, rule.matches, rule.triggers) == (2, 2, 2)
+    conn_off = resolve_symbol(lock_prog, "conn_lock")
+    assert conn_off is not None
+    by_mutex = {m.mutex - status.load_bias == conn_off: m for m in status.mutexes}
+    assert len(status.mutexes) == 2 and set(by_mutex) == {True, False}
+    conn, heap = by_mutex[True], by_mutex[False]
+    assert (conn.contended, conn.main_contended, heap.contended, heap.main_contended) == (
+        1,
+        0,
+        1,
+        1,
+    )
+    assert conn.wait_ns >= 4_000_000  # main held it 5 ms after the worker's trylock failed
+    assert where(lock_prog, status, conn.site)[1] == source_line(LOCK_C, "SITE worker_conn")
+    assert where(lock_prog, status, heap.site)[1] == source_line(LOCK_C, "SITE main_heap")
+    assert status.lock_calls >= 4 and status.lock_contended == 2
+    assert v["main_uncontended_ms"] < DELAY_MS
+
+
+def test_lock_rule_sleeps_after_a_contended_acquisition_of_its_mutex(
+    lib: Path, lock_prog: Path, tmp_path: Path
+) -> None:
+    conn_off = resolve_symbol(lock_prog, "conn_lock")
+    assert conn_off is not None
+    rules: list[Rule] = [LockRule("conn_lock", symoff=conn_off, length=40, delay_us=DELAY_US)]
+    status_file = tmp_path / "status"
+    v = lock_values(lib, lock_prog, rules, status_file)
+    assert v["worker_conn_ms"] >= 5 * 0.9 + DELAY_MS * 0.95  # waited, then slept holding it
+    assert v["main_uncontended_ms"] < DELAY_MS  # uncontended: no sleep
+    assert v["main_heap_ms"] < DELAY_MS  # contended, but another mutex
+    status = read_status(status_file)
+    (rule,) = status.rules
+    assert (rule.events, rule.matches, rule.triggers, rule.main_triggers) == (2, 1, 1, 0)
+    assert rule.last_tid == v["worker_tid"] and rule.main_last_ns == 0
+    assert where(lock_prog, status, rule.last_pc)[1] == source_line(LOCK_C, "SITE worker_conn")
+    # thread=main: the worker's acquisition is not seen; main's (of the heap mutex) is
+    main_only: list[Rule] = [LockRule("conn_lock", symoff=conn_off, length=40, thread="main")]
+    lock_values(lib, lock_prog, main_only, status_file)
+    (rule,) = read_status(status_file).rules
+    assert (rule.events, rule.matches, rule.triggers) == (1, 0, 0)
+
+
+def test_lock_rule_by_call_site_for_a_heap_mutex(
+    lib: Path, lock_prog: Path, tmp_path: Path
+) -> None:
+    """A heap mutex has no stable address: the rule matches the call site instead."""
+    status_file = tmp_path / "status"
+    lock_values(lib, lock_prog, [LockRule(delay_us=0)], status_file)
+    probe = read_status(status_file)
+    conn_off = resolve_symbol(lock_prog, "conn_lock")
+    (heap,) = [m for m in probe.mutexes if m.mutex - probe.load_bias != conn_off]
+    site = heap.site - probe.load_bias  # an offset: valid in the next run despite ASLR
+    rules: list[Rule] = [LockRule(site=site, delay_us=DELAY_US)]
+    v = lock_values(lib, lock_prog, rules, status_file)
+    assert v["main_heap_ms"] >= DELAY_MS * 0.95
+    assert v["worker_conn_ms"] < 5 + DELAY_MS * 0.9  # the worker's site does not match
+    (rule,) = read_status(status_file).rules
+    assert (rule.matches, rule.triggers, rule.main_triggers) == (1, 1, 1)
 
 
 # ---- crash reporter ----

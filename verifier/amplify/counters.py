@@ -1,6 +1,10 @@
 """Read the status file that libamplify.so keeps mmapped (``struct amp_status`` in the C).
 
-The file is valid at any moment, also after the process was SIGKILLed.
+The file is valid at any moment, also after the process was SIGKILLed. Version 2 adds,
+per rule, the last trigger (CLOCK_MONOTONIC ns, tid, code address; also the last one on
+the main thread), and two discovery tables: failures of wrapped calls per (function,
+errno, main thread or not), and contended mutex acquisitions per (mutex, call site).
+Code addresses are absolute; subtract ``load_bias`` for an offset in the executable.
 """
 
 from __future__ import annotations
@@ -14,16 +18,22 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from verifier.amplify.spec import Rule, WatchRule
+from verifier.amplify.spec import INTERPOSABLE, InterposeRule, Rule
 from verifier.errors import EnvironmentMissing, HarnessError
 
 MAGIC = b"AMPLIFY\0"
-VERSION = 1
+VERSION = 2
 _HEADER = struct.Struct("<8sIIiiiIQiI208s")  # 256 bytes
-_RULE = struct.Struct("<IiiIQQQQQq")  # 64 bytes
+_RULE = struct.Struct("<IiiIQQQQQqQQQQQ24x")  # 128 bytes
+_TABLES = struct.Struct("<IIQQQQ24x")  # 64 bytes
+_FAIL = struct.Struct("<IIQQQ")  # 32 bytes
+_MUTEX = struct.Struct("<QQQQQ8x")  # 48 bytes
 MAX_RULES = 16
-SIZE = _HEADER.size + MAX_RULES * _RULE.size
-_KINDS = {0: "none", 1: "watch", 2: "interpose"}
+FAIL_SLOTS = 64
+MUTEX_SLOTS = 256
+_TABLES_AT = _HEADER.size + MAX_RULES * _RULE.size
+SIZE = _TABLES_AT + _TABLES.size + FAIL_SLOTS * _FAIL.size + MUTEX_SLOTS * _MUTEX.size
+_KINDS = {0: "none", 1: "watch", 2: "interpose", 3: "lock"}
 _LOAD_BIAS_RE = re.compile(r"^amplify: load-bias (0x[0-9a-f]+)$", re.MULTILINE)
 GDB_HINT = "use --amplify gdb instead"
 
@@ -39,6 +49,34 @@ class RuleStatus:
     main_triggers: int  # triggers on the main thread
     slept_ns: int
     last_tid: int  # thread that slept last (0: none yet)
+    last_ns: int = 0  # CLOCK_MONOTONIC (time.monotonic_ns) when the last trigger began; 0: none
+    last_pc: int = 0  # its code address: the trapping RIP (watch), the return address (calls)
+    main_last_ns: int = 0  # the same for the last trigger on the main thread
+    main_last_pc: int = 0
+    first_ns: int = 0  # when the first trigger began
+
+
+@dataclass(frozen=True)
+class CallFailure:
+    """Failures of one wrapped call with one errno on one kind of thread."""
+
+    function: str
+    errno_name: str  # e.g. "EMFILE"; "E<n>" for a number Python does not name
+    main: bool  # on the main thread (the one that loaded the library)
+    count: int
+    last_pc: int  # return address of the latest failure
+    last_ns: int
+
+
+@dataclass(frozen=True)
+class ContendedMutex:
+    """Contended acquisitions of one mutex at one call site (trylock said EBUSY)."""
+
+    mutex: int  # absolute address of the pthread_mutex_t
+    site: int  # absolute return address of the pthread_mutex_lock call
+    contended: int
+    main_contended: int
+    wait_ns: int
 
 
 @dataclass(frozen=True)
@@ -50,6 +88,64 @@ class AmplifierStatus:
     message: str
     crash_signal: int  # caught by the crash reporter, or 0
     rules: tuple[RuleStatus, ...]
+    failures: tuple[CallFailure, ...] = ()  # most frequent first
+    mutexes: tuple[ContendedMutex, ...] = ()  # most contended first
+    failures_dropped: int = 0  # not counted: the table was full
+    mutexes_dropped: int = 0
+    lock_calls: int = 0  # pthread_mutex_lock calls seen by the lock probe
+    lock_contended: int = 0
+
+
+def _errno_label(number: int) -> str:
+    return errno.errorcode.get(number, f"E{number}")
+
+
+@dataclass(frozen=True)
+class _Tables:
+    failures: tuple[CallFailure, ...]
+    mutexes: tuple[ContendedMutex, ...]
+    failures_dropped: int
+    mutexes_dropped: int
+    lock_calls: int
+    lock_contended: int
+
+
+def _read_tables(data: bytes) -> _Tables:
+    """The failure and mutex tables (duplicate mutex slots, possible under a race, merged)."""
+    _fs, _ms, fail_dropped, mutex_dropped, lock_calls, lock_contended = _TABLES.unpack_from(
+        data, _TABLES_AT
+    )
+    failures = []
+    at = _TABLES_AT + _TABLES.size
+    for i in range(FAIL_SLOTS):
+        key, _, count, last_pc, last_ns = _FAIL.unpack_from(data, at + i * _FAIL.size)
+        if key == 0 or count == 0:
+            continue
+        key -= 1
+        fn, err, main = key >> 16, (key >> 1) & 0x7FFF, bool(key & 1)
+        name = INTERPOSABLE[fn] if fn < len(INTERPOSABLE) else f"fn{fn}"
+        failures.append(CallFailure(name, _errno_label(err), main, count, last_pc, last_ns))
+    merged: dict[tuple[int, int], list[int]] = {}
+    at += FAIL_SLOTS * _FAIL.size
+    for i in range(MUTEX_SLOTS):
+        mutex, site, contended, main_contended, wait_ns = _MUTEX.unpack_from(
+            data, at + i * _MUTEX.size
+        )
+        if mutex == 0 or site == 0 or contended == 0:
+            continue
+        counts = merged.setdefault((mutex, site), [0, 0, 0])
+        counts[0] += contended
+        counts[1] += main_contended
+        counts[2] += wait_ns
+    mutexes = [ContendedMutex(m, s, *c) for (m, s), c in merged.items()]
+    return _Tables(
+        tuple(sorted(failures, key=lambda f: (-f.count, f.function, f.errno_name))),
+        tuple(sorted(mutexes, key=lambda m: (-m.contended, m.mutex, m.site))),
+        fail_dropped,
+        mutex_dropped,
+        lock_calls,
+        lock_contended,
+    )
 
 
 def read_status(status_file: Path) -> AmplifierStatus:
@@ -68,6 +164,7 @@ def read_status(status_file: Path) -> AmplifierStatus:
     )
     if version != VERSION or size != SIZE or nrules > MAX_RULES:
         raise HarnessError(f"amplifier status {status_file}: version {version}, size {size}")
+    tables = _read_tables(data)
     rules = []
     for i in range(nrules):
         kind, armed, arm_errno, _, *counts = _RULE.unpack_from(data, _HEADER.size + i * _RULE.size)
@@ -80,6 +177,12 @@ def read_status(status_file: Path) -> AmplifierStatus:
         message=msg.split(b"\0", 1)[0].decode(errors="replace"),
         crash_signal=crash,
         rules=tuple(rules),
+        failures=tables.failures,
+        mutexes=tables.mutexes,
+        failures_dropped=tables.failures_dropped,
+        mutexes_dropped=tables.mutexes_dropped,
+        lock_calls=tables.lock_calls,
+        lock_contended=tables.lock_contended,
     )
 
 
@@ -113,12 +216,16 @@ def require_armed(status: AmplifierStatus, rules: Sequence[Rule] | None = None) 
         label = f"rule {i + 1}"
         if rules is not None and i < len(rules):
             given = rules[i]
-            label = given.symbol if isinstance(given, WatchRule) else "|".join(given.functions)
+            label = "|".join(given.functions) if isinstance(given, InterposeRule) else given.symbol
         name = errno.errorcode.get(rule.arm_errno, str(rule.arm_errno))
         if rule.kind == "watch":
             raise EnvironmentMissing(
                 f"hardware watchpoint on {label} not armed: perf_event_open: {name} "
                 f"({os.strerror(rule.arm_errno)}); {_arm_hint(rule.arm_errno)}; {GDB_HINT}"
+            )
+        if rule.kind == "lock":
+            raise HarnessError(
+                f"lock probe for {label} not armed: {name} (no pthread_mutex_trylock?)"
             )
         raise HarnessError(f"interposer for {label} not armed: {name}")
 

@@ -22,11 +22,24 @@
  *     Wraps libc functions from FUNCTIONS below. when=after (default): call
  *     the real function, then sleep when its result (and errno) match.
  *     when=before: sleep before every call (ret/errno must be any).
+ *     pthread_mutex_lock returns an error number instead of -1 and errno:
+ *     its errno= matches that number (ret= the same).
+ *
+ *   lock:symoff=N|addr=N,len=N,site=N,delay_us=N,thread=main|any,every=N,
+ *        max=N,sym=NAME
+ *     Wraps pthread_mutex_lock with a trylock-first probe: trylock, and only
+ *     when that says EBUSY (the acquisition is contended) the real lock,
+ *     timed. Right after a contended acquisition that matches, the new owner
+ *     sleeps delay_us holding the mutex. A mutex matches when it lies in
+ *     [symoff + load bias, +len) (or [addr, +len)); with neither, any mutex.
+ *     site=N (code offset in the main executable of the return address, as
+ *     in the status file's pc minus the load bias) also requires that call
+ *     site (for mutexes on the heap). len defaults to 1.
  *
  *   Numbers are decimal or 0x-hex, optionally negative. every=N sleeps on
  *   every Nth match only; max=N stops after N sleeps (0 = no limit). sym= is
  *   a label only. Defaults: len=1 cond=eq value=0 delay_us=0 thread=main
- *   (watch) / any (interpose) ret=any errno=any when=after every=1 max=0.
+ *   (watch) / any (interpose, lock) ret=any errno=any when=after every=1 max=0.
  *
  * A malformed rule disables ALL rules (never a partial set): one line
  * "amplify: bad rule ..." goes to stderr and the status file records it. The
@@ -34,7 +47,15 @@
  *
  * VERIFIER_AMPLIFY_STATUS=/path: a fixed binary struct (amp_status below,
  * read by counters.py) mmapped MAP_SHARED in the constructor, so it stays
- * valid after SIGKILL and after a later setuid.
+ * valid after SIGKILL and after a later setuid. Besides the per-rule counters
+ * it records, for naming the point that was stretched last before a hang,
+ * each rule's last trigger (CLOCK_MONOTONIC ns, tid, code address: the
+ * trapping RIP for a watch, the return address for a wrapped call), and two
+ * tables for discovery: failures (ret -1, or an error number from
+ * pthread_mutex_lock) of every wrapped call that has a rule, per (function,
+ * errno, main thread or not); and contended mutex acquisitions per (mutex,
+ * call site) while any lock rule is active. Both tables are lock-free
+ * open-addressing hash tables; a full table counts what it drops.
  *
  * VERIFIER_AMPLIFY_EXE=/path (optional): the rules belong to that executable
  * only (same inode as /proc/self/exe); other processes, e.g. a wrapper that
@@ -75,6 +96,7 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <time.h>
+#include <ucontext.h>
 #include <unistd.h>
 
 #ifndef TRAP_PERF
@@ -83,9 +105,11 @@
 
 #define AMP_MAX_RULES 16
 #define AMP_MAX_WATCH 4
-#define AMP_STATUS_VERSION 1
+#define AMP_STATUS_VERSION 2
+#define AMP_FAIL_SLOTS 64
+#define AMP_MUTEX_SLOTS 256
 
-enum { KIND_NONE = 0, KIND_WATCH = 1, KIND_INTERPOSE = 2 };
+enum { KIND_NONE = 0, KIND_WATCH = 1, KIND_INTERPOSE = 2, KIND_LOCK = 3 };
 enum { COND_EQ, COND_NE, COND_ANY };
 
 /* The interposable functions: index = bit in a rule's function mask. */
@@ -99,19 +123,50 @@ static const char *const fn_names[FN_COUNT] = {
 };
 
 /* ---- status file layout (mirrored by counters.py; change both) ---- */
-struct amp_rule_status {        /* 64 bytes */
+struct amp_rule_status {        /* 128 bytes */
     uint32_t kind;              /* KIND_* */
     int32_t armed;              /* 1 armed, -1 arming failed, 0 not attempted */
     int32_t arm_errno;          /* errno of the failed perf_event_open / dlsym */
     uint32_t reserved;
-    uint64_t events;            /* watch: stores trapped; interpose: calls seen */
+    uint64_t events;            /* watch: stores trapped; interpose/lock: calls seen */
     uint64_t matches;           /* events whose value / result matched */
     uint64_t triggers;          /* matches that slept (after every/max) */
     uint64_t main_triggers;     /* triggers on the main thread */
     uint64_t slept_ns;          /* total time slept */
     int64_t last_tid;           /* thread id of the latest trigger */
+    uint64_t last_ns;           /* CLOCK_MONOTONIC when the latest trigger began */
+    uint64_t last_pc;           /* its code address (absolute) */
+    uint64_t main_last_ns;      /* the same for the latest trigger on the main thread */
+    uint64_t main_last_pc;
+    uint64_t first_ns;          /* CLOCK_MONOTONIC of the first trigger */
+    uint64_t reserved2[3];
 };
-struct amp_status {             /* 256 + 16 * 64 = 1280 bytes */
+struct amp_fail_slot {          /* 32 bytes; key 0 = empty */
+    uint32_t key;               /* 1 + (fn << 16 | errno << 1 | main) */
+    uint32_t reserved;
+    uint64_t count;
+    uint64_t last_pc;           /* return address of the latest such failure */
+    uint64_t last_ns;
+};
+struct amp_mutex_slot {         /* 48 bytes; mutex 0 = empty */
+    uint64_t mutex;             /* address of the pthread_mutex_t */
+    uint64_t site;              /* return address of the contended pthread_mutex_lock */
+    uint64_t contended;         /* contended acquisitions (trylock said EBUSY) */
+    uint64_t main_contended;    /* of them on the main thread */
+    uint64_t wait_ns;           /* total time spent waiting in them */
+    uint64_t reserved;
+};
+struct amp_tables {             /* 64 + 64 * 32 + 256 * 48 = 14400 bytes */
+    uint32_t fail_slots, mutex_slots;
+    uint64_t fail_dropped;      /* failures not counted: table full */
+    uint64_t mutex_dropped;
+    uint64_t lock_calls;        /* pthread_mutex_lock calls seen by the lock probe */
+    uint64_t lock_contended;
+    uint64_t reserved[3];
+    struct amp_fail_slot fail[AMP_FAIL_SLOTS];
+    struct amp_mutex_slot mutex[AMP_MUTEX_SLOTS];
+};
+struct amp_status {             /* 256 + 16 * 128 + 14400 = 16704 bytes */
     char magic[8];              /* "AMPLIFY\0", written last */
     uint32_t version;
     uint32_t size;              /* sizeof(struct amp_status) */
@@ -124,11 +179,12 @@ struct amp_status {             /* 256 + 16 * 64 = 1280 bytes */
     uint32_t reserved;
     char message[208];          /* config error text, NUL-terminated */
     struct amp_rule_status rules[AMP_MAX_RULES];
+    struct amp_tables tables;
 };
 
 struct rule {
     int kind;
-    /* watch */
+    /* watch; lock: the mutex range [addr, addr + len), addr 0 = any */
     uint64_t addr;              /* absolute address (bias already added) */
     int len, cond, all_threads;
     uint64_t value;
@@ -139,20 +195,26 @@ struct rule {
     int any_ret, any_errno, before, main_only;
     long long ret;
     int err;
+    /* lock */
+    uint64_t site;              /* absolute return address to match; 0 = any */
     /* common */
     long delay_us;
     uint64_t every, max, nmatch, ntaken;
 };
 
-_Static_assert(sizeof(struct amp_rule_status) == 64, "layout");
-_Static_assert(sizeof(struct amp_status) == 1280, "layout");
+_Static_assert(sizeof(struct amp_rule_status) == 128, "layout");
+_Static_assert(sizeof(struct amp_fail_slot) == 32, "layout");
+_Static_assert(sizeof(struct amp_mutex_slot) == 48, "layout");
+_Static_assert(sizeof(struct amp_status) == 16704, "layout");
 
 static struct rule g_rules[AMP_MAX_RULES];
 static unsigned g_nrules;
 static struct amp_status g_mem_status;          /* used when no status file */
 static struct amp_status *g_st = &g_mem_status;
 static uint32_t g_fn_rules[FN_COUNT];           /* per function: mask of rules */
+static uint32_t g_lock_rules;                   /* mask of lock rules */
 static void *g_fn_real[FN_COUNT];
+static int (*g_trylock)(pthread_mutex_t *);
 static uint64_t g_load_bias;
 static struct sigaction g_old_trap;
 static __thread int t_is_main __attribute__((tls_model("initial-exec")));
@@ -198,18 +260,43 @@ static int take(struct rule *r, struct amp_rule_status *s) {
     return 1;
 }
 
-/* Sleep delay_us (through EINTR) and record the trigger; errno preserved. */
-static void trigger(struct rule *r, struct amp_rule_status *s) {
+#define STORE(field, v) __atomic_store_n(&(field), (v), __ATOMIC_RELAXED)
+
+/* Record the trigger (when, who, where: pc), then sleep delay_us (through
+ * EINTR); errno preserved. The last_* fields of one trigger are stored one by
+ * one: two threads triggering the same rule at once may mix them. */
+static void trigger(struct rule *r, struct amp_rule_status *s, uint64_t pc) {
     int saved = errno;
     uint64_t t0 = now_ns();
+    uint64_t zero = 0;
+    __atomic_compare_exchange_n(&s->first_ns, &zero, t0, 0, __ATOMIC_RELAXED, __ATOMIC_RELAXED);
+    STORE(s->last_ns, t0);
+    STORE(s->last_pc, pc);
+    STORE(s->last_tid, (int64_t)gettid_());
+    if (t_is_main) {
+        STORE(s->main_last_ns, t0);
+        STORE(s->main_last_pc, pc);
+    }
     struct timespec ts = {r->delay_us / 1000000, (r->delay_us % 1000000) * 1000};
     while (r->delay_us > 0 && nanosleep(&ts, &ts) != 0 && errno == EINTR) {
     }
     ADD(s->triggers, 1);
     if (t_is_main) ADD(s->main_triggers, 1);
     ADD(s->slept_ns, now_ns() - t0);
-    __atomic_store_n(&s->last_tid, (int64_t)gettid_(), __ATOMIC_RELAXED);
     errno = saved;
+}
+
+/* The code address a signal interrupted (after a write watchpoint: the
+ * instruction after the store). */
+static uint64_t signal_pc(void *uc) {
+#if defined(__x86_64__)
+    return (uint64_t)((ucontext_t *)uc)->uc_mcontext.gregs[REG_RIP];
+#elif defined(__aarch64__)
+    return (uint64_t)((ucontext_t *)uc)->uc_mcontext.pc;
+#else
+    (void)uc;
+    return 0;
+#endif
 }
 
 /* ---- watchpoints ---- */
@@ -246,7 +333,7 @@ static void on_sigtrap(int sig, siginfo_t *si, void *uc) {
         ADD(s->events, 1);
         uint64_t want = r->len == 8 ? r->value : r->value & ((1ull << (8 * r->len)) - 1);
         int hit = r->cond == COND_ANY || (r->cond == COND_EQ ? v == want : v != want);
-        if (hit && take(r, s)) trigger(r, s);
+        if (hit && take(r, s)) trigger(r, s, signal_pc(uc));
     }
     errno = saved;
 }
@@ -324,28 +411,64 @@ static void *real_fn(int fn) {
     return p;
 }
 
-static void interpose_before(int fn) {
+static uint32_t mix32(uint64_t x) {
+    x ^= x >> 33;
+    x *= 0xff51afd7ed558ccdull;
+    x ^= x >> 33;
+    return (uint32_t)x;
+}
+
+/* Count one failure of a wrapped call: (fn, err, main) in the fail table. */
+static void count_failure(int fn, int err, uint64_t pc) {
+    struct amp_tables *t = &g_st->tables;
+    uint32_t key = 1u + ((uint32_t)fn << 16 | (uint32_t)(err & 0x7fff) << 1 | (t_is_main ? 1u : 0u));
+    for (unsigned n = 0, i = mix32(key) % AMP_FAIL_SLOTS; n < AMP_FAIL_SLOTS;
+         n++, i = (i + 1) % AMP_FAIL_SLOTS) {
+        struct amp_fail_slot *s = &t->fail[i];
+        uint32_t seen = __atomic_load_n(&s->key, __ATOMIC_ACQUIRE);
+        if (seen == 0) {
+            uint32_t empty = 0;
+            if (__atomic_compare_exchange_n(&s->key, &empty, key, 0, __ATOMIC_ACQ_REL,
+                                            __ATOMIC_ACQUIRE))
+                seen = key;
+            else
+                seen = empty;           /* another thread took the slot: check its key */
+        }
+        if (seen != key) continue;
+        ADD(s->count, 1);
+        STORE(s->last_pc, pc);
+        STORE(s->last_ns, now_ns());
+        return;
+    }
+    ADD(t->fail_dropped, 1);
+}
+
+static void interpose_before(int fn, uint64_t pc) {
     uint32_t mask = g_fn_rules[fn];
     for (unsigned i = 0; mask; i++, mask >>= 1) {
         struct rule *r = &g_rules[i];
         if (!(mask & 1) || !r->before || (r->main_only && !t_is_main)) continue;
         ADD(g_st->rules[i].events, 1);
-        if (take(r, &g_st->rules[i])) trigger(r, &g_st->rules[i]);
+        if (take(r, &g_st->rules[i])) trigger(r, &g_st->rules[i], pc);
     }
 }
 
-static void interpose_after(int fn, long long ret) {
-    int err = errno;
+/* ``err``: errno for the calls that return -1, the result itself for
+ * pthread_mutex_lock (which returns an error number). */
+static void interpose_after(int fn, long long ret, int err, uint64_t pc) {
+    int saved = errno;
     uint32_t mask = g_fn_rules[fn];
+    int failed = fn == FN_PTHREAD_MUTEX_LOCK ? ret != 0 : ret == -1;
+    if (failed) count_failure(fn, err, pc);
     for (unsigned i = 0; mask; i++, mask >>= 1) {
         struct rule *r = &g_rules[i];
         if (!(mask & 1) || r->before || (r->main_only && !t_is_main)) continue;
         ADD(g_st->rules[i].events, 1);
         if ((r->any_ret || ret == r->ret) && (r->any_errno || err == r->err) &&
             take(r, &g_st->rules[i]))
-            trigger(r, &g_st->rules[i]);
+            trigger(r, &g_st->rules[i], pc);
     }
-    errno = err;
+    errno = saved;
 }
 
 /* One wrapper per function; the fast path (no rule) is one extra load. */
@@ -358,9 +481,10 @@ static void interpose_after(int fn, long long ret) {
         }                                                                   \
         if (!__atomic_load_n(&g_fn_rules[ID], __ATOMIC_RELAXED))            \
             return real ARGS;                                               \
-        interpose_before(ID);                                               \
+        uint64_t pc = (uint64_t)(uintptr_t)__builtin_return_address(0);     \
+        interpose_before(ID, pc);                                           \
         RET r = real ARGS;                                                  \
-        interpose_after(ID, (long long)r);                                  \
+        interpose_after(ID, (long long)r, errno, pc);                       \
         return r;                                                           \
     }
 
@@ -374,7 +498,76 @@ WRAP(FN_SEND, ssize_t, send, (int fd, const void *b, size_t n, int f), (fd, b, n
 WRAP(FN_CONNECT, int, connect, (int fd, const struct sockaddr *a, socklen_t l), (fd, a, l))
 WRAP(FN_EPOLL_WAIT, int, epoll_wait, (int fd, struct epoll_event *e, int n, int t), (fd, e, n, t))
 WRAP(FN_POLL, int, poll, (struct pollfd *p, nfds_t n, int t), (p, n, t))
-WRAP(FN_PTHREAD_MUTEX_LOCK, int, pthread_mutex_lock, (pthread_mutex_t *m), (m))
+
+/* Count one contended acquisition of mutex m at site in the mutex table. */
+static void count_contended(uint64_t m, uint64_t site, uint64_t waited) {
+    struct amp_tables *t = &g_st->tables;
+    ADD(t->lock_contended, 1);
+    for (unsigned n = 0, i = mix32(m * 31 + site) % AMP_MUTEX_SLOTS; n < AMP_MUTEX_SLOTS;
+         n++, i = (i + 1) % AMP_MUTEX_SLOTS) {
+        struct amp_mutex_slot *s = &t->mutex[i];
+        uint64_t seen = __atomic_load_n(&s->mutex, __ATOMIC_ACQUIRE);
+        if (seen == 0) {
+            /* claim: mutex first (0 -> m), then its site */
+            uint64_t empty = 0;
+            if (__atomic_compare_exchange_n(&s->mutex, &empty, m, 0, __ATOMIC_ACQ_REL,
+                                            __ATOMIC_ACQUIRE)) {
+                __atomic_store_n(&s->site, site, __ATOMIC_RELEASE);
+                seen = m;
+            } else {
+                seen = empty;
+            }
+        }
+        /* a slot whose site is still being stored does not match: at worst
+         * one (mutex, site) gets two slots, which the reader adds up */
+        if (seen != m || __atomic_load_n(&s->site, __ATOMIC_ACQUIRE) != site) continue;
+        ADD(s->contended, 1);
+        if (t_is_main) ADD(s->main_contended, 1);
+        ADD(s->wait_ns, waited);
+        return;
+    }
+    ADD(t->mutex_dropped, 1);
+}
+
+static void lock_contended(pthread_mutex_t *m, uint64_t site, uint64_t waited) {
+    uint64_t a = (uint64_t)(uintptr_t)m;
+    count_contended(a, site, waited);
+    uint32_t mask = __atomic_load_n(&g_lock_rules, __ATOMIC_ACQUIRE);
+    for (unsigned i = 0; mask; i++, mask >>= 1) {
+        struct rule *r = &g_rules[i];
+        if (!(mask & 1) || (r->main_only && !t_is_main)) continue;
+        ADD(g_st->rules[i].events, 1);
+        int in = r->addr == 0 || (a >= r->addr && a < r->addr + (uint64_t)r->len);
+        if (in && (r->site == 0 || r->site == site) && take(r, &g_st->rules[i]))
+            trigger(r, &g_st->rules[i], site);
+    }
+}
+
+/* pthread_mutex_lock: interpose rules as for the other calls; with a lock
+ * rule, trylock first, so a contended acquisition (EBUSY) is known. */
+int pthread_mutex_lock(pthread_mutex_t *m) {
+    int (*real)(pthread_mutex_t *) = (int (*)(pthread_mutex_t *))real_fn(FN_PTHREAD_MUTEX_LOCK);
+    if (!real) return ENOSYS;
+    uint32_t imask = __atomic_load_n(&g_fn_rules[FN_PTHREAD_MUTEX_LOCK], __ATOMIC_RELAXED);
+    uint32_t lmask = __atomic_load_n(&g_lock_rules, __ATOMIC_RELAXED);
+    if (!imask && !lmask) return real(m);
+    uint64_t pc = (uint64_t)(uintptr_t)__builtin_return_address(0);
+    if (imask) interpose_before(FN_PTHREAD_MUTEX_LOCK, pc);
+    int r;
+    if (lmask && g_trylock) {
+        ADD(g_st->tables.lock_calls, 1);
+        r = g_trylock(m);
+        if (r == EBUSY) {
+            uint64_t t0 = now_ns();
+            r = real(m);
+            if (r == 0) lock_contended(m, pc, now_ns() - t0);
+        }
+    } else {
+        r = real(m);
+    }
+    if (imask) interpose_after(FN_PTHREAD_MUTEX_LOCK, r, r, pc);
+    return r;
+}
 
 /* ---- crash reporter ---- */
 static char g_altstack[64 * 1024];
@@ -463,12 +656,13 @@ static const char *parse_rule(char *text, struct rule *r) {
     r->every = 1;
     if (!strcmp(text, "watch")) r->kind = KIND_WATCH, r->len = 1, r->cond = COND_EQ;
     else if (!strcmp(text, "interpose")) r->kind = KIND_INTERPOSE, r->any_ret = r->any_errno = 1;
-    else return "kind must be watch or interpose";
+    else if (!strcmp(text, "lock")) r->kind = KIND_LOCK, r->len = 1;
+    else return "kind must be watch, interpose or lock";
     for (char *kv = strtok_r(colon + 1, ",", &save); kv; kv = strtok_r(NULL, ",", &save)) {
         char *v = strchr(kv, '=');
         if (!v) return "expected key=value";
         *v++ = 0;
-        int w = r->kind == KIND_WATCH;
+        int w = r->kind == KIND_WATCH, l = r->kind == KIND_LOCK, wl = w || l;
         if (!strcmp(kv, "delay_us")) {
             if (parse_num(v, &n) || n > 3600000000ull) return "bad delay_us";
             r->delay_us = (long)n;
@@ -482,13 +676,19 @@ static const char *parse_rule(char *text, struct rule *r) {
             if (!strcmp(v, "main")) r->main_only = 1, r->all_threads = 0;
             else if (!strcmp(v, "all") || !strcmp(v, "any")) r->main_only = 0, r->all_threads = 1;
             else return "thread must be main or all/any";
-        } else if (w && (!strcmp(kv, "symoff") || !strcmp(kv, "addr"))) {
+        } else if (wl && (!strcmp(kv, "symoff") || !strcmp(kv, "addr"))) {
             if (parse_num(v, &n) || has_addr) return "bad or repeated symoff/addr";
             r->addr = n + (kv[0] == 's' ? g_load_bias : 0);
             has_addr = 1;
         } else if (w && !strcmp(kv, "len")) {
             if (parse_num(v, &n) || (n != 1 && n != 2 && n != 4 && n != 8)) return "len must be 1/2/4/8";
             r->len = (int)n;
+        } else if (l && !strcmp(kv, "len")) {
+            if (parse_num(v, &n) || n < 1 || n > (1u << 30)) return "bad len";
+            r->len = (int)n;
+        } else if (l && !strcmp(kv, "site")) {
+            if (parse_num(v, &n) || n == 0) return "bad site";
+            r->site = n + g_load_bias;
         } else if (w && !strcmp(kv, "cond")) {
             if (!strcmp(v, "eq")) r->cond = COND_EQ;
             else if (!strcmp(v, "ne")) r->cond = COND_NE;
@@ -496,7 +696,7 @@ static const char *parse_rule(char *text, struct rule *r) {
             else return "cond must be eq, ne or any";
         } else if (w && !strcmp(kv, "value")) {
             if (parse_num(v, &r->value)) return "bad value";
-        } else if (w && !strcmp(kv, "sym")) {
+        } else if (wl && !strcmp(kv, "sym")) {
             /* label only */
         } else if (!w && !strcmp(kv, "fn")) {
             char *fsave = NULL;
@@ -531,6 +731,8 @@ static const char *parse_rule(char *text, struct rule *r) {
         if (!has_addr) return "watch needs symoff= or addr=";
         if (r->addr % (uint64_t)r->len) return "address not aligned to len";
         r->main_only = !r->all_threads;
+    } else if (r->kind == KIND_LOCK) {
+        if (has_addr && r->addr == 0) return "lock: mutex address 0";
     } else {
         if (!r->fns) return "interpose needs fn=";
         if (r->before && !(r->any_ret && r->any_errno)) return "when=before needs ret=any,errno=any";
@@ -622,6 +824,7 @@ __attribute__((constructor)) static void amp_init(void) {
     read_pdeathsig_env();
     dl_iterate_phdr(find_bias, &g_load_bias);
     for (int i = 0; i < FN_COUNT; i++) real_fn(i);
+    g_trylock = (int (*)(pthread_mutex_t *))dlsym(RTLD_NEXT, "pthread_mutex_trylock");
     if (!is_target()) {
         install_crash_reporter();
         errno = saved;
@@ -647,6 +850,8 @@ __attribute__((constructor)) static void amp_init(void) {
     g_st->pid = getpid();
     g_st->main_tid = (int32_t)gettid_();
     g_st->load_bias = g_load_bias;
+    g_st->tables.fail_slots = AMP_FAIL_SLOTS;
+    g_st->tables.mutex_slots = AMP_MUTEX_SLOTS;
 
     const char *env = getenv("VERIFIER_AMPLIFY");
     if (env) parse_config(env);
@@ -657,6 +862,12 @@ __attribute__((constructor)) static void amp_init(void) {
         g_st->rules[i].kind = (uint32_t)r->kind;
         if (r->kind == KIND_WATCH) {
             watches = 1;
+            continue;
+        }
+        if (r->kind == KIND_LOCK) {
+            int ok = g_fn_real[FN_PTHREAD_MUTEX_LOCK] != NULL && g_trylock != NULL;
+            g_st->rules[i].armed = ok ? 1 : -1;
+            g_st->rules[i].arm_errno = ok ? 0 : ENOSYS;
             continue;
         }
         int ok = 1;
@@ -681,6 +892,9 @@ __attribute__((constructor)) static void amp_init(void) {
         for (int k = 0; k < FN_COUNT; k++)
             if (g_rules[i].kind == KIND_INTERPOSE && (g_rules[i].fns & (1u << k)))
                 __atomic_or_fetch(&g_fn_rules[k], 1u << i, __ATOMIC_RELEASE);
+    for (unsigned i = 0; i < g_nrules; i++)
+        if (g_rules[i].kind == KIND_LOCK && g_st->rules[i].armed == 1)
+            __atomic_or_fetch(&g_lock_rules, 1u << i, __ATOMIC_RELEASE);
     __atomic_thread_fence(__ATOMIC_RELEASE);
     memcpy(g_st->magic, "AMPLIFY", 8);
     unsetenv("VERIFIER_AMPLIFY");

@@ -3,11 +3,13 @@
 Grammar (parsed again by libamplify.c; keep both in step)::
 
     VERIFIER_AMPLIFY := rule (";" rule)*
-    rule  := "watch:" kv ("," kv)* | "interpose:" kv ("," kv)*
+    rule  := ("watch:" | "interpose:" | "lock:") kv ("," kv)*
     watch keys:     sym=NAME (label) symoff=N | addr=N  len=1|2|4|8  cond=eq|ne|any  value=N
                     delay_us=N  thread=main|all  every=N  max=N
     interpose keys: fn=NAME("|"NAME)*  ret=N|any  errno=NAME|N|any  delay_us=N
                     when=after|before  thread=main|any  every=N  max=N
+    lock keys:      sym=NAME (label) [symoff=N | addr=N  len=N]  [site=N]  delay_us=N
+                    thread=main|any  every=N  max=N   (no symoff/addr/site: any mutex)
 
 Numbers are decimal or 0x-hex. ``encode_rules`` validates everything first, so the
 library never sees a malformed rule (if it does, it disables all rules and says so).
@@ -148,7 +150,50 @@ class InterposeRule:
         return None if self.errno_name is None else int(getattr(errno, self.errno_name))
 
 
-Rule = WatchRule | InterposeRule
+@dataclass(frozen=True)
+class LockRule:
+    """Sleep ``delay_us`` right after a *contended* acquisition of a matching mutex.
+
+    The library wraps pthread_mutex_lock (calls through the PLT) with a trylock-first
+    probe; only an acquisition whose trylock said EBUSY counts. A mutex matches when it
+    lies in ``[symoff + load bias, +length)`` (or ``[addr, +length)``: a whole array of
+    mutexes when ``length`` is the symbol's size); ``site`` (the return address's offset
+    in the main executable) also requires that call site, for mutexes on the heap.
+    Nothing given: any mutex. The new owner sleeps holding the mutex.
+    """
+
+    symbol: str = "any"  # label
+    symoff: int | None = None
+    addr: int | None = None
+    length: int = 1
+    site: int | None = None
+    delay_us: int = 20000
+    thread: str = "any"  # main: only acquisitions on the main thread
+    every: int = 1
+    max_triggers: int = 0
+
+    def __post_init__(self) -> None:
+        if not _SYMBOL_RE.fullmatch(self.symbol):
+            raise BadInput(f"lock: bad symbol name {self.symbol!r}")
+        if self.symoff is not None and self.addr is not None:
+            raise BadInput(f"lock {self.symbol}: give symoff or addr, not both")
+        for where in (self.symoff, self.addr, self.site):
+            if where is not None and where <= 0:
+                raise BadInput(f"lock {self.symbol}: addresses must be > 0")
+        if not 1 <= self.length <= 1 << 30:
+            raise BadInput(f"lock {self.symbol}: len {self.length} out of range 1..2^30")
+        if self.thread == "all":
+            object.__setattr__(self, "thread", "any")
+        if self.thread not in ("main", "any"):
+            raise BadInput(f"lock {self.symbol}: thread must be main or any, not {self.thread!r}")
+        _check_common(self.delay_us, self.every, self.max_triggers)
+
+    @property
+    def any_mutex(self) -> bool:
+        return self.symoff is None and self.addr is None and self.site is None
+
+
+Rule = WatchRule | InterposeRule | LockRule
 
 
 def _tail(rule: Rule) -> str:
@@ -167,6 +212,18 @@ def encode_rule(rule: Rule) -> str:
         return (
             f"watch:sym={rule.symbol},{where},len={rule.length},cond={rule.cond},"
             f"value={rule.value},delay_us={rule.delay_us},thread={rule.thread}{_tail(rule)}"
+        )
+    if isinstance(rule, LockRule):
+        where = ""
+        if rule.symoff is not None:
+            where = f",symoff={rule.symoff:#x},len={rule.length}"
+        elif rule.addr is not None:
+            where = f",addr={rule.addr:#x},len={rule.length}"
+        if rule.site is not None:
+            where += f",site={rule.site:#x}"
+        return (
+            f"lock:sym={rule.symbol}{where},delay_us={rule.delay_us},"
+            f"thread={rule.thread}{_tail(rule)}"
         )
     ret = "any" if rule.ret is None else str(rule.ret)
     err = "any" if rule.errno_value is None else str(rule.errno_value)
@@ -212,8 +269,8 @@ def _errno_name(text: str) -> str | None:
 def parse_rule(text: str) -> Rule:
     """One rule from its wire form (the inverse of ``encode_rule``)."""
     kind, sep, body = text.partition(":")
-    if not sep or kind not in ("watch", "interpose"):
-        raise BadInput(f"amplifier rule {text!r}: expected watch:... or interpose:...")
+    if not sep or kind not in ("watch", "interpose", "lock"):
+        raise BadInput(f"amplifier rule {text!r}: expected watch:..., interpose:... or lock:...")
     fields: dict[str, str] = {}
     for item in body.split(","):
         key, eq, value = item.partition("=")
@@ -240,6 +297,21 @@ def parse_rule(text: str) -> Rule:
         )
         if not rule.resolved:
             raise BadInput(f"amplifier rule {text!r}: watch needs symoff= or addr=")
+    elif kind == "lock":
+        symoff, addr, site = (
+            fields.pop("symoff", None),
+            fields.pop("addr", None),
+            fields.pop("site", None),
+        )
+        rule = LockRule(
+            symbol=fields.pop("sym", "any"),
+            symoff=None if symoff is None else _int("symoff", symoff),
+            addr=None if addr is None else _int("addr", addr),
+            length=_int("len", fields.pop("len", "1")),
+            site=None if site is None else _int("site", site),
+            thread=fields.pop("thread", "any"),
+            **common,
+        )
     else:
         ret = fields.pop("ret", "any")
         rule = InterposeRule(

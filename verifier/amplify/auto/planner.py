@@ -1,0 +1,418 @@
+"""Choose what to stretch in each trial, learn from the outcome, name the point of a hang.
+
+Selection (PCT-style, seeded and reproducible). A trial stretches k = d-1 points, k drawn
+uniformly from 1..``max_points`` (PCT's d-1 change points: here a change point is a
+sleep at one point, so a bug that needs d-1 orderings forced needs d-1 points stretched
+in one trial). Points are dealt from a deck: a weighted random permutation of all
+points (Efraimidis-Spirakis keys u^(1/w)), reshuffled when empty. A point's weight is
+``1 + log2(1 + rate)``, its hits per second in the discovery flood: hot points come
+first, but only logarithmically (read() failing 2,000 times a second weighs 12, accept()
+failing 5 times a second 3.6), so a rare point is not starved. Each point carries its own
+shuffled cycle of the delays, so the k-th time it is stretched it gets a delay it has
+not had for |delays| - 1 turns.
+
+Bounds. With N points, weights w and W = sum(w): the first trial stretches a given point
+p with probability >= w_p / W (the first card of the deck); the first N trials stretch
+every point at least once (a round deals each card once, k >= 1 per trial), and so does
+every later round; every (point, delay) pair is stretched within N * |delays| trials.
+A depth-d bug that needs d-1 given points stretched together, each with one given
+delay, is hit by the first trial with probability >= (1 / max_points) *
+prod(w_i / W) * (1 / |delays|)^(d-1) >= (w_min / W)^(d-1) / (max_points *
+|delays|^(d-1)): PCT's 1/(n k^(d-1)) with the deck in place of the k^(d-1) step
+choices. Memcached's two races are depth 2 (one point), where the deck bounds hold.
+
+Delays (``DELAYS_US``): 1, 5, 20 and 50 ms. The 1.4.6 self-deadlock's window is about 7
+instructions between the listener's store of false and maxconns_handler's reload; any
+delay that lets one worker conn_close() land in it suffices, and the hand-written
+scenario sleeps 20 ms. The lost wake-up needs the whole flood (hundreds of clients) to
+close between the failed accept() and the store of false: 50 ms, as its scenario
+sleeps. 1 and 5 ms stretch hot points without starving the server.
+
+Learning. A point named for a hang of the hunted class (``record``) is credited in the
+memory; the next trials (of this run and of later runs loading the memory) stretch the
+most credited point alone, with the delay of its hang, until it has missed
+``exploit_tries`` times in this run; then the deck resumes. A hang of another class is
+recorded under that class and not credited for this hunt.
+
+Naming. The library records each rule's last trigger (CLOCK_MONOTONIC ns, tid, code
+address). The point named is the one whose last trigger before the hang came last,
+preferring triggers on the hung thread (default the main thread, memcached's listener:
+a worker's later stretch of a hot point must not hide the listener's; measured on the
+race fixture, workers' stores of allow_new_conns went on until 0.03 s before the hang
+was suspected, the listener's last one was 1 s earlier); the code address becomes ``file:line`` with
+addr2line (offset = pc - load bias - 1, inside the store or call instruction).
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from verifier.amplify.auto.discovery import Discovery
+from verifier.amplify.auto.memory import AutoMemory
+from verifier.amplify.auto.points import Point, ThreadKind
+from verifier.amplify.auto.symbols import CodeLocation, code_locations
+from verifier.amplify.counters import AmplifierStatus, RuleStatus
+from verifier.amplify.spec import Rule
+from verifier.errors import BadInput
+from verifier.vocabulary import HangClass, TrialOutcome
+
+DELAYS_US = (1_000, 5_000, 20_000, 50_000)
+MAX_POINTS = 3
+EXPLOIT_TRIES = 3
+# Without the last good probe's time, a trigger this long before the hang was suspected
+# cannot have caused it: a good probe came after it (verify probes every second, with a
+# 1 s timeout, so a hang is suspected within about 2 s of its start).
+ATTRIBUTION_WINDOW_S = 5.0
+
+
+class SelectionMode(enum.StrEnum):
+    CREDITED = "credited"  # a point the memory credits for the hunted class
+    DECK = "deck"  # dealt from the weighted deck
+
+
+def weight(point: Point) -> float:
+    return 1.0 + math.log2(1.0 + max(point.rate, 0.0))
+
+
+@dataclass(frozen=True)
+class Selection:
+    trial_index: int
+    points: tuple[Point, ...]
+    delays_us: tuple[int, ...]
+    rules: list[Rule]  # rules[i] stretches points[i]: ready for preload_env
+    mode: SelectionMode
+
+    def describe(self) -> str:
+        if not self.points:
+            return f"auto trial {self.trial_index}: nothing to stretch"
+        parts = "; ".join(
+            f"{p.describe()} +{d / 1000:g} ms"
+            for p, d in zip(self.points, self.delays_us, strict=True)
+        )
+        return f"auto trial {self.trial_index} ({self.mode}): {parts}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "trial": self.trial_index,
+            "mode": self.mode.value,
+            "points": [
+                {"key": p.key, "delay_us": d}
+                for p, d in zip(self.points, self.delays_us, strict=True)
+            ],
+        }
+
+
+@dataclass(frozen=True)
+class Attribution:
+    """The point stretched last before a hang."""
+
+    point: Point
+    delay_us: int
+    tid: int
+    main_thread: bool
+    pc: int  # absolute code address (0: unknown)
+    location: CodeLocation | None
+    trigger_ns: int  # CLOCK_MONOTONIC of that trigger
+    before_hang_s: float | None  # how long before the hang time it began
+    triggers: int  # stretches of that point in the trial
+    on_hung_thread: bool = True  # False: no stretch of the hung thread qualified (weaker)
+
+    def describe(self) -> str:
+        thread = "main thread" if self.main_thread else "thread"
+        where = f" at {self.location.text()}" if self.location and self.location.known else ""
+        when = (
+            f", {self.before_hang_s:.2f} s before the hang"
+            if self.before_hang_s is not None
+            else ""
+        )
+        weak = "" if self.on_hung_thread else " (not on the hung thread)"
+        return (
+            f"stretched last before the hang: {self.point.describe()} "
+            f"({thread} {self.tid}, +{self.delay_us / 1000:g} ms){where}{when}{weak}"
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "point": self.point.key,
+            "description": self.point.describe(),
+            "delay_us": self.delay_us,
+            "tid": self.tid,
+            "main_thread": self.main_thread,
+            "pc": self.pc,
+            "location": self.location.text() if self.location and self.location.known else None,
+            "trigger_ns": self.trigger_ns,
+            "before_hang_s": self.before_hang_s,
+            "triggers": self.triggers,
+            "on_hung_thread": self.on_hung_thread,
+        }
+
+
+@dataclass
+class _Tally:
+    trials: int = 0
+    triggers: int = 0
+    exploit_misses: int = 0
+
+
+@dataclass
+class AutoPlanner:
+    """Stretch points chosen per trial for one binary's discovery, learning into ``memory``."""
+
+    discovery: Discovery
+    memory: AutoMemory
+    hunted: str | None
+    rng_seed: int
+    only: Sequence[Point] | None = None  # these points instead of the discovery's
+    delays_us: Sequence[int] = DELAYS_US
+    max_points: int = MAX_POINTS
+    exploit_tries: int = EXPLOIT_TRIES
+    points: list[Point] = field(init=False)
+    _rng: random.Random = field(init=False)
+    _deck: list[Point] = field(init=False, default_factory=list)
+    _delay_cycles: dict[str, list[int]] = field(init=False, default_factory=dict)
+    _tally: dict[str, _Tally] = field(init=False, default_factory=dict)
+    _trials: int = field(init=False, default=0)
+
+    def __post_init__(self) -> None:
+        if not self.delays_us or any(d <= 0 for d in self.delays_us):
+            raise BadInput("auto: delays must be positive")
+        if not 1 <= self.max_points <= 4:
+            raise BadInput("auto: 1 to 4 points per trial (4 debug registers)")
+        self.points = list(self.only) if self.only is not None else self.discovery.points()
+        self._rng = random.Random(self.rng_seed)
+        self._tally = {p.key: _Tally() for p in self.points}
+
+    # -- choosing --------------------------------------------------------------------------
+    def has_credited(self) -> bool:
+        """Whether the next choice stretches a credited point (not the deck)."""
+        return bool(self._credited())
+
+    def take_tallies(self, other: AutoPlanner) -> None:
+        """Continue ``other``'s count of trials, stretches and misses (a planner that
+        replaces it once the discovery is done)."""
+        for key, tally in other._tally.items():
+            if key in self._tally:
+                self._tally[key] = tally
+        self._trials += other._trials
+
+    def _credited(self) -> list[Point]:
+        ranked = [
+            p
+            for p in self.points
+            if self.memory.credits(p.key, self.hunted) > 0
+            and self._tally[p.key].exploit_misses < self.exploit_tries
+        ]
+        return sorted(ranked, key=lambda p: (-self.memory.credits(p.key, self.hunted), p.key))
+
+    def _shuffle(self) -> list[Point]:
+        """A weighted random permutation: sort by u^(1/w), largest first."""
+        keyed = [(self._rng.random() ** (1.0 / weight(p)), p.key, p) for p in self.points]
+        return [p for _, _, p in sorted(keyed, key=lambda t: (-t[0], t[1]))]
+
+    def _next_delay(self, point: Point) -> int:
+        cycle = self._delay_cycles.get(point.key)
+        if not cycle:
+            cycle = list(self.delays_us)
+            self._rng.shuffle(cycle)
+            self._delay_cycles[point.key] = cycle
+        return cycle.pop()
+
+    def choose(self, trial_index: int) -> Selection:
+        """The points to stretch in trial ``trial_index`` (and their rules)."""
+        if not self.points:
+            return Selection(trial_index, (), (), [], SelectionMode.DECK)
+        credited = self._credited()
+        if credited:
+            best = credited[0]
+            remembered = self.memory.points[best.key].hang_delay_us
+            delay = remembered if remembered else self._next_delay(best)
+            return Selection(
+                trial_index, (best,), (delay,), [best.rule(delay)], SelectionMode.CREDITED
+            )
+        k = self._rng.randint(1, min(self.max_points, len(self.points)))
+        chosen: list[Point] = []
+        while len(chosen) < k:
+            if not self._deck:
+                self._deck = self._shuffle()
+            pick = next((p for p in self._deck if p not in chosen), None)
+            if pick is None:  # the fresh deck's cards are all in this trial already
+                break
+            self._deck.remove(pick)
+            chosen.append(pick)
+        delays = tuple(self._next_delay(p) for p in chosen)
+        rules = [p.rule(d) for p, d in zip(chosen, delays, strict=True)]
+        return Selection(trial_index, tuple(chosen), delays, rules, SelectionMode.DECK)
+
+    # -- learning --------------------------------------------------------------------------
+    def record(
+        self,
+        selection: Selection,
+        outcome: str,
+        hang_class: str | None,
+        status: AmplifierStatus | None,
+        hang_at_monotonic_ns: int | None,
+        hung_tid: int | None = None,
+        last_good_monotonic_ns: int | None = None,
+    ) -> Attribution | None:
+        """Count the trial's stretches; after a hang, name the point and credit it.
+
+        ``status``: the trial's amplifier status (None if unreadable).
+        ``hang_at``: when the hang was suspected (time.monotonic_ns when the first probe
+        went unanswered; not when it was sent: the listener may hang while a probe
+        waits). ``hung_tid``: the thread the evidence shows stuck, default the main
+        thread (memcached's listener, stuck in both known hang classes). ``last_good``:
+        when the last probe was answered (a stretch that began before it, less its
+        delay, cannot be the cause; default: ``ATTRIBUTION_WINDOW_S`` before the hang).
+        Returns the point named, or None (no hang, or nothing stretched just before it).
+        """
+        self._trials += 1
+        rules = status.rules if status is not None else ()
+        for i, point in enumerate(selection.points):
+            triggers = rules[i].triggers if i < len(rules) else 0
+            tally = self._tally.setdefault(point.key, _Tally())
+            tally.trials += 1
+            tally.triggers += triggers
+            self.memory.note_trial(point.key, triggers)
+        hang = TrialOutcome(outcome) is TrialOutcome.HANG
+        named_class = str(hang_class) if hang_class is not None else HangClass.UNKNOWN.value
+        hit = hang and (self.hunted is None or named_class == self.hunted)
+        if selection.mode == SelectionMode.CREDITED and not hit:
+            for point in selection.points:
+                self._tally[point.key].exploit_misses += 1
+        if not hang or status is None:
+            return None
+        attribution = attribute(
+            selection,
+            status,
+            hang_at_monotonic_ns,
+            hung_tid,
+            Path(self.discovery.binary),
+            self.points,
+            last_good_monotonic_ns,
+        )
+        if attribution is not None:
+            self.memory.note_hang(
+                attribution.point.key,
+                named_class,
+                attribution.delay_us,
+                attribution.point.to_json(),
+            )
+        return attribution
+
+    # -- coverage --------------------------------------------------------------------------
+    def coverage(self) -> dict[str, Any]:
+        stretched = [k for k, t in self._tally.items() if t.triggers > 0]
+        return {
+            "candidates": len(self.points),
+            "selected": sum(1 for t in self._tally.values() if t.trials > 0),
+            "stretched": len(stretched),
+            "trials": self._trials,
+            "triggers": sum(t.triggers for t in self._tally.values()),
+            "points": {
+                k: {"trials": t.trials, "triggers": t.triggers}
+                for k, t in sorted(self._tally.items())
+            },
+        }
+
+    def coverage_text(self) -> str:
+        cov = self.coverage()
+        top = sorted(
+            ((v["triggers"], k) for k, v in cov["points"].items() if v["triggers"]), reverse=True
+        )[:3]
+        most = ", ".join(f"{k} x{n:,}" for n, k in top)
+        return (
+            f"auto: {cov['stretched']} of {cov['candidates']} candidate points stretched "
+            f"({cov['selected']} selected) in {cov['trials']} trials, "
+            f"{cov['triggers']:,} stretches" + (f"; most: {most}" if most else "")
+        )
+
+
+def _last_trigger(
+    rule: RuleStatus, main_tid: int, hung_tid: int | None
+) -> tuple[int, int, int] | None:
+    """(ns, pc, tid) of the rule's last trigger, on ``hung_tid`` when given."""
+    if rule.triggers == 0 or rule.last_ns == 0:
+        return None
+    if hung_tid is None or rule.last_tid == hung_tid:
+        return rule.last_ns, rule.last_pc, rule.last_tid
+    if hung_tid == main_tid and rule.main_last_ns:
+        return rule.main_last_ns, rule.main_last_pc, main_tid
+    return None
+
+
+def attribute(
+    selection: Selection,
+    status: AmplifierStatus,
+    hang_at_ns: int | None,
+    hung_tid: int | None,
+    binary: Path | None,
+    siblings: Sequence[Point] = (),
+    last_good_ns: int | None = None,
+) -> Attribution | None:
+    """The selection's point whose last trigger before ``hang_at_ns`` came last.
+
+    Triggers on the hung thread (``hung_tid``, default the main thread) come first; only
+    when none of them qualifies are the other threads' considered. A trigger qualifies
+    when it began at or before ``hang_at_ns`` and, with a hang time, not before
+    ``last_good_ns`` less its delay (default: ``ATTRIBUTION_WINDOW_S`` before the hang).
+
+    A point stretched on any thread whose named trigger ran on the main thread is named
+    by its main-thread sibling among ``siblings`` when there is one (the same variable,
+    call or mutex, ``@main``): it is the more precise name, and its rule alone
+    reproduces the stretch.
+    """
+    choices: list[tuple[int, int, int, int]] = []  # (ns, index, pc, tid)
+    hung = hung_tid or status.main_tid
+    for tid_filter in (hung, None):
+        for i, _point in enumerate(selection.points):
+            if i >= len(status.rules):
+                break
+            last = _last_trigger(status.rules[i], status.main_tid, tid_filter)
+            if last is None:
+                continue
+            if hang_at_ns is not None:
+                earliest = (
+                    hang_at_ns - int(ATTRIBUTION_WINDOW_S * 1e9)
+                    if last_good_ns is None
+                    else last_good_ns - selection.delays_us[i] * 1000
+                )
+                if not earliest <= last[0] <= hang_at_ns:
+                    continue
+            choices.append((last[0], i, last[1], last[2]))
+        if choices:
+            break
+    if not choices:
+        return None
+    ns, index, pc, tid = max(choices)
+    point = selection.points[index]
+    if tid == status.main_tid and point.thread is ThreadKind.ANY:
+        point = next(
+            (
+                p
+                for p in siblings
+                if p.kind is point.kind and p.name == point.name and p.thread is ThreadKind.MAIN
+            ),
+            point,
+        )
+    location = None
+    if pc and binary is not None and binary.is_file():
+        offset = pc - status.load_bias - 1
+        location = code_locations(binary, [offset]).get(offset)
+    return Attribution(
+        point=point,
+        delay_us=selection.delays_us[index],
+        tid=tid,
+        main_thread=tid == status.main_tid,
+        pc=pc,
+        location=location,
+        trigger_ns=ns,
+        before_hang_s=None if hang_at_ns is None else (hang_at_ns - ns) / 1e9,
+        triggers=status.rules[index].triggers,
+        on_hung_thread=tid == hung,
+    )
