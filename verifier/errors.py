@@ -13,7 +13,7 @@ class ExitStatus(enum.IntEnum):
     """Exit codes of ``verifier`` (documented in README.md)."""
 
     SUCCESS = 0  # build done; verify: bounded PASS; bisect: culprit found
-    HANG = 1  # verify: HANG or CRASH observed (the bug is there)
+    BUG_SEEN = 1  # verify: HANG or CRASH observed (the bug is there)
     BAD_INPUT = 2  # bad option, unknown ref, missing file (click usage errors use 2 too)
     PATCH_DOES_NOT_APPLY = 3
     PATCH_ALREADY_APPLIED = 4
@@ -26,7 +26,11 @@ class ExitStatus(enum.IntEnum):
     UNKNOWN_REF = 11  # the ref (tag, branch, SHA) is not in the repository
     EXPECTATION_FAILED = 12  # verify --expect: the verdict is not the expected one
     OTHER_HANG = 13  # verify: the scenario's bug did not show (bounded), another known hang did
+    NETWORK = 14  # a repository or package source could not be reached (not bad input)
+    GATE_FAILED = 15  # matrix: some cell did not meet its expectation
+    HUNG_UP = 129  # SIGHUP (128 + 1): state saved, children stopped
     INTERRUPTED = 130  # Ctrl-C (128 + SIGINT), as shells report it
+    TERMINATED = 143  # SIGTERM (128 + 15): state saved, children stopped
 
 
 class VerifierError(Exception):
@@ -50,6 +54,10 @@ class UnknownRef(VerifierError):
     status = ExitStatus.UNKNOWN_REF
 
 
+class NoRecipe(BadInput):
+    """No build recipe covers a version (a gap in recipes/build/)."""
+
+
 class PatchDoesNotApply(VerifierError):
     status = ExitStatus.PATCH_DOES_NOT_APPLY
 
@@ -59,7 +67,13 @@ class PatchAlreadyApplied(VerifierError):
 
 
 class BuildFailed(VerifierError):
+    """``transient``: killed from outside (signal, timeout, no space), so not cached."""
+
     status = ExitStatus.BUILD_FAILED
+
+    def __init__(self, message: str, *, detail: str = "", transient: bool = False) -> None:
+        super().__init__(message, detail=detail)
+        self.transient = transient
 
 
 class EnvironmentMissing(VerifierError):
@@ -76,3 +90,7 @@ class HarnessError(VerifierError):
 
 class BadRange(VerifierError):
     status = ExitStatus.BAD_RANGE
+
+
+class NetworkError(VerifierError):
+    status = ExitStatus.NETWORK

@@ -2,22 +2,46 @@
 
 A scenario says which server options and flood shape reach the buggy path, how to
 amplify the race (a store watchpoint, a libc interposition, or a gdb hold), which hang
-signature proves it, and which symbols a build must have for the scenario to apply.
-Adding the next race is a new file here, not a change to the code.
+class proves it (``hang_class``; none: any hang is the scenario's bug), and which symbols
+a build must have for the scenario to apply. Adding the next race is a new file here, not
+a change to the code. The built-in ``flood`` scenario needs no file: the connection-churn
+flood and probes, no symbol, no class, for races nobody has named yet (``--amplify auto``).
+
+Scenario files are code paths: server arguments that would take the server out of the
+harness (daemonise, listen elsewhere, switch user, pid files, unix sockets) are refused,
+variables read as evidence must be C identifiers (they reach gdb), and no amplifier may
+sleep as long as the hang-confirmation window.
 """
 
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from verifier.errors import BadInput
+from verifier.limits import CONFIRM_WINDOW_S, MAX_AMPLIFIER_DELAY_US
 from verifier.resources import recipes_dir
+from verifier.run.server import refuse_harness_options
+from verifier.vocabulary import AmplifierKind, HangClass
 
 DEFAULT_SCENARIO = "maxconns-deadlock"
-AMPLIFIERS = ("watch", "interpose", "gdb", "none")
+GENERIC_SCENARIO = "flood"
+AMPLIFIERS = tuple(kind.value for kind in AmplifierKind)
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_KEYS = {
+    "name",
+    "summary",
+    "targets",
+    "requires_symbols",
+    "hang_class",
+    "server",
+    "flood",
+    "amplify",
+    "signature",
+}
 
 
 @dataclass(frozen=True)
@@ -61,27 +85,76 @@ class Scenario:
     summary: str
     targets: str
     requires_symbols: tuple[str, ...]
-    expect: str  # the hang class this scenario's bug produces
+    hang_class: HangClass | None  # the class this scenario's bug produces; None: any hang
     maxconns: int
     server_args: tuple[str, ...]
     flood: FloodShape
-    amplify_default: str
+    amplify_default: AmplifierKind
     watch: tuple[WatchSpec, ...] = field(default_factory=tuple)
     interpose: tuple[InterposeSpec, ...] = field(default_factory=tuple)
     gdb: GdbHoldSpec | None = None
     variables: tuple[str, ...] = field(default_factory=tuple)  # read with gdb as evidence
 
-    def amplifiers(self) -> tuple[str, ...]:
-        """The amplifier kinds this scenario defines (always including none)."""
-        kinds = [k for k, v in (("watch", self.watch), ("interpose", self.interpose)) if v]
-        if self.gdb:
-            kinds.append("gdb")
-        return (*kinds, "none")
+    def amplifiers(self) -> tuple[AmplifierKind, ...]:
+        """The amplifier kinds this scenario can use (auto and none always)."""
+        kinds = [
+            kind
+            for kind, given in (
+                (AmplifierKind.WATCH, self.watch),
+                (AmplifierKind.INTERPOSE, self.interpose),
+                (AmplifierKind.GDB, self.gdb),
+            )
+            if given
+        ]
+        return (*kinds, AmplifierKind.AUTO, AmplifierKind.NONE)
+
+
+def flood_scenario() -> Scenario:
+    """The built-in generic scenario: flood and probe, no symbol, any hang."""
+    return Scenario(
+        name=GENERIC_SCENARIO,
+        path=Path("<built-in>"),
+        summary="connection-churn flood and probes; any hang, classified by its evidence",
+        targets="any memcached; races nobody has named yet (with --amplify auto)",
+        requires_symbols=(),
+        hang_class=None,
+        maxconns=64,
+        server_args=(),
+        flood=FloodShape(),
+        amplify_default=AmplifierKind.NONE,
+    )
+
+
+def _check_delay(where: str, delay_us: int) -> None:
+    if not 0 <= delay_us <= MAX_AMPLIFIER_DELAY_US:
+        raise BadInput(
+            f"{where}: delay {delay_us} us is refused: it must stay below the "
+            f"{CONFIRM_WINDOW_S:.0f} s hang-confirmation window (the amplifier would make "
+            "the hang it proves)"
+        )
+
+
+def _validate(scenario: Scenario) -> None:
+    refuse_harness_options(scenario.server_args, f"scenario {scenario.name}")
+    for name in (*scenario.variables, *scenario.requires_symbols):
+        if not _IDENTIFIER.fullmatch(name):
+            raise BadInput(f"scenario {scenario.name}: {name!r} is not a C identifier")
+    for rule in (*scenario.watch, *scenario.interpose):
+        _check_delay(f"scenario {scenario.name}", rule.delay_us)
+    if scenario.gdb is not None:
+        _check_delay(f"scenario {scenario.name} gdb hold", scenario.gdb.hold_ms * 1000)
+    if scenario.amplify_default not in scenario.amplifiers():
+        raise BadInput(f"scenario {scenario.name}: default amplifier is not defined in the file")
 
 
 def _load(path: Path) -> Scenario:
     try:
         data: dict[str, Any] = tomllib.loads(path.read_text(encoding="utf-8"))
+        if "expect" in data:
+            raise BadInput(f"bad scenario file {path.name}: 'expect' is now called 'hang_class'")
+        unknown = sorted(set(data) - _KEYS)
+        if unknown:
+            raise BadInput(f"bad scenario file {path.name}: unknown key(s) {', '.join(unknown)}")
         server = data.get("server", {})
         flood = data.get("flood", {})
         amplify = data.get("amplify", {})
@@ -92,14 +165,14 @@ def _load(path: Path) -> Scenario:
             summary=data["summary"],
             targets=data.get("targets", ""),
             requires_symbols=tuple(data.get("requires_symbols", [])),
-            expect=data["expect"],
+            hang_class=HangClass(data["hang_class"]) if data.get("hang_class") else None,
             maxconns=int(server.get("maxconns", 64)),
             server_args=tuple(server.get("args", [])),
             flood=FloodShape(
                 concurrency=int(flood.get("concurrency", 400)),
                 mix=tuple((k, float(v)) for k, v in flood.get("mix", {"get": 1.0}).items()),
             ),
-            amplify_default=amplify.get("default", "none"),
+            amplify_default=AmplifierKind(amplify.get("default", "none")),
             watch=tuple(
                 WatchSpec(**{k: v for k, v in rule.items()}) for rule in amplify.get("watch", [])
             ),
@@ -119,8 +192,7 @@ def _load(path: Path) -> Scenario:
         )
     except (OSError, tomllib.TOMLDecodeError, KeyError, TypeError, ValueError) as exc:
         raise BadInput(f"bad scenario file {path.name}: {exc}") from None
-    if scenario.amplify_default not in scenario.amplifiers():
-        raise BadInput(f"scenario {scenario.name}: default amplifier is not defined in the file")
+    _validate(scenario)
     return scenario
 
 
@@ -129,14 +201,17 @@ def scenarios_dir() -> Path:
 
 
 def list_scenarios() -> list[Scenario]:
-    return [_load(path) for path in sorted(scenarios_dir().glob("*.toml"))]
+    files = [_load(path) for path in sorted(scenarios_dir().glob("*.toml"))]
+    return [flood_scenario(), *files]
 
 
 def load_scenario(name: str) -> Scenario:
-    """By name from recipes/scenarios/, or a path to a scenario file."""
+    """By name (``flood``, or a file in recipes/scenarios/), or a path to a scenario file."""
     candidate = Path(name)
     if candidate.suffix == ".toml" and candidate.is_file():
         return _load(candidate)
+    if name == GENERIC_SCENARIO:
+        return flood_scenario()
     path = scenarios_dir() / f"{name}.toml"
     if not path.is_file():
         known = ", ".join(s.name for s in list_scenarios())

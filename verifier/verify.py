@@ -1,39 +1,48 @@
-"""The verify use case: build, check the scenario applies, soak in trials, decide, report.
+"""The verify core: the one way every consumer (verify, bisect, matrix, demo) runs a soak.
 
-Used by ``verifier verify`` and, one commit at a time, by the bisector.
+    core = VerifyCore(builder, tools_dir, progress)
+    with core.prepare(request, options) as prepared:  # source check, build (pinned),
+        if prepared.applicable:                      # symbols, amplifier plan
+            trials = core.soak(prepared, run_dir, SoakPlan(count=1, soak_s=20))
+    outcome = core.verify(request, options, run_dir)  # the whole use case, with a verdict
+
+A consumer never starts a trial itself: it states what it wants (a ``SoakPlan``) and
+reads typed results (``TrialResult``, ``Verdict``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from verifier.build.applicability import source_lacks_symbols
 from verifier.build.builder import Builder, BuildRequest, BuildResult
 from verifier.build.symbols import missing_symbols
 from verifier.build.toolchain import host_cores
-from verifier.errors import BadInput, ExitStatus, NotApplicable
+from verifier.errors import BadInput, NotApplicable
 from verifier.run.amplifier import AmplifierPlan, plan_amplifier
+from verifier.run.auto_plan import AutoPlan, auto_plan
+from verifier.run.result import TrialResult
 from verifier.run.server import server_options_for
-from verifier.run.trial import Progress, TrialSettings, run_trial
+from verifier.run.target import Target
+from verifier.run.trial import Progress, TrialSettings, flood_config, run_trial, server_config
 from verifier.scenario import Scenario
 from verifier.verdict.stats import rate_lower_bound, soak_for_fix
-from verifier.verdict.verdict import (
-    NOT_APPLICABLE,
-    TrialResult,
-    Verdict,
-    decide,
-    exposure_s,
-    is_other_bug,
-)
+from verifier.verdict.verdict import Verdict, decide, exposure_s, is_other_bug, is_this_bug
+from verifier.vocabulary import AmplifierKind, HangClass, TrialOutcome, VerdictKind
+
+Amplifier = AmplifierPlan | AutoPlan  # a fixed plan, or one that learns across trials
 
 
 @dataclass(frozen=True)
 class VerifyOptions:
     scenario: Scenario
-    amplify: str | None = None  # None: the scenario's default
+    amplify: AmplifierKind | None = None  # None: the scenario's default
     delay_us: int | None = None
     amplify_every: int = 1  # stretch only every Nth window (a rarer race)
     trials: int = 3
@@ -45,41 +54,93 @@ class VerifyOptions:
     probe_client: str | None = None
     baseline: bool = False
     baseline_trials: int = 3
+    hunt: HangClass | None = None  # the class hunted; None: the scenario's
+    auto_memory: Path | None = None  # --amplify auto's memory (default: one per scenario)
+
+    @property
+    def hunted(self) -> HangClass | None:
+        """The hang class this run is about (None: any hang is the bug)."""
+        return self.hunt or self.scenario.hang_class
+
+
+@dataclass
+class Prepared:
+    """A build (or a shipped binary) made ready for a scenario: either applicable, with its
+    amplifier plan, or not, with the reason (the scenario's code is missing from the
+    source or the binary)."""
+
+    options: VerifyOptions
+    commit: str  # "" for a shipped binary
+    build: BuildResult | None = None
+    target: Target | None = None
+    amplifier: Amplifier | None = None
+    missing: list[str] = field(default_factory=list)
+    why_not: str = ""
+
+    @property
+    def applicable(self) -> bool:
+        return not self.why_not
+
+
+@dataclass(frozen=True)
+class SoakPlan:
+    count: int  # trials (each a fresh server)
+    soak_s: float  # seconds of flood per trial
+    total_soak_s: float | None = None  # stop once this much exposure is spent
+    stop_at_first_bug: bool = True  # a hang of another bug never stops the run
+    label: str = "trial"  # run folders are <label>-<n>
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """Time-to-hang of the build without the patch under test: the rate a fix must beat."""
+
+    commit: str
+    trials: int
+    hangs: int
+    times_to_hang_s: tuple[float, ...]
+    exposure_s: float
+    rate_lower_bound_per_s: float
+    required_soak_s: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "commit": self.commit,
+            "trials": self.trials,
+            "hangs": self.hangs,
+            "times_to_hang_s": list(self.times_to_hang_s),
+            "exposure_s": round(self.exposure_s, 3),
+            "rate_lower_bound_per_s": self.rate_lower_bound_per_s,
+            "required_soak_s": self.required_soak_s,
+        }
 
 
 @dataclass
 class VerifyOutcome:
-    build: BuildResult
-    scenario: Scenario
-    amplifier: AmplifierPlan | None
+    prepared: Prepared
     trials: list[TrialResult]
     verdict: Verdict
     run_dir: Path
     started: float
     seconds: float
-    baseline: dict[str, Any] = field(default_factory=dict)
-    not_applicable: list[str] = field(default_factory=list)
+    baseline: Baseline | None = None
+
+    @property
+    def scenario(self) -> Scenario:
+        return self.prepared.options.scenario
+
+    @property
+    def build(self) -> BuildResult | None:
+        return self.prepared.build
+
+    @property
+    def amplifier(self) -> Amplifier | None:
+        return self.prepared.amplifier
 
 
-def amplifier_for(options: VerifyOptions, binary: Path, tools_dir: Path) -> AmplifierPlan:
-    return plan_amplifier(
-        options.amplify,
-        options.scenario,
-        binary,
-        tools_dir,
-        options.delay_us,
-        options.amplify_every,
-    )
-
-
-def check_applicable(binary: Path, scenario: Scenario) -> list[str]:
-    """The scenario's required symbols that ``binary`` lacks (empty: it applies)."""
-    return missing_symbols(binary, scenario.requires_symbols)
-
-
-def trial_settings(options: VerifyOptions, build: BuildResult, soak_s: float) -> TrialSettings:
+def trial_settings(options: VerifyOptions, target: Target, soak_s: float) -> TrialSettings:
     recipe_args = server_options_for(
-        build.binary, [(o.args, o.when_help_mentions) for o in build.recipe.server_options]
+        target.binary, [(o.args, o.when_help_mentions) for o in target.recipe.server_options]
     )
     return TrialSettings(
         soak_s=soak_s,
@@ -90,176 +151,237 @@ def trial_settings(options: VerifyOptions, build: BuildResult, soak_s: float) ->
         # cores, two did 6.5k (benchmarks/stress_throughput.py)
         flood_processes=options.flood_processes or max(1, host_cores() // 2),
         probe_client=options.probe_client,
+        hunted=options.hunted,
+        symbols=target.symbols,
+        debug_dir=target.debug_dir,
     )
 
 
-def run_trials(
-    build: BuildResult,
-    options: VerifyOptions,
-    amplifier: AmplifierPlan,
-    run_dir: Path,
-    count: int,
-    soak_s: float,
-    *,
-    stop_at_first_hang: bool = True,
-    label: str = "trial",
-    progress: Progress | None = None,
-    total_soak_s: float | None = None,
-) -> list[TrialResult]:
-    """Up to ``count`` trials of ``soak_s`` (or until ``total_soak_s`` is spent)."""
-    trials: list[TrialResult] = []
-    spent = 0.0
-    for index in range(1, count + 1):
-        this_soak = soak_s if total_soak_s is None else min(soak_s, total_soak_s - spent)
-        if this_soak <= 0:
-            break
-        settings = trial_settings(options, build, this_soak)
-        trial = run_trial(
-            index,
-            build.binary,
-            options.scenario,
-            amplifier,
-            settings,
-            run_dir / f"{label}-{index}",
-            progress,
-        )
-        trials.append(trial)
-        spent += trial.soak_s
-        this_bug = trial.outcome == "crash" or (
-            trial.outcome == "hang" and not is_other_bug(trial, options.scenario.expect)
-        )
-        if trial.outcome == "error" or (stop_at_first_hang and this_bug):
-            break  # another bug's hang says nothing about this one: the next trial goes on
-    return trials
+def unique_dir(parent: Path, stem: str) -> Path:
+    """``parent/stem``, or ``stem-2``, ``stem-3`` ... if taken: a run never overwrites
+    another run's evidence (a resumed bisect restarts its step counter)."""
+    candidate, n = parent / stem, 1
+    while candidate.exists():
+        n += 1
+        candidate = parent / f"{stem}-{n}"
+    return candidate
 
 
-def measure_baseline(
-    builder: Builder,
-    request: BuildRequest,
-    options: VerifyOptions,
-    tools_dir: Path,
-    run_dir: Path,
-    progress: Progress | None,
-) -> dict[str, Any]:
-    """Time-to-hang of the build without the patch under test (the last --patch; earlier
-    ones, such as fixtures, stay): the rate the patched soak must beat."""
-    if not request.patches:
-        raise BadInput("--baseline needs a --patch to test (the baseline is the build without it)")
-    unpatched = builder.build(replace(request, patches=request.patches[:-1]))
-    amplifier = amplifier_for(options, unpatched.binary, tools_dir)
-    trials = run_trials(
-        unpatched,
-        options,
-        amplifier,
-        run_dir / "baseline",
-        options.baseline_trials,
-        options.soak_s,
-        stop_at_first_hang=False,
-        label="baseline",
-        progress=progress,
-    )
-    expected = options.scenario.expect
-    hangs = [t for t in trials if t.outcome == "hang" and not is_other_bug(t, expected)]
-    exposure = sum(exposure_s(t) for t in trials)
-    required = soak_for_fix(len(hangs), exposure, options.confidence)
-    return {
-        "commit": unpatched.commit,
-        "trials": len(trials),
-        "hangs": len(hangs),
-        "times_to_hang_s": [t.time_to_hang_s for t in hangs],
-        "exposure_s": round(exposure, 3),
-        "rate_lower_bound_per_s": rate_lower_bound(exposure, len(hangs), options.confidence),
-        "required_soak_s": required,
-    }
+class VerifyCore:
+    def __init__(
+        self,
+        builder: Builder,
+        tools_dir: Path,
+        progress: Progress | None = None,
+        auto_dir: Path | None = None,
+    ) -> None:
+        self.builder = builder
+        self.tools_dir = tools_dir
+        self.progress = progress
+        # what --amplify auto discovered and learned (default: beside tools/ in the cache)
+        self.auto_dir = auto_dir or tools_dir.parent / "auto"
+
+    @contextlib.contextmanager
+    def prepare(self, request: BuildRequest, options: VerifyOptions) -> Iterator[Prepared]:
+        """Check the source has the scenario's code (git grep, no build), build (the entry
+        stays pinned while the block runs), check the binary's symbols, plan the amplifier.
+        A build failure raises ``BuildFailed``; a missing piece is a ``Prepared`` that is
+        not applicable."""
+        scenario = options.scenario
+        commit = request.source.git.resolve(request.ref)
+        lacking = source_lacks_symbols(
+            request.source.git.repo, commit, scenario.requires_symbols, request.patches
+        )
+        if lacking:
+            yield Prepared(
+                options,
+                commit,
+                missing=lacking,
+                why_not=f"scenario {scenario.name} needs {', '.join(lacking)}, "
+                "which this commit's source does not define",
+            )
+            return
+        with self.builder.acquire(request) as build:
+            yield self._ready(Prepared(options, commit, build, Target.of_build(build)))
+
+    def prepare_binary(self, target: Target, options: VerifyOptions) -> Prepared:
+        """A shipped binary (``verify --binary``): no source, no build; the symbols come
+        from its debug file when it is stripped."""
+        return self._ready(Prepared(options, "", None, target))
+
+    def _ready(self, prepared: Prepared) -> Prepared:
+        """The binary's symbols checked and its amplifier planned (or why not)."""
+        options, target = prepared.options, prepared.target
+        assert target is not None
+        scenario = options.scenario
+        if target.degraded and scenario.requires_symbols:
+            prepared.missing = list(scenario.requires_symbols)
+            prepared.why_not = (
+                f"scenario {scenario.name} needs {', '.join(scenario.requires_symbols)}, "
+                f"which cannot be checked: {target.degraded[0]}"
+            )
+            return prepared
+        missing = missing_symbols(target.symbols, scenario.requires_symbols)
+        if missing:
+            prepared.missing = missing
+            prepared.why_not = (
+                f"scenario {scenario.name} needs {', '.join(missing)}, "
+                "which this build does not define"
+            )
+            return prepared
+        try:
+            prepared.amplifier = self._amplifier(target, options)
+        except NotApplicable as error:
+            prepared.why_not = error.message
+        return prepared
+
+    def _amplifier(self, target: Target, options: VerifyOptions) -> Amplifier:
+        kind = options.amplify or options.scenario.amplify_default
+        if kind != AmplifierKind.AUTO:
+            return plan_amplifier(
+                kind,
+                options.scenario,
+                target.symbols,
+                self.tools_dir,
+                options.delay_us,
+                options.amplify_every,
+            )
+        if target.degraded:
+            raise NotApplicable(f"--amplify auto needs symbols: {target.degraded[0]}")
+        settings = trial_settings(options, target, options.soak_s)
+        return auto_plan(
+            target.binary,
+            target.key,
+            server_config(target.binary, options.scenario, settings, {}),
+            flood_config(1, options.scenario, settings),
+            self.tools_dir,
+            self.auto_dir,
+            options.auto_memory or self.auto_dir / f"memory-{options.scenario.name}.json",
+            options.hunted,
+        )
+
+    def soak(self, prepared: Prepared, run_dir: Path, plan: SoakPlan) -> list[TrialResult]:
+        """Up to ``plan.count`` trials (or until ``plan.total_soak_s`` is spent)."""
+        if not prepared.applicable or prepared.target is None or prepared.amplifier is None:
+            raise BadInput(f"cannot soak: {prepared.why_not or 'not prepared'}")
+        options, target, amplifier = prepared.options, prepared.target, prepared.amplifier
+        trials: list[TrialResult] = []
+        spent = 0.0
+        for index in range(1, plan.count + 1):
+            budget = plan.soak_s if plan.total_soak_s is None else plan.total_soak_s - spent
+            this_soak = min(plan.soak_s, budget)
+            if this_soak <= 0:
+                break
+            trial = run_trial(
+                index,
+                target.binary,
+                options.scenario,
+                amplifier.for_trial(index),
+                trial_settings(options, target, this_soak),
+                unique_dir(run_dir, f"{plan.label}-{index}"),
+                self.progress,
+            )
+            amplifier.observe(trial)
+            trials.append(trial)
+            spent += trial.soak_s
+            if trial.outcome == TrialOutcome.ERROR:
+                break
+            if plan.stop_at_first_bug and is_this_bug(trial, options.hunted):
+                break  # another bug's hang says nothing about this one: the next trial goes on
+        return trials
+
+    def verify(
+        self, request: BuildRequest | Target, options: VerifyOptions, run_dir: Path
+    ) -> VerifyOutcome:
+        """The whole use case: prepare, soak (after a baseline, if asked), decide. A
+        ``Target`` instead of a request verifies a shipped binary as it is."""
+        started = time.time()
+        with self._prepared(request, options) as prepared:
+            if not prepared.applicable:
+                verdict = Verdict(VerdictKind.NOT_APPLICABLE, f"NOT APPLICABLE: {prepared.why_not}")
+                return VerifyOutcome(prepared, [], verdict, run_dir, started, time.time() - started)
+            baseline = None
+            plan = SoakPlan(options.trials, options.soak_s)
+            if options.baseline:
+                if isinstance(request, Target):
+                    raise BadInput("--baseline needs a build (the baseline leaves out a --patch)")
+                baseline = self.baseline(request, options, run_dir)
+                if not math.isfinite(baseline.required_soak_s):
+                    verdict = Verdict(
+                        VerdictKind.INCONCLUSIVE,
+                        f"INCONCLUSIVE: the unpatched build did not hang in "
+                        f"{baseline.exposure_s:.0f} s (baseline), so no soak length can show "
+                        "the patch fixes it",
+                    )
+                    return VerifyOutcome(
+                        prepared, [], verdict, run_dir, started, time.time() - started, baseline
+                    )
+                required = baseline.required_soak_s
+                plan = SoakPlan(
+                    max(1, math.ceil(required / options.soak_s)), options.soak_s, required
+                )
+            trials = self.soak(prepared, run_dir, plan)
+            assert prepared.amplifier is not None
+            verdict = decide(
+                trials,
+                hunted=options.hunted,
+                confidence=options.confidence,
+                amplified=prepared.amplifier.kind != AmplifierKind.NONE,
+                pass_note=prepared.amplifier.pass_note(),
+            )
+            return VerifyOutcome(
+                prepared, trials, verdict, run_dir, started, time.time() - started, baseline
+            )
+
+    @contextlib.contextmanager
+    def _prepared(
+        self, request: BuildRequest | Target, options: VerifyOptions
+    ) -> Iterator[Prepared]:
+        if isinstance(request, Target):
+            yield self.prepare_binary(request, options)
+        else:
+            with self.prepare(request, options) as prepared:
+                yield prepared
+
+    def baseline(self, request: BuildRequest, options: VerifyOptions, run_dir: Path) -> Baseline:
+        """Time-to-hang of the build without the patch under test (the last --patch; earlier
+        ones, such as fixtures, stay): the rate the patched soak must beat."""
+        if not request.patches:
+            raise BadInput(
+                "--baseline needs a --patch to test (the baseline is the build without it)"
+            )
+        unpatched = replace(request, patches=request.patches[:-1])
+        with self.prepare(unpatched, options) as prepared:
+            if not prepared.applicable:
+                raise NotApplicable(f"baseline: {prepared.why_not}")
+            plan = SoakPlan(
+                options.baseline_trials, options.soak_s, stop_at_first_bug=False, label="baseline"
+            )
+            trials = self.soak(prepared, run_dir / "baseline", plan)
+        hangs = [
+            t
+            for t in trials
+            if t.outcome == TrialOutcome.HANG and not is_other_bug(t, options.hunted)
+        ]
+        exposure = sum(exposure_s(t) for t in trials)
+        return Baseline(
+            commit=prepared.commit,
+            trials=len(trials),
+            hangs=len(hangs),
+            times_to_hang_s=tuple(t.time_to_hang_s or 0.0 for t in hangs),
+            exposure_s=exposure,
+            rate_lower_bound_per_s=rate_lower_bound(exposure, len(hangs), options.confidence),
+            required_soak_s=soak_for_fix(len(hangs), exposure, options.confidence),
+        )
 
 
 def verify(
     builder: Builder,
-    request: BuildRequest,
+    request: BuildRequest | Target,
     options: VerifyOptions,
     tools_dir: Path,
     run_dir: Path,
     progress: Progress | None = None,
 ) -> VerifyOutcome:
-    started = time.time()
-    build = builder.build(request)
-    missing = check_applicable(build.binary, options.scenario)
-    if missing:
-        verdict = Verdict(
-            NOT_APPLICABLE,
-            f"NOT APPLICABLE: scenario {options.scenario.name} needs "
-            f"{', '.join(missing)}, which this build does not define",
-            ExitStatus.NOT_APPLICABLE,
-        )
-        return VerifyOutcome(
-            build,
-            options.scenario,
-            None,
-            [],
-            verdict,
-            run_dir,
-            started,
-            time.time() - started,
-            not_applicable=missing,
-        )
-    try:
-        amplifier = amplifier_for(options, build.binary, tools_dir)
-    except NotApplicable as error:
-        verdict = Verdict(
-            NOT_APPLICABLE, f"NOT APPLICABLE: {error.message}", ExitStatus.NOT_APPLICABLE
-        )
-        return VerifyOutcome(
-            build, options.scenario, None, [], verdict, run_dir, started, time.time() - started
-        )
-    baseline: dict[str, Any] = {}
-    count, total = options.trials, None
-    if options.baseline:
-        baseline = measure_baseline(builder, request, options, tools_dir, run_dir, progress)
-        required = baseline["required_soak_s"]
-        if not math.isfinite(required):
-            verdict = Verdict(
-                "INCONCLUSIVE",
-                f"INCONCLUSIVE: the unpatched build did not hang in {baseline['exposure_s']:.0f} s "
-                "(baseline), so no soak length can show the patch fixes it",
-                ExitStatus.INCONCLUSIVE,
-            )
-            return VerifyOutcome(
-                build,
-                options.scenario,
-                amplifier,
-                [],
-                verdict,
-                run_dir,
-                started,
-                time.time() - started,
-                baseline=baseline,
-            )
-        total = required
-        count = max(1, math.ceil(required / options.soak_s))
-    trials = run_trials(
-        build,
-        options,
-        amplifier,
-        run_dir,
-        count,
-        options.soak_s,
-        progress=progress,
-        total_soak_s=total,
-    )
-    verdict = decide(
-        trials,
-        expected_class=options.scenario.expect,
-        confidence=options.confidence,
-        amplified=amplifier.kind != "none",
-    )
-    return VerifyOutcome(
-        build,
-        options.scenario,
-        amplifier,
-        trials,
-        verdict,
-        run_dir,
-        started,
-        time.time() - started,
-        baseline=baseline,
-    )
+    """The whole use case in one call (see ``VerifyCore``)."""
+    return VerifyCore(builder, tools_dir, progress).verify(request, options, run_dir)

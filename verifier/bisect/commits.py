@@ -35,9 +35,6 @@ class CommitRange:
         regression, or (finding a fix) the oldest good one, just newer than the culprit."""
         return self.shas[culprit - 1] if self.find_fix else self.shas[culprit]
 
-    def answer_group(self, group: tuple[int, ...]) -> list[str]:
-        return [self.answer(i) for i in group]
-
 
 def commit_range(git: GitSource, good: str, bad: str, find_fix: bool) -> CommitRange:
     """Resolve both ends and list the first-parent history between them."""

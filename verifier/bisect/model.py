@@ -85,13 +85,6 @@ class Soak:
         if not (math.isfinite(self.seconds) and self.seconds >= 0):
             raise ValueError(f"soak seconds must be finite and >= 0, got {self.seconds}")
 
-    def to_dict(self) -> dict[str, object]:
-        return {"index": self.index, "seconds": self.seconds, "hung": self.hung}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, object]) -> Soak:
-        return cls(int(data["index"]), float(data["seconds"]), bool(data["hung"]))  # type: ignore[arg-type]
-
 
 @dataclass(frozen=True)
 class RateBelief:
@@ -336,9 +329,6 @@ class CulpritPosterior:
         """True once the best group (a single commit when nothing relevant was skipped)
         holds at least ``confidence`` of the probability."""
         return self.best_group()[1] >= confidence
-
-    def entropy_bits(self) -> float:
-        return -math.fsum(p * math.log2(p) for p in self._probs if p > 0)
 
     # -- λ -----------------------------------------------------------------------------------
 

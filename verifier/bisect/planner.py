@@ -32,6 +32,7 @@ Two additions to the greedy rule, both found to cut machine time in the simulati
 
 from __future__ import annotations
 
+import enum
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -272,9 +273,15 @@ def _look_ahead(
     return out
 
 
+class _EventKind(enum.StrEnum):
+    ENDPOINT = "endpoint"
+    SOAK = "soak"
+    SKIP = "skip"
+
+
 @dataclass
 class _Event:
-    kind: str  # "endpoint" | "soak" | "skip"
+    kind: _EventKind
     index: int
     seconds: float = 0.0
     hung: bool = False
@@ -386,7 +393,7 @@ class FlakyBisector:
             raise ValueError(f"endpoint soaks are on 0 or {self.n}, got {soak.index}")
         self.posterior.observe(soak)
         self._machine_s += self.config.overhead_s + soak.seconds
-        self._events.append(_Event("endpoint", soak.index, soak.seconds, soak.hung))
+        self._events.append(_Event(_EventKind.ENDPOINT, soak.index, soak.seconds, soak.hung))
 
     def record(self, soak: Soak) -> None:
         """The outcome of a soak (normally the one ``next_step`` asked for; any commit works,
@@ -397,14 +404,14 @@ class FlakyBisector:
         self._built.add(soak.index)
         self._steps += 1
         self._calibration_asked += calibrating
-        self._events.append(_Event("soak", soak.index, soak.seconds, soak.hung))
+        self._events.append(_Event(_EventKind.SOAK, soak.index, soak.seconds, soak.hung))
 
     def record_skip(self, index: int) -> None:
         """Commit ``index`` cannot be tested (build failure, not applicable, other signature)."""
         self.posterior.skip(index)
         self._machine_s += self.build_cost(index)
         self._built.add(index)
-        self._events.append(_Event("skip", index))
+        self._events.append(_Event(_EventKind.SKIP, index))
 
     @property
     def events(self) -> list[dict[str, Any]]:
@@ -495,15 +502,13 @@ class FlakyBisector:
             int(data["n"]), float(data["confidence"]), build_cost=build_cost, **data["config"]
         )
         for ev in data["events"]:
-            kind, index = ev["kind"], int(ev["index"])
-            if kind == "skip":
+            kind, index = _EventKind(ev["kind"]), int(ev["index"])
+            if kind == _EventKind.SKIP:
                 bis.record_skip(index)
                 continue
             soak = Soak(index, float(ev["seconds"]), bool(ev["hung"]))
-            if kind == "endpoint":
+            if kind == _EventKind.ENDPOINT:
                 bis.record_endpoint(soak)
-            elif kind == "soak":
-                bis.record(soak)
             else:
-                raise ValueError(f"unknown bisector event {kind!r}")
+                bis.record(soak)
         return bis

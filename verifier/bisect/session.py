@@ -1,23 +1,39 @@
 """The bisect use case: check the endpoints, then let the planner pick commits and soak
 lengths until the culprit's posterior reaches the confidence.
 
-Observations are soaks ("no hang in t s" / "hung after t s"), not pass/fail. A hang with
-another signature than the bad end's is another bug: listed, never used as evidence.
+Observations are soaks ("no hang in t s" / "hung after t s"), not pass/fail. A hang of
+another bug than the bad end's is listed, never used as evidence.
+
+``open_session`` is the one way in: it keys the saved state by everything that changes
+the evidence (the range, patches, scenario file, amplifier, load, flags, toolchain), so a
+resume never mixes soaks taken under another load, and it holds the state folder's lock
+for the whole session, so two identical bisects never write one state.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
+import contextlib
+import fcntl
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from verifier.bisect.commits import CommitRange
 from verifier.bisect.model import Soak
+from verifier.bisect.observation import Observation
 from verifier.bisect.planner import FlakyBisector, Result
-from verifier.bisect.state import BisectState, StepRow, save
-from verifier.bisect.tester import CLEAN, HANG, OTHER_BUG, SKIP, CommitTester, Observation
-from verifier.errors import BadRange
+from verifier.bisect.state import BisectState, Phase, StepRow, load, save
+from verifier.bisect.tester import CommitTester
+from verifier.build.builder import BuildRequest
+from verifier.errors import BadInput, BadRange
 from verifier.source.git_source import GitSource
+from verifier.util.hashing import digest
+from verifier.verdict.verdict import OtherBug
+from verifier.verify import VerifyCore, VerifyOptions
+from verifier.vocabulary import ObservationKind, SkipCause
 
 Echo = Callable[[StepRow], None]
 GOOD_END_FACTOR = 5.0  # good-end soak in bad-end mean times-to-hang: e^-5 < 1% to miss a hang
@@ -41,36 +57,31 @@ class Conclusion:
     group: list[str]  # every commit the evidence cannot tell apart
     probability: float
     note: str = ""
-    other_bugs: list[dict[str, object]] = field(default_factory=list)
+    other_bugs: list[OtherBug] = field(default_factory=list)
 
 
+@dataclass
 class Bisection:
-    def __init__(
-        self,
-        git: GitSource,
-        commits: CommitRange,
-        tester: CommitTester,
-        settings: BisectSettings,
-        state: BisectState,
-        state_path: Path,
-        echo: Echo | None = None,
-    ) -> None:
-        self.git = git
-        self.commits = commits
-        self.tester = tester
-        self.settings = settings
-        self.state = state
-        self.state_path = state_path
-        self.echo = echo
+    git: GitSource
+    commits: CommitRange
+    tester: CommitTester
+    settings: BisectSettings
+    state: BisectState
+    state_path: Path
+    echo: Echo | None = None
+    bisector: FlakyBisector = field(init=False)
+
+    def __post_init__(self) -> None:
         self.bisector = self._restore()
+
+    @property
+    def state_dir(self) -> Path:
+        return self.state_path.parent
 
     # -- state ---------------------------------------------------------------------------
     def _build_cost(self, index: int) -> float:
-        return (
-            0.0
-            if self.tester.is_built(self.commits.shas[index])
-            else (self.settings.default_build_s)
-        )
+        built = self.tester.is_built(self.commits.shas[index])
+        return 0.0 if built else self.settings.default_build_s
 
     def _restore(self) -> FlakyBisector:
         if self.state.bisector:
@@ -91,7 +102,6 @@ class Bisection:
 
     def _row(self, index: int, obs: Observation, role: str, planned: float) -> StepRow:
         now = self.bisector.result()
-        best, probability = now.culprit, now.probability
         row = StepRow(
             index=index,
             sha=obs.sha,
@@ -102,21 +112,15 @@ class Bisection:
             soak_planned_s=round(planned, 3),
             build_seconds=round(obs.build_seconds, 3),
             reason=obs.reason,
-            best_sha=self.commits.answer(best),
-            best_probability=round(probability, 4),
+            best_sha=self.commits.answer(now.culprit),
+            best_probability=round(now.probability, 4),
             run_dir=obs.run_dir,
+            cause=obs.cause,
         )
         self.state.steps.append(row)
-        if obs.kind == OTHER_BUG:
-            self.state.other_bugs.append(
-                {
-                    "sha": obs.sha,
-                    "reason": obs.reason,
-                    "signature": obs.signature_key,
-                    "run_dir": obs.run_dir,
-                }
-            )
-        if obs.kind == SKIP and obs.reason.startswith("not applicable"):
+        if obs.other_bug is not None:
+            self.state.other_bugs.append(obs.other_bug)
+        if obs.cause == SkipCause.NOT_APPLICABLE:
             self.state.not_applicable.append(obs.sha)
         self._save()
         if self.echo:
@@ -133,23 +137,25 @@ class Bisection:
         return min(self.settings.endpoint_soak_s, max(self.settings.min_soak_s, wanted))
 
     def check_endpoints(self) -> None:
-        if self.state.phase != "endpoints":
+        if self.state.phase != Phase.ENDPOINTS:
             return
         n, budget = self.commits.n, self.settings.endpoint_soak_s
-        if self.state.reference_key is None:
+        if self.state.reference_bug_key is None:
             for _ in range(self.settings.endpoint_tries):
                 obs = self.tester.test(self.commits.bad, budget, None)
-                if obs.kind == SKIP:
+                if obs.kind == ObservationKind.SKIP:
                     raise BadRange(f"the bad end {obs.sha[:12]} cannot be tested: {obs.reason}")
-                if obs.kind != OTHER_BUG:  # another bug's hang says nothing about this one
-                    self.bisector.record_endpoint(Soak(n, obs.seconds, obs.kind == HANG))
-                if obs.kind == HANG:
-                    self.state.reference_key = obs.signature_key
+                if obs.evidence:  # another bug's hang says nothing about this one
+                    self.bisector.record_endpoint(
+                        Soak(n, obs.seconds, obs.kind == ObservationKind.HANG)
+                    )
+                if obs.kind == ObservationKind.HANG:
+                    self.state.reference_bug_key = obs.bug_key
                     self.state.reference_class = obs.hang_class
                 self._row(n, obs, "bad end", budget)
-                if obs.kind == HANG:
+                if obs.kind == ObservationKind.HANG:
                     break
-            if self.state.reference_key is None:
+            if self.state.reference_bug_key is None:
                 tries = self.settings.endpoint_tries
                 raise BadRange(
                     f"the bad end {self.commits.bad[:12]} did not hang in {tries} x {budget:.0f} s "
@@ -157,36 +163,38 @@ class Bisection:
                     "(try --amplify, a longer --endpoint-soak, or another --bad)"
                 )
         good_budget = self.good_end_soak()
-        obs = self.tester.test(self.commits.good, good_budget, self.state.reference_key)
-        if obs.kind == HANG:
+        obs = self.tester.test(self.commits.good, good_budget, self.state.reference_bug_key)
+        if obs.kind == ObservationKind.HANG:
             raise BadRange(
-                f"the good end {obs.sha[:12]} hangs too, with the same signature "
+                f"the good end {obs.sha[:12]} hangs too, with the same bug "
                 f"({self.state.reference_class}) after {obs.seconds:.1f} s: the bug is older "
                 "than --good"
                 + (" (or the fix is newer than --good)" if self.commits.find_fix else "")
             )
-        if obs.kind == CLEAN:
+        if obs.kind == ObservationKind.CLEAN:
             self.bisector.record_endpoint(Soak(0, obs.seconds, False))
         else:
             self.state.notes.append(
                 f"good end {obs.sha[:12]}: {obs.kind} ({obs.reason}); assumed good as given"
             )
         self._row(0, obs, "good end", good_budget)
-        self.state.phase = "search"
+        self.state.phase = Phase.SEARCH
         self._save()
 
     # -- search ----------------------------------------------------------------------------
     def search(self) -> None:
-        while self.state.phase == "search":
+        while self.state.phase == Phase.SEARCH:
             step = self.bisector.next_step()
             if step is None:
-                self.state.phase = "done"
+                self.state.phase = Phase.DONE
                 self._save()
                 return
             sha = self.commits.shas[step.index]
-            obs = self.tester.test(sha, step.soak_seconds, self.state.reference_key)
-            if obs.kind in (HANG, CLEAN):
-                self.bisector.record(Soak(step.index, obs.seconds, obs.kind == HANG))
+            obs = self.tester.test(sha, step.soak_seconds, self.state.reference_bug_key)
+            if obs.evidence:
+                self.bisector.record(
+                    Soak(step.index, obs.seconds, obs.kind == ObservationKind.HANG)
+                )
             elif step.index == self.commits.n:
                 raise BadRange(f"the bad end stopped being testable: {obs.reason}")
             else:
@@ -229,3 +237,103 @@ def conclude(
         note=note,
         other_bugs=list(state.other_bugs),
     )
+
+
+def resume_key(
+    source_label: str,
+    commits: CommitRange,
+    request: BuildRequest,
+    options: VerifyOptions,
+    settings: BisectSettings,
+    toolchain: dict[str, str],
+) -> tuple[dict[str, Any], str]:
+    """Everything that changes what a soak shows, and its digest (the state folder name)."""
+    scenario = options.scenario
+    params = {
+        "source": source_label,
+        "good": commits.good,
+        "bad": commits.bad,
+        "find_fix": commits.find_fix,
+        "patches": [digest(p.read_text()) for p in request.patches],
+        "reverse": request.reverse,
+        "cflags": request.cflags,
+        "toolchain": toolchain,
+        "scenario": scenario.name,
+        "scenario_file": digest(scenario.path.read_text()) if scenario.path.is_file() else "",
+        "amplify": None if options.amplify is None else str(options.amplify),
+        "delay_us": options.delay_us,
+        "amplify_every": options.amplify_every,
+        "hunt": None if options.hunted is None else str(options.hunted),
+        "threads": options.threads,
+        "concurrency": options.concurrency,
+        "flood_processes": options.flood_processes,
+        "probe_client": options.probe_client,
+        "settings": asdict(settings),
+    }
+    return params, digest(params)[:16]
+
+
+class BisectBusy(BadInput):
+    """Another bisect with the same inputs holds the state folder."""
+
+
+@contextlib.contextmanager
+def _exclusive(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "?"
+            raise BisectBusy(
+                f"another bisect with the same inputs is running (pid {holder}); "
+                f"its state is {path.parent}"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+@dataclass
+class Session:
+    bisection: Bisection
+    resumed_steps: int  # steps found in the saved state (0: a fresh start)
+
+    @property
+    def state_path(self) -> Path:
+        return self.bisection.state_path
+
+
+@contextlib.contextmanager
+def open_session(
+    core: VerifyCore,
+    git: GitSource,
+    source_label: str,
+    commits: CommitRange,
+    request: BuildRequest,
+    options: VerifyOptions,
+    settings: BisectSettings,
+    bisects_dir: Path,
+    *,
+    restart: bool = False,
+    echo: Echo | None = None,
+) -> Iterator[Session]:
+    """Open (resume, or with ``restart`` start over) the bisection of these inputs; the
+    state folder is locked until the block ends."""
+    toolchain = core.builder.toolchain(request.cflags).identity()
+    params, key = resume_key(source_label, commits, request, options, settings, toolchain)
+    state_dir = bisects_dir / key
+    with _exclusive(bisects_dir / f"{key}.lock"):
+        if restart and state_dir.exists():
+            shutil.rmtree(state_dir)
+        state_path = state_dir / "state.json"
+        if state_path.exists():
+            state = load(state_path)
+        else:
+            state = BisectState(params=params, shas=list(commits.shas), find_fix=commits.find_fix)
+        resumed = len(state.steps)
+        tester = CommitTester(core, request, options, state_dir / "runs")
+        yield Session(Bisection(git, commits, tester, settings, state, state_path, echo), resumed)

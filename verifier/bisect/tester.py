@@ -1,6 +1,6 @@
-"""Test one commit for the bisector: build (cached), check the scenario applies, soak once.
+"""Test one commit for the bisector through the verify core: prepare it, soak it once.
 
-The observation says whether THIS bug hung: a hang whose signature differs from the
+The observation says whether THIS bug hung: a hang whose bug key differs from the
 reference (the bad endpoint's) is another bug, reported but never used as evidence.
 """
 
@@ -10,158 +10,143 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from git import GitCommandError
-
-from verifier.build.builder import Builder, BuildRequest
-from verifier.errors import BuildFailed, HarnessError, NotApplicable
-from verifier.run.trial import Progress, run_trial
+from verifier.bisect.observation import Observation
+from verifier.build.builder import BuildRequest
+from verifier.errors import (
+    BuildFailed,
+    HarnessError,
+    NoRecipe,
+    PatchAlreadyApplied,
+    PatchDoesNotApply,
+)
 from verifier.scenario import Scenario
-from verifier.verify import VerifyOptions, amplifier_for, check_applicable, trial_settings
-
-HANG, CLEAN, OTHER_BUG, SKIP = "hang", "clean", "other-bug", "skip"
+from verifier.verdict.verdict import OtherBug
+from verifier.verify import SoakPlan, VerifyCore, VerifyOptions, unique_dir
+from verifier.vocabulary import ObservationKind, SkipCause, TrialOutcome
 
 
 @dataclass
-class Observation:
-    sha: str
-    kind: str  # hang | clean | other-bug | skip
-    seconds: float = 0.0  # soak seconds (time to hang for a hang)
-    reason: str = ""
-    signature_key: str | None = None
-    hang_class: str | None = None
-    build_seconds: float = 0.0
-    build_cached: bool = False
-    run_dir: str = ""
-    emfile_episodes: int = 0
-    extra: dict[str, object] = field(default_factory=dict)
-
-
-def signature_key(trial_signature: dict[str, object] | None, liveness: str | None) -> str:
-    """What identifies a bug: the classified signature plus what still answers."""
-    key = str((trial_signature or {}).get("key", "unknown"))
-    return f"{key}|{liveness or '?'}"
-
-
 class CommitTester:
-    def __init__(
-        self,
-        builder: Builder,
-        base_request: BuildRequest,
-        options: VerifyOptions,
-        tools_dir: Path,
-        run_root: Path,
-        progress: Progress | None = None,
-    ) -> None:
-        self.builder = builder
-        self.base_request = base_request
-        self.options = options
-        self.tools_dir = tools_dir
-        self.run_root = run_root
-        self.progress = progress
-        self._counter = 0
+    core: VerifyCore
+    base_request: BuildRequest
+    options: VerifyOptions
+    run_root: Path
+    _counter: int = field(default=0, init=False)
 
     @property
     def scenario(self) -> Scenario:
         return self.options.scenario
 
-    def source_lacks_symbols(self, sha: str) -> list[str]:
-        """Cheap pre-check before building: symbols whose name is nowhere in the source."""
-        git = self.base_request.source.git.repo.git
-        missing = []
-        for name in self.scenario.requires_symbols:
-            try:
-                git.grep("-q", "-w", "-F", name, sha, "--", "*.c")
-            except GitCommandError:  # git grep exits 1 when nothing matches
-                missing.append(name)
-        return missing
-
     def is_built(self, sha: str) -> bool:
-        return self.builder.is_cached(replace(self.base_request, ref=sha))
+        return self.core.builder.is_cached(replace(self.base_request, ref=sha))
 
-    def test(self, sha: str, soak_s: float, reference_key: str | None) -> Observation:
-        missing = self.source_lacks_symbols(sha)
-        if missing:
-            return Observation(sha, SKIP, reason=f"not applicable: no {', '.join(missing)}")
-        started = time.monotonic()
+    def test(self, sha: str, soak_s: float, reference_bug_key: str | None) -> Observation:
+        """One soak of ``sha``. A build killed from outside (OOM, timeout, full disk) is
+        tried once more; killed twice, the bisect stops (resumable) rather than skipping,
+        for good, a commit that may be the culprit."""
         try:
-            build = self.builder.build(replace(self.base_request, ref=sha))
+            return self._test(sha, soak_s, reference_bug_key)
         except BuildFailed as error:
-            return Observation(
-                sha,
-                SKIP,
-                reason="does not build",
-                build_seconds=time.monotonic() - started,
-                extra={"error": error.message},
-            )
-        build_s = 0.0 if build.cache_hit else build.build_seconds
-        missing = check_applicable(build.binary, self.scenario)
-        if missing:
-            return Observation(
-                sha,
-                SKIP,
-                reason=f"not applicable: no {', '.join(missing)}",
-                build_seconds=build_s,
-                build_cached=build.cache_hit,
-            )
+            if not error.transient:
+                raise
         try:
-            amplifier = amplifier_for(self.options, build.binary, self.tools_dir)
-        except NotApplicable as error:
+            return self._test(sha, soak_s, reference_bug_key)
+        except BuildFailed as error:
+            if not error.transient:
+                raise
+            raise HarnessError(
+                f"the build of {sha[:12]} was killed twice ({error.message}); free memory or "
+                "disk, then run the same command to resume"
+            ) from None
+
+    def _test(self, sha: str, soak_s: float, reference_bug_key: str | None) -> Observation:
+        started = time.monotonic()
+        request = replace(self.base_request, ref=sha)
+        try:
+            with self.core.prepare(request, self.options) as prepared:
+                build = prepared.build
+                cached = build is not None and build.cache_hit
+                build_s = build.build_seconds if build is not None and not cached else 0.0
+                if not prepared.applicable:
+                    return Observation(
+                        sha,
+                        ObservationKind.SKIP,
+                        cause=SkipCause.NOT_APPLICABLE,
+                        reason=prepared.why_not,
+                        build_seconds=build_s,
+                        build_cached=cached,
+                    )
+                self._counter += 1
+                run_dir = unique_dir(self.run_root, f"{self._counter:03d}-{sha[:12]}")
+                (trial,) = self.core.soak(prepared, run_dir, SoakPlan(1, soak_s))
+        except BuildFailed as error:
+            if error.transient:
+                raise
             return Observation(
                 sha,
-                SKIP,
-                reason=f"not applicable: {error.message}",
-                build_seconds=build_s,
-                build_cached=build.cache_hit,
+                ObservationKind.SKIP,
+                cause=SkipCause.DOES_NOT_BUILD,
+                reason=str(SkipCause.DOES_NOT_BUILD),
+                build_seconds=time.monotonic() - started,
+                detail=error.message,
             )
-        self._counter += 1
-        trial_dir = self.run_root / f"{self._counter:03d}-{sha[:12]}"
-        trial = run_trial(
-            1,
-            build.binary,
-            self.scenario,
-            amplifier,
-            trial_settings(self.options, build, soak_s),
-            trial_dir,
-            self.progress,
-        )
+        except (PatchDoesNotApply, PatchAlreadyApplied, NoRecipe) as error:
+            # a patch that stops applying (or a gap in the recipes) mid-range: this commit
+            # tells nothing, the others still do
+            cause = (
+                SkipCause.NO_RECIPE
+                if isinstance(error, NoRecipe)
+                else SkipCause.PATCH_DOES_NOT_APPLY
+            )
+            return Observation(sha, ObservationKind.SKIP, cause=cause, reason=error.message)
         common = {
             "build_seconds": build_s,
-            "build_cached": build.cache_hit,
-            "run_dir": str(trial_dir),
+            "build_cached": cached,
+            "run_dir": trial.run_dir,
             "emfile_episodes": trial.emfile_episodes,
         }
-        if trial.outcome == "error":
+        if trial.outcome == TrialOutcome.ERROR:
             raise HarnessError(f"trial on {sha[:12]} failed: {trial.error}")
-        if trial.outcome == "crash":
-            return Observation(
-                sha, OTHER_BUG, trial.soak_s, reason=f"crash ({trial.crash_signal})", **common
-            )  # type: ignore[arg-type]
-        if trial.outcome == "hang":
-            key = signature_key(trial.signature, trial.liveness)
-            # Before the bad end has hung, the scenario's class is the reference; after, the
-            # bad end's full signature is: anything else is another bug.
-            same = (
-                trial.hang_class == self.scenario.expect
-                if reference_key is None
-                else (key == reference_key)
-            )
-            kind = HANG if same else OTHER_BUG
-            reason = "" if same else f"different signature: {trial.hang_class}"
+        if trial.outcome == TrialOutcome.CRASH:
+            reason = f"crash ({trial.crash_signal})"
             return Observation(
                 sha,
-                kind,
-                trial.time_to_hang_s or trial.soak_s,
-                reason,
-                key,
-                trial.hang_class,
+                ObservationKind.OTHER_BUG,
+                trial.soak_s,
+                reason=reason,
+                other_bug=OtherBug.from_trial(trial, sha=sha, reason=reason),
                 **common,
-            )  # type: ignore[arg-type]
+            )
+        if trial.outcome == TrialOutcome.HANG:
+            assert trial.diagnosis is not None
+            key = trial.diagnosis.bug_key
+            # Before the bad end has hung, the hunted class is the reference (any hang
+            # when nothing is hunted); after, the bad end's bug key: anything else is
+            # another bug.
+            hunted = self.options.hunted
+            same = (
+                hunted is None or trial.hang_class == hunted
+                if reference_bug_key is None
+                else key == reference_bug_key
+            )
+            reason = "" if same else f"different bug: {trial.hang_class}"
+            return Observation(
+                sha,
+                ObservationKind.HANG if same else ObservationKind.OTHER_BUG,
+                trial.time_to_hang_s or trial.soak_s,
+                reason=reason,
+                bug_key=key,
+                hang_class=trial.hang_class,
+                other_bug=None if same else OtherBug.from_trial(trial, sha=sha, reason=reason),
+                **common,
+            )
         if trial.emfile_episodes == 0:
             return Observation(
                 sha,
-                SKIP,
+                ObservationKind.SKIP,
                 trial.soak_s,
+                cause=SkipCause.NO_EXPOSURE,
                 reason="the flood never reached EMFILE (no evidence)",
                 **common,
-            )  # type: ignore[arg-type]
-        return Observation(sha, CLEAN, trial.soak_s, **common)  # type: ignore[arg-type]
+            )
+        return Observation(sha, ObservationKind.CLEAN, trial.soak_s, **common)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -12,9 +11,8 @@ import click
 
 from verifier.bisect.commits import CommitRange, commit_range
 from verifier.bisect.planner import FlakyBisector
-from verifier.bisect.session import Bisection, BisectSettings, conclude
-from verifier.bisect.state import BisectState, StepRow, load
-from verifier.bisect.tester import CommitTester
+from verifier.bisect.session import BisectSettings, conclude, open_session
+from verifier.bisect.state import StepRow, load
 from verifier.cli.options import (
     ProgressLine,
     open_workspace,
@@ -35,7 +33,7 @@ from verifier.report.bisect_report import (
 )
 from verifier.scenario import load_scenario
 from verifier.source.git_source import GitSource
-from verifier.util.hashing import digest
+from verifier.verify import VerifyCore
 
 
 def register(cli: click.Group) -> None:
@@ -117,68 +115,66 @@ def register(cli: click.Group) -> None:
             endpoint_soak_s=endpoint_soak,
             max_steps=max_steps,
         )
-        params = {
-            "source": workspace.source.label,
-            "good": commits.good,
-            "bad": commits.bad,
-            "find_fix": find_fix,
-            "patches": [digest(p.read_text()) for p in request.patches],
-            "reverse": reverse,
-            "scenario": options.scenario.name,
-            "scenario_file": digest(options.scenario.path.read_text()),
-            "amplify": options.amplify,
-            "delay_us": options.delay_us,
-            "amplify_every": options.amplify_every,
-            "confidence": confidence,
-            "min_soak": min_soak,
-            "max_soak": max_soak,
-        }
-        key = digest(params)[:16]
-        state_dir = workspace.cache.bisects / key
-        state_path = state_dir / "state.json"
-        if restart and state_dir.exists():
-            shutil.rmtree(state_dir)
-        if state_path.exists():
-            state = load(state_path)
-            click.echo(f"resuming: {len(state.steps)} step(s) done, state {state_path}", err=True)
-        else:
-            state = BisectState(params=params, shas=list(commits.shas), find_fix=find_fix)
-        what = "fix" if find_fix else "culprit"
-        click.echo(
-            f"bisecting {commits.n + 1} commits for the {what} of "
-            f"{options.scenario.name}; state: {state_path}",
-            err=True,
-        )
         progress = ProgressLine()
-        header_shown = [False]
-
-        def echo(row: StepRow) -> None:
-            progress.done()
-            if not header_shown[0]:
-                click.echo(live_line(STEP_HEADERS))
-                header_shown[0] = True
-            click.echo(live_line(step_cells(len(state.steps), row)))
-
-        tester = CommitTester(
-            workspace.builder, request, options, workspace.cache.tools, state_dir / "runs", progress
-        )
-        bisection = Bisection(git, commits, tester, settings, state, state_path, echo)
-        try:
-            conclusion = bisection.run()
-        finally:
-            progress.done()
-        document = report_document(git, state, conclusion, time.time() - started)
-        write_report(state_dir / "report.json", document)
+        table = LiveTable(progress)
+        core = VerifyCore(workspace.builder, workspace.cache.tools, progress)
+        with open_session(
+            core,
+            git,
+            workspace.source.label,
+            commits,
+            request,
+            options,
+            settings,
+            workspace.cache.bisects,
+            restart=restart,
+            echo=table.row,
+        ) as session:
+            if session.resumed_steps:
+                click.echo(
+                    f"resuming: {session.resumed_steps} step(s) done, state {session.state_path}",
+                    err=True,
+                )
+            what = "fix" if find_fix else "culprit"
+            click.echo(
+                f"bisecting {commits.n + 1} commits for the {what} of "
+                f"{options.scenario.name}; state: {session.state_path}",
+                err=True,
+            )
+            try:
+                conclusion = session.bisection.run()
+            finally:
+                progress.done()
+            state = session.bisection.state
+            report_path = session.state_path.parent / "report.json"
+            write_report(
+                report_path, report_document(git, state, conclusion, time.time() - started)
+            )
         click.echo("\n" + steps_table(state))
         for bug in conclusion.other_bugs:
-            click.echo(f"other bug (not used as evidence): {bug['sha'][:12]} {bug['reason']}")
+            click.echo(f"other bug (not used as evidence): {bug.sha and bug.sha[:12]} {bug.reason}")
         if conclusion.note:
             click.echo(f"note: {conclusion.note}")
-        click.echo(f"report: {state_dir / 'report.json'}")
+        click.echo(f"report: {report_path}")
         click.secho(final_line(git, conclusion, find_fix), bold=True)
         if conclusion.answer is None or not conclusion.result.confident:
             return ExitStatus.INCONCLUSIVE
         return ExitStatus.SUCCESS
+
+
+class LiveTable:
+    """Bisect steps printed as they happen, under one header."""
+
+    def __init__(self, progress: ProgressLine) -> None:
+        self.progress = progress
+        self.count = 0
+
+    def row(self, row: StepRow) -> None:
+        self.progress.done()
+        if not self.count:
+            click.echo(live_line(STEP_HEADERS))
+        self.count += 1
+        click.echo(live_line(step_cells(self.count, row)))
 
 
 def _replay(git: GitSource, path: Path) -> ExitStatus:

@@ -2,13 +2,15 @@
 
 It tests the HEAD of the repository git is bisecting, builds it through the cache, and
 never exits with 128 or more of its own accord (git would abort the whole bisect): every
-failure, timeout or signal becomes a skip.
+failure, timeout or signal becomes a skip. A commit that lacks the scenario's code
+(``git grep`` finds none of its symbols, checked before building) cannot have the bug:
+it is good (with ``--find-fix``: fixed), so a range whose older commits predate the code
+still converges on the commit that brought it.
 """
 
 from __future__ import annotations
 
 import os
-import signal
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
@@ -16,6 +18,7 @@ from typing import Any, NoReturn
 import click
 
 from verifier.cli.options import (
+    cache_option,
     open_workspace,
     patch_options,
     scenario_options,
@@ -25,8 +28,8 @@ from verifier.cli.options import (
 from verifier.errors import VerifierError
 from verifier.source.git_source import GitSource
 from verifier.source.select import SourceChoice
-from verifier.verdict.verdict import HANG, PASS
 from verifier.verify import verify
+from verifier.vocabulary import VerdictKind
 
 GOOD, BAD, SKIP = 0, 1, 125
 
@@ -40,7 +43,7 @@ def register(cli: click.Group) -> None:
         metavar="PATH",
         help="The repository git bisect is running in; its HEAD is tested.",
     )
-    @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None)
+    @cache_option
     @click.option(
         "--find-fix",
         is_flag=True,
@@ -78,24 +81,22 @@ def _step(
     outcome = verify(workspace.builder, request, options, workspace.cache.tools, run_dir)
     verdict = outcome.verdict
     click.echo(f"bisect-step {head[:12]}: {verdict.headline}", err=True)
-    if verdict.kind == HANG and verdict.hang_class == options.scenario.expect:
-        return GOOD if find_fix else BAD
-    if verdict.kind == PASS and not verdict.other_bugs:
-        return BAD if find_fix else GOOD
-    # does not build, not applicable, inconclusive, or another bug cut the soak short (its
-    # clean seconds are too few to call the commit good, as in `verifier bisect`)
+    hangs, fine = (GOOD, BAD) if find_fix else (BAD, GOOD)
+    hunted = options.hunted
+    if verdict.kind == VerdictKind.HANG and hunted in (None, verdict.hang_class):
+        return hangs
+    if verdict.kind == VerdictKind.PASS and not verdict.other_bugs:
+        return fine
+    if verdict.kind == VerdictKind.NOT_APPLICABLE and outcome.build is None:
+        return fine  # the source lacks the scenario's code: it cannot have this bug
+    # does not build, symbols gone from the binary, inconclusive, or another bug cut the
+    # soak short (its clean seconds are too few to call the commit good, as in bisect)
     return SKIP
 
 
 def _exit_for_git(step: Any) -> NoReturn:
-    """git bisect run aborts on exit codes >= 128: map every failure to a skip instead."""
-
-    def on_signal(signum: int, _frame: object) -> NoReturn:
-        click.echo(f"bisect-step: signal {signum}, skipping this commit", err=True)
-        os._exit(SKIP)
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGHUP, on_signal)
+    """git bisect run aborts on exit codes >= 128: every failure, and SIGTERM/SIGHUP (which
+    ``main`` turns into an exception, so the servers are stopped first), is a skip."""
     try:
         code = step()
     except VerifierError as error:
@@ -105,4 +106,5 @@ def _exit_for_git(step: Any) -> NoReturn:
         click.echo(f"bisect-step: {type(error).__name__}: {error} (skip)", err=True)
         code = SKIP
     sys.stdout.flush()
+    sys.stderr.flush()
     os._exit(code)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from verifier.cli.options import default_run_dir, open_workspace, soak_option
+from verifier.cli.options import cache_option, default_run_dir, open_workspace, soak_option
 from verifier.cli.verify_cmd import verify_and_report
 from verifier.errors import ExitStatus
 from verifier.resources import fixtures_dir
@@ -29,7 +29,7 @@ LOST_WAKEUP = "listener-lost-wakeup"
 
 def register(cli: click.Group) -> None:
     @cli.command("demo")
-    @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None)
+    @cache_option
     @soak_option
     @click.option("--trials", type=click.IntRange(1), default=3, show_default=True)
     def demo(cache_dir: Path | None, soak_s: float, trials: int) -> ExitStatus:

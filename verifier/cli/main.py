@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import tempfile
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
+from types import FrameType
 
 import click
 
@@ -18,10 +20,32 @@ from verifier.cli import (
     build_cmd,
     cache_cmd,
     demo_cmd,
+    export_cmd,
+    matrix_cmd,
     verify_cmd,
 )
 from verifier.errors import ExitStatus, VerifierError
 from verifier.util.atomic import write_text
+
+_SIGNAL_STATUS = {signal.SIGTERM: ExitStatus.TERMINATED, signal.SIGHUP: ExitStatus.HUNG_UP}
+
+
+class Terminated(BaseException):
+    """SIGTERM or SIGHUP, raised like Ctrl-C's KeyboardInterrupt so that every ``finally``
+    and ExitStack runs: servers and floods stopped by pid, state already saved."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_terminated(signum: int, _frame: FrameType | None) -> None:
+    raise Terminated(signum)
+
+
+def install_signal_handlers() -> None:
+    for signum in _SIGNAL_STATUS:
+        signal.signal(signum, _raise_terminated)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -32,11 +56,21 @@ def cli() -> None:
     Exit codes: 0 success (verify: bounded PASS), 1 HANG/CRASH, 2 bad input,
     3 patch does not apply, 4 patch already applied, 5 build failed, 6 tool or package
     missing, 7 scenario not applicable, 8 harness error, 9 inconclusive, 10 bad bisect
-    range, 11 unknown ref, 12 --expect not met, 130 interrupted.
+    range, 11 unknown ref, 12 --expect not met, 13 PASS but another hang showed, 14 network,
+    15 matrix gate failed, 129/130/143 hung up/interrupted/terminated.
     """
 
 
-for module in (build_cmd, verify_cmd, bisect_cmd, bisect_step_cmd, demo_cmd, cache_cmd):
+for module in (
+    build_cmd,
+    verify_cmd,
+    bisect_cmd,
+    bisect_step_cmd,
+    demo_cmd,
+    cache_cmd,
+    matrix_cmd,
+    export_cmd,
+):
     module.register(cli)
 
 
@@ -54,6 +88,7 @@ def report_error(error: VerifierError) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Run the CLI; never lets a traceback out for an expected failure."""
+    install_signal_handlers()
     try:
         status = cli.main(args=list(argv) if argv is not None else None, standalone_mode=False)
     except VerifierError as error:
@@ -62,6 +97,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     except (KeyboardInterrupt, click.exceptions.Abort):
         click.echo("interrupted", err=True)
         sys.exit(int(ExitStatus.INTERRUPTED))
+    except Terminated as stop:
+        click.echo(f"stopped by {stop}", err=True)
+        sys.exit(int(_SIGNAL_STATUS[signal.Signals(stop.signum)]))
     except click.exceptions.Exit as done:
         sys.exit(done.exit_code)
     except click.ClickException as error:

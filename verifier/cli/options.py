@@ -19,6 +19,7 @@ from verifier.resources import resolve_patch
 from verifier.scenario import AMPLIFIERS, DEFAULT_SCENARIO, load_scenario
 from verifier.source.select import SourceChoice, choose_source
 from verifier.verify import VerifyOptions
+from verifier.vocabulary import AmplifierKind, HangClass, ProbeClient
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -58,6 +59,13 @@ patch_options = _stack(
     click.option("--reverse", is_flag=True, help="Apply the patches reversed (take a fix out)."),
     click.option("--cflags", default=None, help="Compiler flags (default: -O2 -g -march=native)."),
     click.option("--rebuild", is_flag=True, help="Ignore a cached build of the same inputs."),
+    click.option(
+        "--build-user",
+        metavar="USER",
+        expose_value=False,  # handed to the builder through its environment variable
+        callback=lambda _ctx, _param, value: value and os.environ.update(VERIFIER_BUILD_USER=value),
+        help="As root, run build steps as USER (default: $VERIFIER_BUILD_USER or nobody).",
+    ),
 )
 
 
@@ -165,6 +173,13 @@ def scenario_options(func):  # type: ignore[no-untyped-def]
                 help="Stretch only every Nth race window (emulates a rarer race).",
             ),
             click.option(
+                "--auto-memory",
+                type=click.Path(dir_okay=False, path_type=Path),
+                default=None,
+                help="--amplify auto: the file of what led to hangs before (default: one per "
+                "scenario in the cache; share it to carry the learning over).",
+            ),
+            click.option(
                 "--threads",
                 type=click.IntRange(1),
                 default=None,
@@ -178,8 +193,8 @@ def scenario_options(func):  # type: ignore[no-untyped-def]
             ),
             click.option(
                 "--probe-client",
-                type=click.Choice(["auto", "telnet", "socket"]),
-                default="auto",
+                type=click.Choice([c.value for c in ProbeClient]),
+                default=ProbeClient.AUTO.value,
                 show_default=True,
                 help="Liveness probe carrier.",
             ),
@@ -197,16 +212,20 @@ def verify_options(
     threads: int | None,
     concurrency: int | None,
     probe_client: str,
+    hunt: HangClass | None = None,
     **extra: Any,
 ) -> VerifyOptions:
-    """VerifyOptions from the shared scenario options (the rest passed through)."""
+    """VerifyOptions from the shared scenario options (the rest passed through). ``hunt``
+    (from ``--expect hang:CLASS``) names the class hunted when the scenario names none."""
+    loaded = load_scenario(scenario)
     return VerifyOptions(
-        scenario=load_scenario(scenario),
-        amplify=amplify,
+        scenario=loaded,
+        amplify=None if amplify is None else AmplifierKind(amplify),
         delay_us=delay_us,
         amplify_every=amplify_every,
         threads=threads,
         concurrency=concurrency,
-        probe_client=None if probe_client == "auto" else probe_client,
+        probe_client=None if probe_client == ProbeClient.AUTO else probe_client,
+        hunt=hunt if loaded.hang_class is None else None,
         **extra,
     )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import sys
 from pathlib import Path
 
@@ -23,15 +22,14 @@ from verifier.cli.options import (
 from verifier.errors import BadInput, ExitStatus
 from verifier.report.table import table
 from verifier.report.verify_report import render, write_report
+from verifier.run.target import Target, shipped_binary
 from verifier.scenario import DEFAULT_SCENARIO, list_scenarios
-from verifier.verdict.verdict import expectation_met
+from verifier.verdict.verdict import Expectation
 from verifier.verify import VerifyOptions, VerifyOutcome, verify
-
-_EXPECT_RE = re.compile(r"^(pass|crash|hang(:[\w-]+)?)$")
 
 
 def verify_and_report(
-    workspace: Workspace, request: BuildRequest, options: VerifyOptions, run_dir: Path
+    workspace: Workspace, request: BuildRequest | Target, options: VerifyOptions, run_dir: Path
 ) -> VerifyOutcome:
     """Run verify with a live progress line, then write the JSON and print the summary."""
     progress = ProgressLine()
@@ -54,7 +52,7 @@ def register(cli: click.Group) -> None:
             (
                 s.name + (" (default)" if s.name == DEFAULT_SCENARIO else ""),
                 s.summary,
-                s.expect,
+                s.hang_class or "any",
                 ", ".join(s.amplifiers()),
                 f"-c {s.maxconns} (fd limit {s.maxconns}) " + " ".join(s.server_args),
                 ", ".join(s.requires_symbols),
@@ -67,7 +65,7 @@ def register(cli: click.Group) -> None:
                 [
                     "scenario",
                     "targets",
-                    "signature",
+                    "hang class",
                     "amplifiers",
                     "server options",
                     "needs symbols",
@@ -112,6 +110,18 @@ def register(cli: click.Group) -> None:
         default=None,
         help="Where to keep logs and evidence (default: under the cache).",
     )
+    @click.option(
+        "--binary",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        help="Verify this memcached as shipped (no source, no build, no --patch).",
+    )
+    @click.option(
+        "--debug-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=None,
+        help="With --binary: a .build-id tree with its debug info (default /usr/lib/debug).",
+    )
     def verify_command(
         repo: str | None,
         source: str | None,
@@ -125,6 +135,7 @@ def register(cli: click.Group) -> None:
         amplify: str | None,
         delay_us: int | None,
         amplify_every: int,
+        auto_memory: Path | None,
         soak_s: float,
         threads: int | None,
         concurrency: int | None,
@@ -134,13 +145,14 @@ def register(cli: click.Group) -> None:
         baseline: bool,
         expect: str | None,
         run_dir: Path | None,
+        binary: Path | None,
+        debug_dir: Path | None,
     ) -> ExitStatus:
         """Build, flood and probe memcached; say with evidence whether it hangs.
 
         HANG and CRASH are proof (exit 1). No hang is a bound, never a bare PASS (exit 0).
         """
-        if expect and not _EXPECT_RE.match(expect):
-            raise BadInput(f"bad --expect {expect!r} (pass, crash, hang or hang:CLASS)")
+        expectation = Expectation.parse(expect) if expect else None
         options = verify_options(
             scenario,
             amplify,
@@ -149,19 +161,34 @@ def register(cli: click.Group) -> None:
             threads,
             concurrency,
             probe_client,
+            hunt=expectation.hang_class if expectation else None,
+            auto_memory=auto_memory,
             trials=trials,
             soak_s=soak_s,
             confidence=confidence,
             baseline=baseline,
         )
-        workspace = open_workspace(repo, source, cache_dir)
-        request = workspace.request(ref, patches, reverse, cflags, rebuild)
-        target = run_dir or default_run_dir(
-            workspace.cache.runs, request.ref, options.scenario.name
-        )
-        outcome = verify_and_report(workspace, request, options, target)
-        if expect:
-            met = expectation_met(outcome.verdict, expect)
-            click.echo(f"expect {expect}: {'met' if met else 'NOT met'}", err=True)
+        if binary is not None:
+            if repo or source or ref or patches or reverse or cflags or baseline:
+                raise BadInput(
+                    "--binary verifies the binary as shipped: no --repo/--source/--ref, "
+                    "--patch, --cflags or --baseline"
+                )
+            workspace = open_workspace(None, None, cache_dir)
+            what: BuildRequest | Target = shipped_binary(
+                binary, debug_dir, workspace.builder.recipes
+            )
+            label = binary.name
+        else:
+            if debug_dir is not None:
+                raise BadInput("--debug-dir goes with --binary (a build has its own symbols)")
+            workspace = open_workspace(repo, source, cache_dir)
+            what = workspace.request(ref, patches, reverse, cflags, rebuild)
+            label = what.ref
+        folder = run_dir or default_run_dir(workspace.cache.runs, label, options.scenario.name)
+        outcome = verify_and_report(workspace, what, options, folder)
+        if expectation is not None:
+            met = expectation.met_by(outcome.verdict)
+            click.echo(f"expect {expectation}: {'met' if met else 'NOT met'}", err=True)
             return ExitStatus.SUCCESS if met else ExitStatus.EXPECTATION_FAILED
         return outcome.verdict.status

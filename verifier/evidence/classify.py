@@ -1,27 +1,23 @@
-"""Name a hang from its evidence: ``self-deadlock``, ``listener-lost-wakeup`` or ``unknown``.
+"""Name a hang from its evidence: a ``Diagnosis`` (class, liveness, summary, details).
 
 Pure functions over the collected evidence, so they are unit-tested on recorded dumps.
+Classes are ``HangClass`` members: ``self-deadlock``, ``listener-lost-wakeup`` or
+``unknown`` from the stacks and state here; a lock cycle proven from the live process
+(``deadlock`` / ``self-deadlock``) arrives as a ready diagnosis and wins.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from verifier.evidence.gdb import Frame, ThreadStack
 from verifier.evidence.procfs import FdUsage, SocketInfo, ThreadState
+from verifier.vocabulary import HangClass, HangProof, Liveness
 
-SELF_DEADLOCK = "self-deadlock"
-LOST_WAKEUP = "listener-lost-wakeup"
-UNKNOWN = "unknown"
-CLASSES = (SELF_DEADLOCK, LOST_WAKEUP, UNKNOWN)
-# read on every hang, whatever the scenario: the classes above are recognised by them
-SIGNATURE_VARIABLES = ("allow_new_conns",)
-
-WORKERS_ALIVE = "listener dead, workers alive"
-FROZEN = "whole server frozen"
-LIVENESS_UNKNOWN = "no held connection"
+# read on every hang, whatever the scenario: the lost wake-up is recognised by it
+WATCHED_VARIABLES = ("allow_new_conns",)
 
 _LOCK_FRAME = re.compile(r"pthread_mutex_lock|lll_lock_wait|__lll_lock")
 _POLL_CALLS = ("epoll_wait", "epoll_pwait", "epoll_pwait2")
@@ -43,28 +39,85 @@ class Evidence:
 
 
 @dataclass(frozen=True)
-class Signature:
-    hang_class: str
-    liveness: str
+class Diagnosis:
+    """What a hang's evidence proves: its class, what still answers, and how it was proven."""
+
+    hang_class: HangClass
+    liveness: Liveness
     summary: str
     details: dict[str, Any] = field(default_factory=dict)
+    proof: HangProof = HangProof.TIMING
+    hung_tid: int | None = None  # the thread to show (the blocked one; else the listener)
+    hung_stack: str = ""  # that thread's backtrace, from the gdb evidence
 
-    def key(self) -> str:
-        """What two hangs of the same bug share (used by bisect to keep bugs apart)."""
-        if self.hang_class == SELF_DEADLOCK:
+    @property
+    def bug_key(self) -> str:
+        """What two hangs of the same bug share (bisect keeps bugs apart by it)."""
+        if self.hang_class == HangClass.SELF_DEADLOCK:
             chain = ">".join(self.details.get("chain", []))
-            return f"{SELF_DEADLOCK}:{self.details.get('lock')}:{chain}"
-        return self.hang_class
+            identity = f"{self.hang_class}:{self.details.get('lock')}:{chain}"
+        elif self.hang_class == HangClass.DEADLOCK:
+            identity = f"{self.hang_class}:{'+'.join(sorted(self.details.get('locks', [])))}"
+        else:
+            identity = str(self.hang_class)
+        return f"{identity}|{self.liveness}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "class": str(self.hang_class),
+            "liveness": str(self.liveness),
+            "summary": self.summary,
+            "details": self.details,
+            "proof": str(self.proof),
+            "bug_key": self.bug_key,
+            "hung_tid": self.hung_tid,
+            "hung_stack": self.hung_stack,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Diagnosis:
+        return cls(
+            HangClass(data["class"]),
+            Liveness(data["liveness"]),
+            data["summary"],
+            dict(data.get("details", {})),
+            HangProof(data.get("proof", HangProof.TIMING)),
+            data.get("hung_tid"),
+            data.get("hung_stack", ""),
+        )
+
+    def with_stack(self, stack: str) -> Diagnosis:
+        return replace(self, hung_stack=stack)
+
+    def joined_with(self, classified: Diagnosis) -> Diagnosis:
+        """A proven diagnosis, completed by what the gdb evidence classified: when both name
+        the same class, the stack's details (the re-entered functions of a self-deadlock)
+        join the proof's; the proof, its class and its summary stand either way. What still
+        answers (liveness) is the evidence's: a proof is taken without asking."""
+        if classified.hang_class != self.hang_class:
+            return replace(
+                self,
+                liveness=classified.liveness,
+                details={**self.details, "gdb_classified": classified.summary},
+            )
+        chain = classified.details.get("chain")
+        summary = self.summary + (f" in {' -> '.join(chain)}" if chain else "")
+        return replace(
+            self,
+            liveness=classified.liveness,
+            summary=summary,
+            details={**classified.details, **self.details},
+        )
 
 
-def liveness(held_stats: dict[str, str] | None, had_held: bool = True) -> str:
-    if not had_held:
-        return LIVENESS_UNKNOWN
-    return WORKERS_ALIVE if held_stats is not None else FROZEN
+def liveness(held_stats: dict[str, str] | None) -> Liveness:
+    return Liveness.WORKERS_ALIVE if held_stats is not None else Liveness.FROZEN
 
 
 def _program_function(name: str) -> bool:
-    return name != "??" and not name.startswith(_LIB_PREFIX)
+    """A function of the program itself: not libc's, and not a lock wrapper (the auto
+    amplifier's interposed pthread_mutex_lock sits between the caller and libc's)."""
+    return name != "??" and not name.startswith(_LIB_PREFIX) and not _LOCK_FRAME.search(name)
 
 
 def find_self_deadlock(stacks: list[ThreadStack]) -> dict[str, Any] | None:
@@ -122,17 +175,18 @@ def _client_sockets(evidence: Evidence) -> list[SocketInfo]:
     ]
 
 
-def classify(evidence: Evidence, had_held: bool = True) -> Signature:
-    alive = liveness(evidence.held_stats, had_held)
+def classify(evidence: Evidence) -> Diagnosis:
+    alive = liveness(evidence.held_stats)
     deadlock = find_self_deadlock(evidence.stacks)
     if deadlock:
         chain = " -> ".join(deadlock["chain"])
-        return Signature(
-            SELF_DEADLOCK,
+        return Diagnosis(
+            HangClass.SELF_DEADLOCK,
             alive,
             f"thread {deadlock['thread']} ({deadlock['thread_name']}) blocks on "
             f"{deadlock['lock']} it already holds: {chain} -> pthread_mutex_lock",
             deadlock,
+            hung_tid=deadlock["lwp"],
         )
     waiting_on_lock = any(_LOCK_FRAME.search(f.function) for s in evidence.stacks for f in s.frames)
     flag = evidence.variables.get("allow_new_conns")
@@ -141,12 +195,13 @@ def classify(evidence: Evidence, had_held: bool = True) -> Signature:
     if evidence.fds is not None and evidence.fds.exhausted:
         # Every descriptor is taken (the held connection may be the last one): accept() and
         # any re-check must fail. That is a full server, not a lost wake-up.
-        return Signature(
-            UNKNOWN,
+        return Diagnosis(
+            HangClass.UNKNOWN,
             alive,
             f"every file descriptor is in use ({evidence.fds.open} of {evidence.fds.limit}): "
             "the server is full, so nothing can be accepted; raise -c or hold fewer connections",
             {"open_fds": evidence.fds.open, "fd_limit": evidence.fds.limit},
+            hung_tid=evidence.pid,
         )
     if (
         _main_thread_polling(evidence)
@@ -156,16 +211,17 @@ def classify(evidence: Evidence, had_held: bool = True) -> Signature:
         and (flag is not None or accepting is not None)
         and not clients
     ):
-        return Signature(
-            LOST_WAKEUP,
+        return Diagnosis(
+            HangClass.LOST_WAKEUP,
             alive,
             "listener polls its 10 ms maxconns timer forever: allow_new_conns="
             f"{flag if flag is not None else '?'}, accepting_conns={accepting or '?'}, "
             "no client connection left that could re-enable accepting",
             {"allow_new_conns": flag, "accepting_conns": accepting, "client_sockets": 0},
+            hung_tid=evidence.pid,
         )
-    return Signature(
-        UNKNOWN,
+    return Diagnosis(
+        HangClass.UNKNOWN,
         alive,
         "no known signature; raw evidence kept",
         {
@@ -174,4 +230,5 @@ def classify(evidence: Evidence, had_held: bool = True) -> Signature:
             "accepting_conns": accepting,
             "client_sockets": len(clients),
         },
+        hung_tid=evidence.pid,
     )

@@ -15,7 +15,7 @@ from typing import Any
 
 from verifier import __version__
 from verifier.evidence import gdb, procfs
-from verifier.evidence.classify import SIGNATURE_VARIABLES, Evidence, Signature, classify
+from verifier.evidence.classify import WATCHED_VARIABLES, Diagnosis, Evidence, classify
 from verifier.util.atomic import write_json, write_text
 from verifier.util.proc import run
 
@@ -43,17 +43,21 @@ def collect_hang(
     out_dir: Path,
     *,
     held_stats: dict[str, str] | None,
-    had_held: bool,
     held_local_port: int | None,
     variables: tuple[str, ...],
-) -> tuple[Signature, Evidence]:
-    """Take and save all evidence of a hung server (which keeps running), then classify."""
+    proven: Diagnosis | None = None,
+    debug_dir: Path | None = None,
+) -> tuple[Diagnosis, Evidence]:
+    """Take and save all evidence of a hung server (which keeps running), then classify.
+
+    ``proven``: a diagnosis already proven from the live process (a lock cycle, the lost
+    wake-up's state); it stands, and the gdb evidence supplies the hung thread's stack."""
     out_dir.mkdir(parents=True, exist_ok=True)
     threads = procfs.thread_states(pid)
     sockets = procfs.open_sockets(pid)
     fds = procfs.fd_usage(pid)
-    wanted = tuple(dict.fromkeys((*SIGNATURE_VARIABLES, *variables)))
-    dump = gdb.dump(pid, wanted)
+    wanted = tuple(dict.fromkeys((*WATCHED_VARIABLES, *variables)))
+    dump = gdb.dump(pid, wanted, debug_dir)
     evidence = Evidence(
         pid=pid,
         stacks=dump.threads,
@@ -64,7 +68,9 @@ def collect_hang(
         held_local_port=held_local_port,
         fds=fds,
     )
-    signature = classify(evidence, had_held)
+    classified = classify(evidence)
+    diagnosis = proven.joined_with(classified) if proven else classified
+    diagnosis = diagnosis.with_stack(gdb.thread_excerpt(dump.text, diagnosis.hung_tid))
     write_text(out_dir / "backtraces.txt", dump.text)
     write_json(out_dir / "threads.json", procfs.as_jsonable(threads))
     write_json(out_dir / "sockets.json", procfs.as_jsonable(sockets))
@@ -72,22 +78,14 @@ def collect_hang(
     write_json(out_dir / "held-connection-stats.json", held_stats or {"answer": None})
     write_json(out_dir / "variables.json", dump.variables)
     write_json(out_dir / "environment.json", environment())
-    write_json(
-        out_dir / "signature.json",
-        {
-            "class": signature.hang_class,
-            "liveness": signature.liveness,
-            "summary": signature.summary,
-            "details": signature.details,
-        },
-    )
-    return signature, evidence
+    write_json(out_dir / "diagnosis.json", diagnosis.to_json())
+    return diagnosis, evidence
 
 
 _FRAME_RE = re.compile(r"\(\+(0x[0-9a-f]+)\)\[0x[0-9a-f]+\]")
 
 
-def symbolise_crash(binary: Path, server_log: str) -> str:
+def symbolise_crash(binary: Path, server_log: str, symbols: Path | None = None) -> str:
     """Turn the preload library's crash backtrace into function names and lines.
 
     Frames of the binary carry their module offset ("memcached(+0x48f8)"); addr2line gets
@@ -102,7 +100,8 @@ def symbolise_crash(binary: Path, server_log: str) -> str:
         if binary.name not in line or not match:
             continue
         offset = int(match[1], 16) - 1
-        result = run(["addr2line", "-f", "-C", "-i", "-e", str(binary), hex(offset)], timeout_s=10)
+        source = str(symbols or binary)  # a stripped binary's debug file has the lines
+        result = run(["addr2line", "-f", "-C", "-i", "-e", source, hex(offset)], timeout_s=10)
         pairs = result.output.split("\n")
         names = [pairs[i].strip() for i in range(0, len(pairs) - 1, 2) if pairs[i].strip()]
         where = pairs[1].rsplit("/", 1)[-1].strip() if len(pairs) > 1 else "?"

@@ -5,10 +5,12 @@ from __future__ import annotations
 import re
 import shutil
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from verifier.util.proc import run
 
 GDB_TIMEOUT_S = 60.0
+DEFAULT_DEBUG_DIR = "/usr/lib/debug"  # libc6-dbg and other -dbgsym packages
 _THREAD_RE = re.compile(
     r"^Thread (?P<num>\d+) \(Thread 0x[0-9a-f]+ \(LWP (?P<lwp>\d+)\)(?: \"(?P<name>[^\"]*)\")?\)"
 )
@@ -51,8 +53,10 @@ def available() -> bool:
     return shutil.which("gdb") is not None
 
 
-def dump(pid: int, variables: tuple[str, ...] = ()) -> GdbDump:
-    """Attach, print all stacks and the variables, detach. The process keeps running after."""
+def dump(pid: int, variables: tuple[str, ...] = (), debug_dir: Path | None = None) -> GdbDump:
+    """Attach, print all stacks and the variables, detach. The process keeps running after.
+    ``debug_dir``: where separate debug info lies (a ``.build-id`` tree), for a stripped
+    binary."""
     if not available():
         return GdbDump("gdb not installed (apt-get install gdb)", [], {}, False)
     argv = [
@@ -62,6 +66,11 @@ def dump(pid: int, variables: tuple[str, ...] = ()) -> GdbDump:
         "-batch",
         "-p",
         str(pid),
+        *(
+            ["-iex", f"set debug-file-directory {debug_dir}:{DEFAULT_DEBUG_DIR}"]
+            if debug_dir
+            else []
+        ),
         "-ex",
         "set pagination off",
         "-ex",
@@ -90,6 +99,29 @@ def parse_backtraces(text: str) -> list[ThreadStack]:
                 Frame(int(match["n"]), match["func"], match["args"], match["where"] or "")
             )
     return threads
+
+
+def thread_excerpt(text: str, lwp: int | None, max_frames: int = 12) -> str:
+    """One thread's backtrace (by LWP) from a dump, addresses dropped, for a report."""
+    if lwp is None:
+        return ""
+    lines = text.splitlines()
+    start = next(
+        (
+            i
+            for i, line in enumerate(lines)
+            if line.startswith("Thread ") and f"(LWP {lwp})" in line
+        ),
+        None,
+    )
+    if start is None:
+        return ""
+    shown = [lines[start]]
+    for line in lines[start + 1 :]:
+        if not line.startswith("#") or len(shown) > max_frames:
+            break
+        shown.append(line)
+    return "\n".join("    " + re.sub(r"0x[0-9a-f]{12,16} in ", "", line) for line in shown)
 
 
 def parse_variables(text: str) -> dict[str, str]:

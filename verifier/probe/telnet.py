@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import pexpect
 import pexpect.fdpexpect
 
-from verifier.errors import HarnessError
+from verifier.errors import EnvironmentMissing, HarnessError
 
 TELNET_ENV = "VERIFIER_PROBE_CLIENT"  # "telnet" or "socket" forces one kind
 
@@ -30,11 +30,15 @@ class ProbeTimeout(HarnessError):
 
 
 def client_kind(preferred: str | None = None) -> str:
+    """``telnet`` or ``socket``. Auto takes telnet when installed; asked for by name (an
+    option or $VERIFIER_PROBE_CLIENT) telnet must be there: no quiet fallback."""
     kind = preferred or os.environ.get(TELNET_ENV) or "auto"
     if kind == "auto":
         return "telnet" if shutil.which("telnet") else "socket"
     if kind not in ("telnet", "socket"):
-        raise ValueError(f"unknown probe client {kind!r}")
+        raise EnvironmentMissing(f"unknown probe client {kind!r} ({TELNET_ENV}: telnet|socket)")
+    if kind == "telnet" and not shutil.which("telnet"):
+        raise EnvironmentMissing("telnet probe client not installed (apt-get install telnet)")
     return kind
 
 
@@ -84,14 +88,17 @@ class TelnetSession:
         return cls(kind, child, sock)
 
     def command(self, line: str, until: str = "END", timeout_s: float = 1.0) -> str:
-        """Send ``line`` and return the reply up to and including ``until``."""
-        self.child.send(line + "\r\n")
+        """Send ``line`` and return the reply up to and including ``until``. A connection
+        closed or reset by the server is a failed reply, like silence."""
         try:
+            self.child.send(line + "\r\n")
             self.child.expect(f"{until}\r\n", timeout=timeout_s)
         except pexpect.TIMEOUT:
             raise ProbeTimeout("reply", f"no {until} within {timeout_s:.1f}s") from None
         except pexpect.EOF:
             raise ProbeTimeout("reply", "connection closed before the reply") from None
+        except OSError as exc:  # ECONNRESET, EPIPE on a socket
+            raise ProbeTimeout("reply", f"connection failed: {exc.strerror or exc}") from None
         return str(self.child.before) + until
 
     def stats(self, timeout_s: float = 1.0) -> dict[str, str]:

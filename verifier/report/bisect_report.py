@@ -10,13 +10,15 @@ from verifier.bisect.state import BisectState, StepRow
 from verifier.report.table import table
 from verifier.source.git_source import GitSource
 from verifier.util.atomic import write_json
+from verifier.vocabulary import ObservationKind
 
 STEP_HEADERS = ["#", "role", "commit", "subject", "build s", "soak s", "result", "best afterwards"]
 
 
 def step_cells(number: int, row: StepRow) -> list[str]:
     result = row.kind + (f" ({row.reason})" if row.reason else "")
-    soak = f"{row.seconds:.1f}/{row.soak_planned_s:.0f}" if row.kind in ("hang", "clean") else "-"
+    tested = row.kind in (ObservationKind.HANG, ObservationKind.CLEAN)
+    soak = f"{row.seconds:.1f}/{row.soak_planned_s:.0f}" if tested else "-"
     return [
         str(number),
         row.role,
@@ -66,7 +68,7 @@ def report_document(
         "params": state.params,
         "find_fix": state.find_fix,
         "range": {"good": state.shas[0], "bad": state.shas[-1], "commits": len(state.shas)},
-        "reference_signature": state.reference_key,
+        "reference_bug_key": state.reference_bug_key,
         "answer": None
         if answer is None
         else {
@@ -79,8 +81,8 @@ def report_document(
         "posterior": conclusion.probability,
         "confident": result.confident,
         "note": conclusion.note,
-        "steps": [vars(row) for row in state.steps],
-        "other_bugs": conclusion.other_bugs,
+        "steps": [row.to_json() for row in state.steps],
+        "other_bugs": [bug.to_json() for bug in conclusion.other_bugs],
         "notes": state.notes,
         "soaks": result.soaks,
         "soak_seconds": round(result.soak_seconds, 3),

@@ -2,42 +2,63 @@
 
 The preload library is always loaded (its crash reporter gives CRASH verdicts a
 backtrace, and it keeps the parent-death signal across ``-u nobody``); rules are added
-only for ``watch`` and ``interpose``.
+only for ``watch`` and ``interpose``. A plan is asked for each trial's amplifier
+(``for_trial``) and told each trial's result (``observe``): a fixed plan answers the same
+every time; a learning one (``auto``) changes its choice.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from verifier.amplify.counters import read_status, require_armed
 from verifier.amplify.library import build_library, preload_env
 from verifier.amplify.spec import InterposeRule, Rule, WatchRule, resolve_rules
 from verifier.errors import BadInput
+from verifier.limits import CONFIRM_WINDOW_S, MAX_AMPLIFIER_DELAY_US
 from verifier.scenario import GdbHoldSpec, Scenario
+from verifier.vocabulary import AmplifierKind
+
+if TYPE_CHECKING:
+    from verifier.run.result import TrialResult
 
 
 @dataclass(frozen=True)
 class AmplifierPlan:
-    kind: str  # watch | interpose | gdb | none
+    kind: AmplifierKind
     rules: tuple[Rule, ...]
     gdb: GdbHoldSpec | None
     library: Path
 
+    def for_trial(self, index: int) -> AmplifierPlan:
+        """The amplifier of trial ``index`` (a fixed plan: itself)."""
+        return self
+
+    def observe(self, trial: TrialResult) -> None:
+        """Learn from a finished trial (a fixed plan learns nothing)."""
+
+    def pass_note(self) -> str:
+        """What a PASS should add about the amplifier (coverage, for a learning plan)."""
+        return ""
+
     def describe(self) -> str:
-        if self.kind == "watch":
+        if self.kind == AmplifierKind.WATCH:
             return "watch: " + "; ".join(
                 f"{r.symbol} {r.cond} {r.value} -> sleep {r.delay_us} us on {r.thread} thread"
                 for r in self.rules
                 if isinstance(r, WatchRule)
             )
-        if self.kind == "interpose":
+        if self.kind == AmplifierKind.INTERPOSE:
             return "interpose: " + "; ".join(
                 f"{'/'.join(r.functions)} ret={r.ret} errno={r.errno_name} -> sleep {r.delay_us} us"
                 for r in self.rules
                 if isinstance(r, InterposeRule)
             )
-        if self.kind == "gdb" and self.gdb:
+        if self.kind == AmplifierKind.AUTO:
+            return f"auto: {len(self.rules)} stretch rule(s) this trial"
+        if self.kind == AmplifierKind.GDB and self.gdb:
             hold = self.gdb
             return f"gdb: hold {hold.thread} thread at {hold.location} for {hold.hold_ms} ms"
         return "none"
@@ -57,7 +78,7 @@ class AmplifierPlan:
 
 
 def plan_amplifier(
-    kind: str | None,
+    kind: AmplifierKind | None,
     scenario: Scenario,
     binary: Path,
     tools_dir: Path,
@@ -65,14 +86,21 @@ def plan_amplifier(
     every: int = 1,
 ) -> AmplifierPlan:
     """Resolve ``--amplify`` (default: the scenario's) against ``binary``'s symbols."""
-    chosen = kind or scenario.amplify_default
+    chosen = AmplifierKind(kind or scenario.amplify_default)
     if chosen not in scenario.amplifiers():
         raise BadInput(
             f"scenario {scenario.name} has no '{chosen}' amplifier "
             f"(it has: {', '.join(scenario.amplifiers())})"
         )
+    if delay_us is not None and delay_us > MAX_AMPLIFIER_DELAY_US:
+        raise BadInput(
+            f"--delay-us {delay_us} is refused: it must stay below the "
+            f"{CONFIRM_WINDOW_S:.0f} s hang-confirmation window"
+        )
+    if chosen == AmplifierKind.AUTO:
+        raise BadInput("--amplify auto is planned by the verify core (run/auto_plan.py)")
     rules: list[Rule] = []
-    if chosen == "watch":
+    if chosen == AmplifierKind.WATCH:
         rules = [
             WatchRule(
                 symbol=w.symbol,
@@ -86,7 +114,7 @@ def plan_amplifier(
             for w in scenario.watch
         ]
         rules = resolve_rules(rules, binary)
-    elif chosen == "interpose":
+    elif chosen == AmplifierKind.INTERPOSE:
         rules = [
             InterposeRule(
                 functions=i.functions,
@@ -99,7 +127,7 @@ def plan_amplifier(
             )
             for i in scenario.interpose
         ]
-    gdb = scenario.gdb if chosen == "gdb" else None
+    gdb = scenario.gdb if chosen == AmplifierKind.GDB else None
     if gdb is not None and delay_us is not None:
         gdb = replace(gdb, hold_ms=max(1, delay_us // 1000))
     if gdb is not None and every != 1:

@@ -14,6 +14,7 @@ import pexpect
 
 from verifier.errors import EnvironmentMissing, HarnessError
 from verifier.scenario import GdbHoldSpec
+from verifier.util import pidlog
 from verifier.util.proc import require_tool
 
 _PROMPT = r"\(gdb\) "
@@ -82,6 +83,7 @@ class GdbHolder:
             timeout=timeout_s,
         )
         self.child.logfile_read = log
+        pidlog.record(self.child.pid, "gdb amplifier")
         try:
             self.child.expect(_PROMPT)
             self._command("continue -a &")

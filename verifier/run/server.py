@@ -19,10 +19,32 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
-from verifier.errors import HarnessError
+from verifier.errors import BadInput, HarnessError
+from verifier.util import pidlog
 from verifier.util.proc import die_with_parent, kill_group
 
 HOST = "127.0.0.1"
+# memcached options the harness sets itself or that would escape it (short and long forms)
+_HARNESS_OPTIONS = {
+    "-d": "daemonise",
+    "--daemon": "daemonise",
+    "-l": "listen address",
+    "--listen": "listen address",
+    "-p": "TCP port",
+    "--port": "TCP port",
+    "-U": "UDP port",
+    "--udp-port": "UDP port",
+    "-u": "user",
+    "--user": "user",
+    "-s": "unix socket",
+    "--unix-socket": "unix socket",
+    "-P": "pid file",
+    "--pidfile": "pid file",
+    "-c": "connection limit (set [server] maxconns)",
+    "--conn-limit": "connection limit (set [server] maxconns)",
+    "-t": "threads (use --threads)",
+    "--threads": "threads (use --threads)",
+}
 READY_TIMEOUT_S = 10.0
 
 
@@ -40,6 +62,9 @@ class ServerConfig:
     extra_args: tuple[str, ...] = ()
     env: Mapping[str, str] = field(default_factory=dict)  # e.g. LD_PRELOAD for the amplifier
     fd_limit: int | None = None  # RLIMIT_NOFILE of the server; default: maxconns
+
+    def __post_init__(self) -> None:
+        refuse_harness_options(self.extra_args, "server options")
 
     def argv(self, port: int) -> list[str]:
         args = [str(self.binary), "-l", HOST, "-p", str(port), "-U", "0"]
@@ -93,28 +118,32 @@ class MemcachedServer:
                     preexec_fn=self._preexec,
                 )
             self.started_at = time.monotonic()
+            pidlog.record(self.proc.pid, "memcached")
             if self._wait_ready():
                 return
             self.stop()  # port taken by someone else in between, or the server died: retry
         raise HarnessError(f"memcached did not start; see {self.log_path}:\n{self.log_tail()}")
 
     def _wait_ready(self) -> bool:
+        """Ready when a ``stats`` on our port answers with OUR pid: another memcached that
+        took the port in between (a reused port) is never taken for ours."""
         deadline = time.monotonic() + READY_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.proc is None or self.proc.poll() is not None:
                 return False
-            try:
-                with socket.create_connection((HOST, self.port), timeout=0.5) as sock:
-                    sock.sendall(b"version\r\n")
-                    if sock.recv(64).startswith(b"VERSION"):
-                        return True
-            except OSError:
-                time.sleep(0.05)
+            pid = _answering_pid(self.port)
+            if pid == self.proc.pid:
+                return True
+            if pid is not None:
+                return False  # someone else answers on this port: retry on another
+            time.sleep(0.05)
         return False
 
-    def stop(self) -> None:
+    def stop(self, grace_s: float = 2.0) -> None:
+        """SIGTERM, then SIGKILL after ``grace_s``; 0 kills at once (a hung listener never
+        runs memcached's SIGTERM path: measured, the full 2 s wasted on every hang)."""
         if self.proc is not None:
-            kill_group(self.proc)
+            kill_group(self.proc, grace_s)
 
     # -- state ----------------------------------------------------------------------------
     @property
@@ -132,6 +161,40 @@ class MemcachedServer:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return ""
+
+
+def _answering_pid(port: int, timeout_s: float = 0.5) -> int | None:
+    """The pid a memcached on ``port`` reports in ``stats`` (None: no complete answer)."""
+    try:
+        with socket.create_connection((HOST, port), timeout=timeout_s) as sock:
+            sock.sendall(b"stats\r\n")
+            reply = b""
+            while not reply.endswith(b"END\r\n"):
+                chunk = sock.recv(65536)
+                if not chunk:
+                    return None
+                reply += chunk
+    except OSError:
+        return None
+    for line in reply.decode(errors="replace").splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[:2] == ["STAT", "pid"] and parts[2].isdigit():
+            return int(parts[2])
+    return None
+
+
+def refuse_harness_options(args: Sequence[str], where: str) -> None:
+    """Refuse server arguments that would take the server out of the harness."""
+    for arg in args:
+        option = arg.split("=", 1)[0]
+        if option in _HARNESS_OPTIONS or (
+            option[:2] in _HARNESS_OPTIONS and not option.startswith("--")
+        ):
+            what = _HARNESS_OPTIONS.get(option) or _HARNESS_OPTIONS[option[:2]]
+            raise BadInput(
+                f"{where}: server argument {arg!r} is refused: the harness owns the {what} "
+                "(it keeps every server on 127.0.0.1, in the foreground, under its control)"
+            )
 
 
 def server_options_for(binary: Path, options: Sequence[tuple[tuple[str, ...], str]]) -> list[str]:

@@ -1,19 +1,26 @@
 """One soak trial: start the server, hold a connection, flood, probe every second.
 
-A failed probe is only a suspicion (a saturated server also drops new connections). The
-flood is paused and drained; then a fresh probe (a new SYN) goes out every 0.25 s, and a
-HANG is confirmed only when none answers for 3 s while the server has a free file
-descriptor. If one answers, it was saturation and the flood resumes. Measured on a
+A failed probe is only a suspicion (a saturated server also drops new connections).
+First the proofs are tried, which need no waiting: a cycle in the wait-for graph read
+from the live process (a deadlock), or the lost wake-up's state held steady after the
+flood is drained. A proof ends the trial at once. Without one, the flood is paused and
+drained; then a fresh probe (a new SYN) goes out every 0.25 s, and a HANG is confirmed
+only when none answers for 3 s while the server has a free file descriptor (proof:
+timing). If one answers, it was saturation and the flood resumes. Measured on a
 saturated 1.6.18 at -c 24: a single probe is not enough (a SYN dropped by a full accept
-queue is only resent after 1 s and 3 s), and for up to 4 s after the drain the server
-can still hold connections whose clients have left (their FIN is being resent), so its
-fd table is full and it rightly accepts nothing.
-On a HANG the evidence is taken while the held connection stays open.
+queue is only resent after 1 s and 3 s), and for up to 4 s after the drain the server can
+still hold connections whose clients have left (their FIN is being resent), so its fd
+table is full and it rightly accepts nothing.
+
+Exposure counts only the seconds in which every flood process ran (``loaded_s``): the
+soak lasts until that reaches ``soak_s``; a flood that dies or is spent ends the trial,
+and says so. On a HANG the evidence is taken while the held connection stays open.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import signal
 import time
 from collections.abc import Callable
@@ -21,23 +28,30 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from verifier.errors import EnvironmentMissing, VerifierError
+from verifier.evidence.classify import Diagnosis
 from verifier.evidence.collect import collect_hang, symbolise_crash
 from verifier.evidence.procfs import fd_usage
-from verifier.probe.telnet import ProbeTimeout, TelnetSession, probe_new_connection
+from verifier.limits import CONFIRM_WINDOW_S
+from verifier.probe.telnet import ProbeTimeout, TelnetSession, client_kind, probe_new_connection
 from verifier.run.amplifier import AmplifierPlan
 from verifier.run.gdb_hold import GdbHolder
+from verifier.run.proofs import Prover
+from verifier.run.result import FloodSummary, TrialResult
 from verifier.run.server import HOST, MemcachedServer, ServerConfig
+from verifier.run.timeline import EventKind, Sample
 from verifier.scenario import Scenario
-from verifier.stress import Flood, FloodConfig
+from verifier.stress import Flood, FloodConfig, FloodStats
 from verifier.util.atomic import write_json
-from verifier.verdict.verdict import TrialResult
+from verifier.vocabulary import HangClass, HangProof, TrialOutcome
 
 Progress = Callable[[str], None]
+FLOOD_BACKSTOP_S = 30.0  # the flood's own time bound beyond the soak (the trial stops it)
+MAX_CYCLES_PER_S = 100_000  # the flood's count bound per second of soak: ~10x its best rate
 
 
 @dataclass(frozen=True)
 class TrialSettings:
-    soak_s: float
+    soak_s: float  # seconds of full-strength flood to reach
     threads: int
     server_args: tuple[str, ...] = ()  # from the build recipe (e.g. -o no_maxconns_fast)
     concurrency: int | None = None  # default: the scenario's
@@ -47,10 +61,20 @@ class TrialSettings:
     confirm_probes: int = 2  # at least this many fresh probes must fail...
     confirm_timeout_s: float = 0.5
     confirm_interval_s: float = 0.25
-    confirm_window_s: float = 3.0  # ...and every one sent in this window after the drain
+    confirm_window_s: float = CONFIRM_WINDOW_S  # ...and every one sent in this window
     confirm_max_s: float = 20.0  # longest wait for a full fd table to free a descriptor
     drain_timeout_s: float = 2.0
     probe_client: str | None = None  # "telnet", "socket" or None (auto)
+    hunted: HangClass | None = None  # for the record only: proofs name any class
+    prove: bool = True  # try the wait-for graph and state proofs before timing
+    symbols: Path | None = None  # where the binary's symbols are (a debug file), if not in it
+    debug_dir: Path | None = None  # where gdb finds separate debug info
+
+    @property
+    def wall_limit_s(self) -> float:
+        """The longest a trial may run: saturation pauses do not count as exposure, so the
+        soak may take longer than ``soak_s``, but never without end."""
+        return 2 * self.soak_s + FLOOD_BACKSTOP_S
 
 
 class _Clock:
@@ -70,29 +94,168 @@ def _held_stats(held: TelnetSession | None, timeout_s: float = 1.0) -> dict[str,
         return None
 
 
-def _confirm_hang(settings: TrialSettings, server: MemcachedServer, flood: Flood | None) -> bool:
-    """Pause and drain the flood (if it still runs), then probe with fresh connections: True
-    only if every probe fails for ``confirm_window_s`` while the server has a free file
-    descriptor. A full fd table (connections whose clients left but whose FIN the kernel
-    is still resending) explains the silence, so the window restarts, up to
-    ``confirm_max_s``."""
-    if flood is not None:
-        flood.pause(settings.drain_timeout_s)
-    start = window = time.monotonic()
-    sent = 0
-    while sent < settings.confirm_probes or time.monotonic() - window < settings.confirm_window_s:
-        sent_at = time.monotonic()
-        probe = probe_new_connection(
-            HOST, server.port, settings.confirm_timeout_s, settings.probe_client
-        )
-        if probe.ok:
+class _Soak:
+    """The probing loop of one trial and the decisions it takes."""
+
+    def __init__(
+        self,
+        result: TrialResult,
+        server: MemcachedServer,
+        flood: Flood,
+        held: TelnetSession,
+        before: dict[str, str],
+        settings: TrialSettings,
+        prover: Prover,
+        triggers: Callable[[], int],
+        progress: Progress | None,
+    ) -> None:
+        self.result = result
+        self.server = server
+        self.flood = flood
+        self.held = held
+        self.settings = settings
+        self.prover = prover
+        self.triggers = triggers
+        self.progress = progress
+        self.disabled_at_start = int(before.get("listen_disabled_num", 0))
+        self.last_stats = before
+        self.clock = _Clock()
+        self.proven: Diagnosis | None = None
+        self.ended_early = ""  # why the flood stopped before the soak did
+
+    # -- the loop --------------------------------------------------------------------------
+    def run(self) -> None:
+        result, settings, flood = self.result, self.settings, self.flood
+        flood.start()
+        self.clock = _Clock()  # the soak starts when the flood runs
+        result.flood_started_ns = time.monotonic_ns()  # the amplifier's clock
+        next_probe = 0.0
+        while True:
+            stats = flood.snapshot()
+            loaded = stats.loaded_s
+            if loaded >= settings.soak_s:
+                break
+            ended = self._flood_ended(stats)
+            if ended or self.clock.now() > settings.wall_limit_s:
+                why = ended or f"full strength only {loaded:.1f} s in {self.clock.now():.0f} s"
+                self.ended_early = why
+                result.timeline.mark(self.clock.now(), EventKind.FLOOD_ENDED, why)
+                break
+            if self.server.exited() is not None:
+                result.outcome = TrialOutcome.CRASH
+                result.timeline.mark(self.clock.now(), EventKind.CRASH)
+                break
+            probe = probe_new_connection(
+                HOST, self.server.port, settings.probe_timeout_s, settings.probe_client
+            )
+            if probe.ok:
+                result.last_good_s = self.clock.now()
+            elif self._hung(self.clock.now(), flood):
+                break
+            self._sample(probe.ok, probe.latency_s, stats.cycles_per_s)
+            next_probe += settings.probe_interval_s
+            time.sleep(max(0.0, next_probe - self.clock.now()))
+        result.soak_s = round(min(flood.snapshot().loaded_s, settings.soak_s), 3)
+        if result.outcome == TrialOutcome.CLEAN:
+            self._last_look()
+
+    @staticmethod
+    def _flood_ended(stats: FloodStats) -> str:
+        """Why the flood stopped flooding by itself ("" while it runs at full strength)."""
+        if stats.processes_failed or stats.processes_alive < stats.processes:
+            return f"{stats.processes - stats.processes_alive} flood process(es) died"
+        if stats.finished:
+            return "the flood reached its bound (cycle budget or time)"
+        return ""
+
+    def _hung(self, suspected_at: float, flood: Flood | None) -> bool:
+        """After a failed probe: True when a hang is proven (the result then says how)."""
+        result = self.result
+        proof = self._confirm(flood)
+        if proof is None:
+            result.saturation_episodes += 1
+            result.timeline.mark(self.clock.now(), EventKind.SATURATED)
+            if flood is not None:
+                flood.resume()
             return False
-        sent += 1
-        fds = fd_usage(server.pid)
-        if fds is not None and fds.exhausted and sent_at - start < settings.confirm_max_s:
-            window = time.monotonic()
-        time.sleep(max(0.0, settings.confirm_interval_s - (time.monotonic() - sent_at)))
-    return True
+        result.outcome = (
+            TrialOutcome.CRASH if self.server.exited() is not None else TrialOutcome.HANG
+        )
+        result.time_to_hang_s = suspected_at
+        result.verdict_at_s = self.clock.now()
+        result.detection_latency_s = result.verdict_at_s - (result.last_good_s or 0.0)
+        result.timeline.mark(suspected_at, EventKind.HANG_SUSPECTED)
+        if result.outcome == TrialOutcome.HANG:
+            result.timeline.mark(result.verdict_at_s, EventKind.HANG_PROVEN, str(proof))
+        return True
+
+    def _confirm(self, flood: Flood | None) -> HangProof | None:
+        """Try the proofs (no waiting); else drain and probe for the confirmation window,
+        trying the state proof again at each fresh probe (it needs the clients gone)."""
+        settings, prover = self.settings, self.prover if self.settings.prove else None
+        if prover is not None:
+            self.proven = prover.cycle()
+            if self.proven is not None:
+                return self.proven.proof
+        if flood is not None:
+            flood.pause(settings.drain_timeout_s)
+        start = window = time.monotonic()
+        sent = 0
+        while (
+            sent < settings.confirm_probes or time.monotonic() - window < settings.confirm_window_s
+        ):
+            sent_at = time.monotonic()
+            if prover is not None:
+                self.proven = prover.lost_wakeup(self.held) or prover.cycle()
+                if self.proven is not None:
+                    return self.proven.proof
+            probe = probe_new_connection(
+                HOST, self.server.port, settings.confirm_timeout_s, settings.probe_client
+            )
+            if probe.ok:
+                return None
+            sent += 1
+            fds = fd_usage(self.server.pid)
+            if fds is not None and fds.exhausted and sent_at - start < settings.confirm_max_s:
+                window = time.monotonic()
+            time.sleep(max(0.0, settings.confirm_interval_s - (time.monotonic() - sent_at)))
+        return HangProof.TIMING
+
+    def _sample(self, ok: bool, latency_s: float, cycles_per_s: float) -> None:
+        result = self.result
+        stats = _held_stats(self.held)
+        if stats is not None:
+            self.last_stats = stats
+        result.emfile_episodes = (
+            int(self.last_stats.get("listen_disabled_num", 0)) - self.disabled_at_start
+        )
+        now = self.clock.now()
+        result.timeline.sample(
+            Sample(now, cycles_per_s, ok, latency_s, result.emfile_episodes, self.triggers())
+        )
+        if self.progress is not None:
+            self.progress(
+                f"trial {result.index}  {self.flood.snapshot().render()}"
+                f"  EMFILE {result.emfile_episodes:,}  saturated {result.saturation_episodes}"
+            )
+
+    def _last_look(self) -> None:
+        """A hang at the very end still counts: one last check on a quiet server."""
+        result = self.result
+        self.flood.stop()
+        if self.server.exited() is not None:
+            result.outcome = TrialOutcome.CRASH
+        else:
+            probe = probe_new_connection(
+                HOST, self.server.port, self.settings.probe_timeout_s, self.settings.probe_client
+            )
+            if not probe.ok:
+                self._hung(result.soak_s, None)
+        stats = _held_stats(self.held)
+        if stats is not None:
+            result.emfile_episodes = (
+                int(stats.get("listen_disabled_num", 0)) - self.disabled_at_start
+            )
 
 
 def run_trial(
@@ -104,121 +267,135 @@ def run_trial(
     trial_dir: Path,
     progress: Progress | None = None,
 ) -> TrialResult:
+    """One fresh server, one soak. Every resource is released through one ExitStack, so
+    a failure anywhere (flood summary, gdb holder, evidence) never skips server.stop()."""
     trial_dir.mkdir(parents=True, exist_ok=True)
     status_file = trial_dir / "amplifier.status"
-    config = ServerConfig(
+    result = TrialResult(
+        index=index,
+        outcome=TrialOutcome.CLEAN,
+        soak_s=0.0,
+        run_dir=str(trial_dir),
+        probe_client=client_kind(settings.probe_client),
+    )
+    config = server_config(binary, scenario, settings, amplifier.env(binary, status_file))
+    server = MemcachedServer(config, trial_dir / "server.log")
+
+    def triggers() -> int:
+        if not amplifier.rules or not status_file.exists():
+            return 0
+        with contextlib.suppress(VerifierError):
+            return amplifier.triggers(status_file)
+        return 0
+
+    try:
+        with contextlib.ExitStack() as stack:
+            # registered first, so it runs last: after everything else, even on errors
+            stack.callback(lambda: write_json(trial_dir / "trial.json", result.to_json()))
+            stack.callback(server.stop)
+            server.start()
+            prover = Prover(server.pid, binary, _separate(binary, settings.symbols))
+            if settings.prove:
+                prover.warm()
+                if prover.disabled:
+                    result.notes.append(prover.disabled)
+            holder: GdbHolder | None = None
+            if amplifier.gdb is not None:
+                holder = GdbHolder(server.pid, amplifier.gdb, trial_dir)
+                holder.start()
+                stack.callback(_stop_holder, result, holder)
+            else:
+                stack.callback(_count_triggers, result, triggers)
+            amplifier.check_armed(status_file)
+            held = TelnetSession.open(HOST, server.port, 2.0, settings.probe_client)
+            stack.callback(held.close)
+            before = held.stats(2.0)
+            flood = Flood(flood_config(server.port, scenario, settings))
+            soak = _Soak(result, server, flood, held, before, settings, prover, triggers, progress)
+            stack.callback(_summarise_flood, result, flood, soak)
+            soak.run()
+            if result.outcome == TrialOutcome.HANG:
+                _freeze_status(status_file)
+                flood.stop()
+                if holder is not None:
+                    _stop_holder(result, holder)  # one tracer at a time: gdb takes evidence
+                _take_evidence(result, server, held, scenario, settings, soak.proven)
+                server.stop(grace_s=0.0)  # evidence taken: nothing left to shut down cleanly
+            elif result.outcome == TrialOutcome.CRASH:
+                _crash_details(result, server, binary, settings.symbols)
+    except EnvironmentMissing:
+        raise
+    except VerifierError as error:
+        result.outcome, result.error = TrialOutcome.ERROR, error.message
+        write_json(trial_dir / "trial.json", result.to_json())
+    return result
+
+
+def server_config(
+    binary: Path, scenario: Scenario, settings: TrialSettings, env: dict[str, str]
+) -> ServerConfig:
+    """The server of a trial (also of the auto amplifier's discovery run)."""
+    return ServerConfig(
         binary=binary,
         threads=settings.threads,
         maxconns=scenario.maxconns,
         extra_args=(*settings.server_args, *scenario.server_args),
-        env=amplifier.env(binary, status_file),
+        env=env,
     )
-    result = TrialResult(index=index, outcome="clean", soak_s=0.0, run_dir=str(trial_dir))
-    holder: GdbHolder | None = None
-    held: TelnetSession | None = None
-    flood: Flood | None = None
-    server = MemcachedServer(config, trial_dir / "server.log")
-    try:
-        server.start()
-        if amplifier.gdb is not None:
-            holder = GdbHolder(server.pid, amplifier.gdb, trial_dir)
-            holder.start()
-        amplifier.check_armed(status_file)
-        held = TelnetSession.open(HOST, server.port, 2.0, settings.probe_client)
-        before = held.stats(2.0)
-        flood = Flood(
-            FloodConfig(
-                port=server.port,
-                concurrency=settings.concurrency or scenario.flood.concurrency,
-                processes=settings.flood_processes,
-                duration_s=settings.soak_s + 30.0,  # the trial stops it; this is a backstop
-                mix=scenario.flood.mix,
-                start_method="spawn",  # children must not inherit the held connection
-            )
-        )
-        _soak(result, server, flood, held, before, settings, progress)
-        if result.outcome == "hang":
-            if holder is not None:
-                result.amplifier_triggers = holder.stop().get("holds", 0)
-                holder = None
-            _take_evidence(result, server, held, scenario, trial_dir)
-        elif result.outcome == "crash":
-            _crash_details(result, server, binary)
-    except EnvironmentMissing:
-        raise
-    except VerifierError as error:
-        result.outcome, result.error = "error", error.message
-    finally:
-        if flood is not None:
-            result.flood = _flood_summary(flood)
-        if holder is not None:
-            result.amplifier_triggers = holder.stop().get("holds", 0)
-        elif amplifier.rules and status_file.exists():
-            with contextlib.suppress(VerifierError):
-                result.amplifier_triggers = amplifier.triggers(status_file)
-        if held is not None:
-            held.close()
-        server.stop()
-        write_json(trial_dir / "trial.json", result.as_dict())
-    return result
 
 
-def _soak(
-    result: TrialResult,
-    server: MemcachedServer,
-    flood: Flood,
-    held: TelnetSession,
-    before: dict[str, str],
-    settings: TrialSettings,
-    progress: Progress | None,
-) -> None:
-    flood.start()
-    clock = _Clock()  # the soak starts when the flood runs
-    disabled_at_start = int(before.get("listen_disabled_num", 0))
-    last_stats = before
-    next_probe = 0.0
-    while clock.now() < settings.soak_s:
-        if server.exited() is not None:
-            result.outcome = "crash"
-            break
-        probe = probe_new_connection(
-            HOST, server.port, settings.probe_timeout_s, settings.probe_client
-        )
-        if probe.ok:
-            result.last_good_s = clock.now()
-        else:
-            suspected_at = clock.now()
-            if _confirm_hang(settings, server, flood):
-                result.outcome = "crash" if server.exited() is not None else "hang"
-                result.time_to_hang_s = suspected_at
-                result.verdict_at_s = clock.now()
-                result.detection_latency_s = result.verdict_at_s - (result.last_good_s or 0.0)
-                break
-            result.saturation_episodes += 1
-            flood.resume()
-        stats = _held_stats(held)
-        if stats is not None:
-            last_stats = stats
-        result.emfile_episodes = int(last_stats.get("listen_disabled_num", 0)) - disabled_at_start
-        if progress is not None:
-            progress(
-                f"trial {result.index}  {flood.snapshot().render()}"
-                f"  EMFILE {result.emfile_episodes:,}  saturated {result.saturation_episodes}"
-            )
-        next_probe += settings.probe_interval_s
-        time.sleep(max(0.0, min(next_probe - clock.now(), settings.soak_s - clock.now())))
-    result.soak_s = round(min(clock.now(), settings.soak_s), 3)
-    if result.outcome == "clean":
-        flood.stop()  # a hang at the very end still counts: one last probe on a quiet server
-        if server.exited() is not None:
-            result.outcome = "crash"
-        elif _confirm_hang(settings, server, None):
-            result.outcome, result.time_to_hang_s = "hang", result.soak_s
-            result.verdict_at_s = clock.now()
-            result.detection_latency_s = result.verdict_at_s - (result.last_good_s or 0.0)
-        stats = _held_stats(held)
-        if stats is not None:
-            result.emfile_episodes = int(stats.get("listen_disabled_num", 0)) - disabled_at_start
+def flood_config(port: int, scenario: Scenario, settings: TrialSettings) -> FloodConfig:
+    """The flood of a trial: the scenario's shape, bounded in time and in cycles."""
+    duration = settings.soak_s + FLOOD_BACKSTOP_S
+    return FloodConfig(
+        port=port,
+        concurrency=settings.concurrency or scenario.flood.concurrency,
+        processes=settings.flood_processes,
+        duration_s=duration,  # the trial stops it; this is a backstop
+        max_cycles=max(1, math.ceil(duration * MAX_CYCLES_PER_S)),
+        mix=scenario.flood.mix,
+        start_method="spawn",  # children must not inherit the held connection
+    )
+
+
+AT_HANG = ".at-hang"
+
+
+def _freeze_status(status_file: Path) -> None:
+    """The amplifier's counters as they were when the hang was proven: closing the held
+    connection later re-enables a lost wake-up's listener, whose next stretches would
+    otherwise overwrite which point was stretched last before the hang."""
+    with contextlib.suppress(OSError):
+        frozen = status_file.with_name(status_file.name + AT_HANG)
+        frozen.write_bytes(status_file.read_bytes())
+
+
+def _stop_holder(result: TrialResult, holder: GdbHolder) -> None:
+    counts = holder.stop()
+    if counts:
+        result.amplifier_triggers = counts.get("holds", 0)
+
+
+def _count_triggers(result: TrialResult, triggers: Callable[[], int]) -> None:
+    result.amplifier_triggers = triggers()
+
+
+def _summarise_flood(result: TrialResult, flood: Flood, soak: _Soak) -> None:
+    stats = flood.stop()
+    result.flood = FloodSummary(
+        cycles=stats.cycles,
+        ops=stats.ops,
+        cycles_per_s=stats.mean_cycles_per_s,
+        ops_per_s=stats.mean_ops_per_s,
+        errors={str(kind): n for kind, n in stats.errors.nonzero().items()},
+        processes=stats.processes,
+        loaded_s=stats.loaded_s,
+        ended_early=soak.ended_early,
+    )
+
+
+def _separate(binary: Path, symbols: Path | None) -> Path | None:
+    return symbols if symbols is not None and symbols != binary else None
 
 
 def _take_evidence(
@@ -226,48 +403,32 @@ def _take_evidence(
     server: MemcachedServer,
     held: TelnetSession,
     scenario: Scenario,
-    trial_dir: Path,
+    settings: TrialSettings,
+    proven: Diagnosis | None,
 ) -> None:
     held_stats = _held_stats(held, 2.0)
-    held_port = held.local_port()
-    signature, _ = collect_hang(
+    diagnosis, _ = collect_hang(
         server.pid,
-        trial_dir / "evidence",
+        Path(result.run_dir) / "evidence",
         held_stats=held_stats,
-        had_held=True,
-        held_local_port=held_port,
+        held_local_port=held.local_port(),
         variables=scenario.variables,
+        proven=proven,
+        debug_dir=settings.debug_dir,
     )
     if held_stats is not None:
         base = int(held_stats.get("listen_disabled_num", 0))
         result.emfile_episodes = max(result.emfile_episodes, base)
-    result.hang_class = signature.hang_class
-    result.liveness = signature.liveness
-    result.signature = {
-        "class": signature.hang_class,
-        "key": signature.key(),
-        "summary": signature.summary,
-        "details": signature.details,
-    }
+    result.diagnosis = diagnosis
 
 
-def _crash_details(result: TrialResult, server: MemcachedServer, binary: Path) -> None:
+def _crash_details(
+    result: TrialResult, server: MemcachedServer, binary: Path, symbols: Path | None
+) -> None:
     code = server.exited()
     if code is not None and code < 0:
         result.crash_signal = signal.Signals(-code).name
     else:
         result.crash_signal = f"exit status {code}"
     log = server.log_path.read_text(errors="replace") if server.log_path.exists() else ""
-    result.crash_backtrace = symbolise_crash(binary, log)
-
-
-def _flood_summary(flood: Flood) -> dict[str, object]:
-    stats = flood.stop()
-    return {
-        "cycles": stats.cycles,
-        "ops": stats.ops,
-        "cycles_per_s": round(stats.mean_cycles_per_s, 1),
-        "ops_per_s": round(stats.mean_ops_per_s, 1),
-        "errors": {str(kind): n for kind, n in stats.errors.nonzero().items()},
-        "processes": stats.processes,
-    }
+    result.crash_backtrace = symbolise_crash(binary, log, symbols)

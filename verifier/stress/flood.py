@@ -26,6 +26,7 @@ from verifier.errors import HarnessError
 from verifier.stress.config import FloodConfig
 from verifier.stress.stats import N_FIELDS, Field, FloodStats, ProcState, aggregate
 from verifier.stress.worker import CMD_PAUSE, CMD_RUN, CMD_STOP, encode_command, process_main
+from verifier.util import pidlog
 
 _POLL_S = 0.005
 _START_TIMEOUT_S = 30.0
@@ -84,6 +85,7 @@ class Flood:
                     self._procs.append(proc)
                     assert proc.pid is not None
                     self._pids.append(proc.pid)
+                    pidlog.record(proc.pid, "flood worker")
                 self._wait_started()
             except BaseException:
                 self._terminate(grace_s=0.0)

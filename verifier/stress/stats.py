@@ -90,7 +90,8 @@ class ErrorCounts:
 @dataclass(frozen=True)
 class FloodStats:
     elapsed_s: float  # wall time since start()
-    active_s: float  # flooding time (pauses excluded), slowest process
+    active_s: float  # flooding time (pauses excluded), the process that flooded longest
+    loaded_s: float  # time every process flooded (pauses excluded): a dead one stops it
     cycles: int  # connection attempts finished
     connects: int  # of which connected
     ops: int  # commands answered normally
@@ -164,6 +165,7 @@ def aggregate(
     return FloodStats(
         elapsed_s=elapsed_s,
         active_s=max((row[Field.ACTIVE_MS] for row in rows), default=0) / 1000,
+        loaded_s=min((row[Field.ACTIVE_MS] for row in rows), default=0) / 1000,
         cycles=cycles,
         connects=total(Field.CONNECTS),
         ops=ops,

@@ -1,209 +1,302 @@
 """From trials to a verdict: HANG and CRASH are proof; PASS is only ever a bound.
 
-Kinds:
-  HANG            no END to ``stats`` on any new connection, for 3 s of fresh probes after
-                  the flood drained, with a descriptor free: proof, with evidence.
+Kinds (``VerdictKind``):
+  HANG            no END to ``stats`` on any new connection, and the hang is proven: by a
+                  lock cycle or the process state at once, else by 3 s of fresh probes
+                  after the flood drained, with a descriptor free.
   CRASH           the server died by a signal.
-  PASS            no hang: stated as "0 hangs in T s over n trials; rate < 3/T at 95%".
+  PASS            no hang: stated as "0 hangs in T s over n trials; rate < 3/T at 95%",
+                  T counting only the seconds the flood ran at full strength.
   INCONCLUSIVE    the soak never reached the buggy path (no EMFILE episode), so its
                   clean run says nothing.
-
-One bug at a time: a hang with another *named* class than the scenario hunts (say a
-lost wake-up while hunting the self-deadlock) is a real bug, but not this one. It is
-listed with its evidence, its trial counts as clean exposure up to the hang, and the
-verdict on the scenario's bug stands (a PASS then exits 13, not 0).
   NOT APPLICABLE  the scenario's symbols are not in this build.
   ERROR           a harness problem; no verdict.
+
+One bug at a time: a hang with another *named* class than the one hunted (say a lost
+wake-up while hunting the self-deadlock) is a real bug, but not this one. It is listed
+with its evidence, its trial counts as clean exposure up to the hang, and the verdict on
+the hunted bug stands (a PASS then exits 13, not 0). The exit status of every kind is
+decided in one place, ``Verdict.status``.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import enum
+from dataclasses import dataclass, field
 from typing import Any
 
-from verifier.errors import ExitStatus
-from verifier.evidence.classify import UNKNOWN
+from verifier.errors import BadInput, ExitStatus
+from verifier.run.result import TrialResult
 from verifier.verdict.stats import describe_bound, rate_upper_bound
+from verifier.vocabulary import HangClass, HangProof, TrialOutcome, VerdictKind
 
-HANG, CRASH, PASS, INCONCLUSIVE, NOT_APPLICABLE, ERROR = (
-    "HANG",
-    "CRASH",
-    "PASS",
-    "INCONCLUSIVE",
-    "NOT APPLICABLE",
-    "ERROR",
-)
+_STATUS = {
+    VerdictKind.HANG: ExitStatus.BUG_SEEN,
+    VerdictKind.CRASH: ExitStatus.BUG_SEEN,
+    VerdictKind.PASS: ExitStatus.SUCCESS,
+    VerdictKind.INCONCLUSIVE: ExitStatus.INCONCLUSIVE,
+    VerdictKind.NOT_APPLICABLE: ExitStatus.NOT_APPLICABLE,
+    VerdictKind.ERROR: ExitStatus.HARNESS_ERROR,
+}
 
 
-@dataclass
-class TrialResult:
-    index: int
-    outcome: str  # "hang", "crash", "clean", "error"
-    soak_s: float  # seconds of flood (the exposure)
-    run_dir: str
-    time_to_hang_s: float | None = None  # flood start -> first failed probe (later confirmed)
-    last_good_s: float | None = None  # flood start -> last good reply on a new connection
-    detection_latency_s: float | None = None  # last good reply -> HANG confirmed
-    verdict_at_s: float | None = None  # flood start -> HANG confirmed
-    hang_class: str | None = None
-    liveness: str | None = None
-    signature: dict[str, Any] | None = None
-    crash_signal: str | None = None
-    crash_backtrace: str = ""
-    emfile_episodes: int = 0  # listen_disabled_num increase during the soak
-    amplifier_triggers: int = 0
-    saturation_episodes: int = 0  # failed probes that recovered after the drain
-    flood: dict[str, Any] = field(default_factory=dict)
-    error: str = ""
+@dataclass(frozen=True)
+class OtherBug:
+    """A hang (or crash) of another bug than the one hunted: listed, never evidence."""
 
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    outcome: TrialOutcome  # HANG or CRASH
+    hang_class: HangClass | None  # None for a crash
+    bug_key: str
+    time_to_hang_s: float | None
+    evidence: str  # the run directory holding its evidence
+    trial: int | None = None  # verify: the trial it showed in
+    sha: str | None = None  # bisect: the commit it showed on
+    reason: str = ""
+
+    @classmethod
+    def from_trial(cls, trial: TrialResult, sha: str | None = None, reason: str = "") -> OtherBug:
+        diagnosis = trial.diagnosis
+        return cls(
+            outcome=trial.outcome,
+            hang_class=trial.hang_class,
+            bug_key=diagnosis.bug_key if diagnosis else f"crash:{trial.crash_signal}",
+            time_to_hang_s=trial.time_to_hang_s
+            if trial.outcome == TrialOutcome.HANG
+            else trial.soak_s,
+            evidence=trial.run_dir,
+            trial=None if sha else trial.index,
+            sha=sha,
+            reason=reason,
+        )
+
+    @property
+    def label(self) -> str:
+        return str(self.hang_class) if self.hang_class else f"crash ({self.bug_key})"
+
+    def describe(self) -> str:
+        where = f"trial {self.trial}" if self.trial is not None else f"commit {self.sha or '?'}"
+        return f"{self.label} ({where}, {self.time_to_hang_s or 0:.1f} s into the flood)"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "outcome": str(self.outcome),
+            "class": None if self.hang_class is None else str(self.hang_class),
+            "bug_key": self.bug_key,
+            "time_to_hang_s": self.time_to_hang_s,
+            "evidence": self.evidence,
+            "trial": self.trial,
+            "sha": self.sha,
+            "reason": self.reason,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> OtherBug:
+        return cls(
+            TrialOutcome(data["outcome"]),
+            HangClass(data["class"]) if data.get("class") else None,
+            data["bug_key"],
+            data.get("time_to_hang_s"),
+            data["evidence"],
+            data.get("trial"),
+            data.get("sha"),
+            data.get("reason", ""),
+        )
 
 
 @dataclass
 class Verdict:
-    kind: str
+    kind: VerdictKind
     headline: str
-    status: ExitStatus
     bound: str = ""
-    hang_class: str | None = None
+    hang_class: HangClass | None = None
+    proof: HangProof | None = None
     rate_upper_bound_per_s: float | None = None
     total_soak_s: float = 0.0
     trials: int = 0
-    other_bugs: list[dict[str, Any]] = field(default_factory=list)
+    other_bugs: list[OtherBug] = field(default_factory=list)
 
-    def as_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["status"] = int(self.status)
-        return data
+    @property
+    def status(self) -> ExitStatus:
+        """The exit status of this verdict (the one place it is decided)."""
+        if self.kind == VerdictKind.PASS and self.other_bugs:
+            return ExitStatus.OTHER_HANG
+        return _STATUS[self.kind]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": str(self.kind),
+            "headline": self.headline,
+            "status": int(self.status),
+            "bound": self.bound,
+            "hang_class": None if self.hang_class is None else str(self.hang_class),
+            "proof": None if self.proof is None else str(self.proof),
+            "rate_upper_bound_per_s": self.rate_upper_bound_per_s,
+            "total_soak_s": self.total_soak_s,
+            "trials": self.trials,
+            "other_bugs": [b.to_json() for b in self.other_bugs],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Verdict:
+        return cls(
+            VerdictKind(data["kind"]),
+            data["headline"],
+            data.get("bound", ""),
+            HangClass(data["hang_class"]) if data.get("hang_class") else None,
+            HangProof(data["proof"]) if data.get("proof") else None,
+            data.get("rate_upper_bound_per_s"),
+            float(data.get("total_soak_s", 0.0)),
+            int(data.get("trials", 0)),
+            [OtherBug.from_json(b) for b in data.get("other_bugs", [])],
+        )
 
 
-def is_other_bug(trial: TrialResult, expected_class: str) -> bool:
-    """A hang named as another class than the scenario hunts (an unnamed one could be
-    this bug in another shape, so it is never set aside)."""
+class ExpectKind(enum.StrEnum):
+    PASS = "pass"
+    HANG = "hang"
+    CRASH = "crash"
+
+
+@dataclass(frozen=True)
+class Expectation:
+    """``--expect pass|hang|hang:CLASS|crash`` (for CI), parsed once."""
+
+    kind: ExpectKind
+    hang_class: HangClass | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> Expectation:
+        kind, sep, wanted = text.strip().partition(":")
+        try:
+            parsed = cls(ExpectKind(kind), HangClass(wanted) if wanted else None)
+        except ValueError:
+            classes = ", ".join(c.value for c in HangClass)
+            raise BadInput(
+                f"bad --expect {text!r} (pass, crash, hang or hang:CLASS; classes: {classes})"
+            ) from None
+        if (sep and not wanted) or (parsed.hang_class and parsed.kind != ExpectKind.HANG):
+            raise BadInput(f"bad --expect {text!r} (pass, crash, hang or hang:CLASS)")
+        return parsed
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.hang_class}" if self.hang_class else str(self.kind)
+
+    def met_by(self, verdict: Verdict) -> bool:
+        """``pass``: the hunted bug did not show (other bugs are reported, not counted);
+        ``hang``: any hang; ``hang:CLASS``: that class, also as another bug; ``crash``."""
+        if self.kind == ExpectKind.PASS:
+            return verdict.kind == VerdictKind.PASS
+        if self.kind == ExpectKind.CRASH:
+            return verdict.kind == VerdictKind.CRASH
+        if verdict.kind == VerdictKind.HANG and self.hang_class in (None, verdict.hang_class):
+            return True
+        return self.hang_class is not None and any(
+            b.hang_class == self.hang_class for b in verdict.other_bugs
+        )
+
+
+def expectation_met(verdict: Verdict, expect: str | None) -> bool:
+    return True if not expect else Expectation.parse(expect).met_by(verdict)
+
+
+def is_other_bug(trial: TrialResult, hunted: HangClass | None) -> bool:
+    """A hang named as another class than the one hunted. An unnamed hang could be this
+    bug in another shape, so it is never set aside; with nothing hunted, no hang is."""
     return (
-        trial.outcome == "hang"
-        and expected_class != UNKNOWN
-        and trial.hang_class not in (None, UNKNOWN, expected_class)
+        trial.outcome == TrialOutcome.HANG
+        and hunted not in (None, HangClass.UNKNOWN)
+        and trial.hang_class not in (None, HangClass.UNKNOWN, hunted)
+    )
+
+
+def is_this_bug(trial: TrialResult, hunted: HangClass | None) -> bool:
+    """A crash, or a hang that is not another bug's: proof of the hunted bug."""
+    return trial.outcome == TrialOutcome.CRASH or (
+        trial.outcome == TrialOutcome.HANG and not is_other_bug(trial, hunted)
     )
 
 
 def exposure_s(trial: TrialResult) -> float:
-    """Seconds of flood the trial ran clean: up to the first failed probe if it hung."""
-    if trial.outcome == "hang" and trial.time_to_hang_s is not None:
+    """Seconds of full-strength flood the trial ran clean: up to the first failed probe."""
+    if trial.outcome == TrialOutcome.HANG and trial.time_to_hang_s is not None:
         return min(trial.soak_s, trial.time_to_hang_s)
     return trial.soak_s
-
-
-def expectation_met(verdict: Verdict, expect: str | None) -> bool:
-    """``--expect pass`` (the scenario's bug did not show; other bugs are reported, not
-    counted), ``hang``, ``hang:CLASS`` (also met by another bug of that class) or ``crash``."""
-    if not expect:
-        return True
-    kind, _, wanted_class = expect.partition(":")
-    if kind == "pass":
-        return verdict.kind == PASS
-    if kind == "hang":
-        if verdict.kind == HANG and (not wanted_class or verdict.hang_class == wanted_class):
-            return True
-        return bool(wanted_class) and any(b["class"] == wanted_class for b in verdict.other_bugs)
-    if kind == "crash":
-        return verdict.kind == CRASH
-    return False
 
 
 def decide(
     trials: list[TrialResult],
     *,
-    expected_class: str,
+    hunted: HangClass | None,
     confidence: float = 0.95,
     amplified: bool = False,
+    pass_note: str = "",
 ) -> Verdict:
-    """Combine trials (the run stops at the first crash or hang of this bug) into one verdict."""
-    others = [t for t in trials if is_other_bug(t, expected_class)]
-    other_bugs = [
-        {
-            "trial": t.index,
-            "class": t.hang_class,
-            "time_to_hang_s": t.time_to_hang_s,
-            "evidence": f"{t.run_dir}/evidence",
-        }
-        for t in others
-    ]
-    also = "".join(
-        f"; but another bug hung: {b['class']} (trial {b['trial']}, "
-        f"{b['time_to_hang_s'] or 0:.1f} s into the flood)"
-        for b in other_bugs
-    )
+    """Combine trials (the run stops at the first crash or hang of this bug) into one
+    verdict. ``pass_note`` is added to a PASS (e.g. what the auto amplifier covered)."""
+    other_bugs = [OtherBug.from_trial(t) for t in trials if is_other_bug(t, hunted)]
+    also = "".join(f"; but another bug hung: {b.describe()}" for b in other_bugs)
     soak = sum(exposure_s(t) for t in trials)
-    for trial in trials:
-        if is_other_bug(trial, expected_class):
-            continue
-        if trial.outcome == "crash":
-            return Verdict(
-                CRASH,
-                f"CRASH: the server died by {trial.crash_signal} after {trial.soak_s:.1f} s "
-                f"of flood (trial {trial.index}){also}",
-                ExitStatus.HANG,
-                total_soak_s=soak,
-                trials=len(trials),
-                other_bugs=other_bugs,
-            )
-        if trial.outcome == "hang":
-            other = trial.hang_class != expected_class
-            note = f" (not the scenario's {expected_class})" if other else ""
-            return Verdict(
-                HANG,
-                f"HANG: {trial.hang_class}{note}, {trial.liveness}; no answer on new "
-                f"connections after {trial.time_to_hang_s:.1f} s of flood (trial {trial.index})"
-                + also,
-                ExitStatus.HANG,
-                hang_class=trial.hang_class,
-                total_soak_s=soak,
-                trials=len(trials),
-                other_bugs=other_bugs,
-            )
-    errors = [t for t in trials if t.outcome == "error"]
-    if errors:
+    common: dict[str, Any] = {"total_soak_s": soak, "trials": len(trials)}
+    proof = next((t for t in trials if is_this_bug(t, hunted)), None)
+    if proof is not None and proof.outcome == TrialOutcome.CRASH:
         return Verdict(
-            ERROR,
-            f"ERROR: {errors[0].error}",
-            ExitStatus.HARNESS_ERROR,
-            total_soak_s=soak,
-            trials=len(trials),
+            VerdictKind.CRASH,
+            f"CRASH: the server died by {proof.crash_signal} after {proof.soak_s:.1f} s "
+            f"of flood (trial {proof.index}){also}",
+            other_bugs=other_bugs,
+            **common,
         )
+    if proof is not None:
+        hang_class = proof.hang_class or HangClass.UNKNOWN
+        note = f" (not the scenario's {hunted})" if hunted and hang_class != hunted else ""
+        how = f", proven by {proof.proof}" if proof.proof else ""
+        return Verdict(
+            VerdictKind.HANG,
+            f"HANG: {hang_class}{note}, {proof.liveness}; no answer on new connections after "
+            f"{proof.time_to_hang_s or 0:.1f} s of flood (trial {proof.index}{how}){also}",
+            hang_class=hang_class,
+            proof=proof.proof,
+            other_bugs=other_bugs,
+            **common,
+        )
+    errors = [t for t in trials if t.outcome == TrialOutcome.ERROR]
+    if errors:
+        return Verdict(VerdictKind.ERROR, f"ERROR: {errors[0].error}", **common)
     episodes = sum(t.emfile_episodes for t in trials)
     triggers = sum(t.amplifier_triggers for t in trials)
+    ended = [
+        f"the flood of trial {t.index} ended early ({t.flood.ended_early}); "
+        f"only its {t.soak_s:.1f} s at full strength count"
+        for t in trials
+        if t.flood is not None and t.flood.ended_early
+    ]
+    caveats = "".join(f"; {text}" for text in ended)
     if episodes == 0:
         return Verdict(
-            INCONCLUSIVE,
+            VerdictKind.INCONCLUSIVE,
             "INCONCLUSIVE: the flood never drove the server to EMFILE (listen_disabled_num "
-            "stayed 0), so this soak did not exercise the bug path" + also,
-            ExitStatus.INCONCLUSIVE,
-            total_soak_s=soak,
-            trials=len(trials),
+            "stayed 0), so this soak did not exercise the bug path" + caveats + also,
             other_bugs=other_bugs,
+            **common,
         )
     if amplified and triggers == 0:
         return Verdict(
-            INCONCLUSIVE,
+            VerdictKind.INCONCLUSIVE,
             "INCONCLUSIVE: the amplifier never fired, so the race window was never stretched"
+            + caveats
             + also,
-            ExitStatus.INCONCLUSIVE,
-            total_soak_s=soak,
-            trials=len(trials),
             other_bugs=other_bugs,
+            **common,
         )
     bound = describe_bound(0, soak, len(trials), confidence)
     extra = f"; {episodes:,} EMFILE episodes"
     extra += f", {triggers:,} amplifier triggers" if amplified else ""
+    extra += f"; {pass_note}" if pass_note else ""
     return Verdict(
-        PASS,
-        f"PASS (bounded): {bound}{extra}{also}",
-        ExitStatus.OTHER_HANG if other_bugs else ExitStatus.SUCCESS,
+        VerdictKind.PASS,
+        f"PASS (bounded): {bound}{extra}{caveats}{also}",
         bound=bound,
         rate_upper_bound_per_s=rate_upper_bound(soak, confidence),
-        total_soak_s=soak,
-        trials=len(trials),
         other_bugs=other_bugs,
+        **common,
     )

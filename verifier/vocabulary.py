@@ -1,0 +1,83 @@
+"""One vocabulary: every state a stage reports to the next, as ``StrEnum`` members.
+
+The values are what reports, state files and the README show; code compares members,
+never message text. Each name has one meaning:
+
+- a *trial outcome* is what one soak saw (hang, crash, clean, error);
+- a *verdict kind* is what verify concludes over its trials (HANG, PASS, ...);
+- a *hang class* names the bug a hang's evidence proves (self-deadlock, ...);
+- a *hang proof* says how a hang was established (a lock cycle, the process state, or
+  timing alone);
+- an *observation kind* is what bisect records for one commit; a *skip cause* why a
+  commit told nothing.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class TrialOutcome(enum.StrEnum):
+    HANG = "hang"
+    CRASH = "crash"
+    CLEAN = "clean"
+    ERROR = "error"  # the harness could not run the trial (no verdict)
+
+
+class VerdictKind(enum.StrEnum):
+    HANG = "HANG"
+    CRASH = "CRASH"
+    PASS = "PASS"  # always a bound, never bare
+    INCONCLUSIVE = "INCONCLUSIVE"  # the bug path was never exercised
+    NOT_APPLICABLE = "NOT APPLICABLE"  # the build lacks the scenario's code
+    ERROR = "ERROR"
+
+
+class HangClass(enum.StrEnum):
+    SELF_DEADLOCK = "self-deadlock"  # one thread waits for a lock it holds
+    DEADLOCK = "deadlock"  # a cycle of two or more threads waiting for each other's locks
+    LOST_WAKEUP = "listener-lost-wakeup"  # accepting disabled, nobody left to enable it
+    UNKNOWN = "unknown"  # no known shape; raw evidence kept
+
+
+class HangProof(enum.StrEnum):
+    CYCLE = "cycle"  # a cycle in the wait-for graph read from the live process
+    STATE = "state"  # the process state rules out any wake-up (lost wake-up)
+    TIMING = "timing"  # only silence: fresh probes unanswered for the confirmation window
+
+
+class Liveness(enum.StrEnum):
+    WORKERS_ALIVE = "listener dead, workers alive"
+    FROZEN = "whole server frozen"
+    UNKNOWN = "no held connection"
+
+
+class AmplifierKind(enum.StrEnum):
+    WATCH = "watch"
+    INTERPOSE = "interpose"
+    GDB = "gdb"
+    AUTO = "auto"
+    NONE = "none"
+
+
+class ObservationKind(enum.StrEnum):
+    """What one soak of one commit tells the bisector."""
+
+    HANG = "hang"  # this bug hung: proof the commit is bad
+    CLEAN = "clean"  # no hang in the soak: evidence weighted by its length
+    OTHER_BUG = "other-bug"  # another bug hung (or crashed): listed, never evidence
+    SKIP = "skip"  # nothing learned (see SkipCause)
+
+
+class SkipCause(enum.StrEnum):
+    DOES_NOT_BUILD = "does not build"
+    NOT_APPLICABLE = "not applicable"  # the commit lacks the scenario's code
+    PATCH_DOES_NOT_APPLY = "patch does not apply"
+    NO_RECIPE = "no build recipe"
+    NO_EXPOSURE = "no exposure"  # the flood never reached the bug path (no EMFILE)
+
+
+class ProbeClient(enum.StrEnum):
+    AUTO = "auto"
+    TELNET = "telnet"
+    SOCKET = "socket"
