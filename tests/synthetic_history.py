@@ -127,3 +127,70 @@ def _build_commits(repo: Path) -> None:
             with target.open("a") as handle:
                 handle.write(f"\nSynthetic note {index}: a harmless edit.\n")
             commit(index, f"Docs: harmless edit {index}")
+
+
+ARRIVAL_CULPRIT, ARRIVAL_LAST = 6, 9
+
+
+def make_arrival_history(debian_repo: Path, base_ref: str, dest: Path) -> History:
+    """A history in which the scenario's code arrives with the bug (as maxconns_handler did
+    in 1.4.6): commits 0-5 call the maxconns timer ``conn_limit_timer`` (no
+    ``maxconns_handler`` anywhere in the source), commit 6 renames it to maxconns_handler
+    and brings the 1.4.6 race with it, 7-9 are harmless. ``git bisect run`` must answer
+    "good" for the commits that lack the code, not "skip", or it gives up."""
+    if not (dest / ".git").exists():
+        subprocess.run(["git", "clone", "-q", str(debian_repo), str(dest)], check=True)
+        _git(dest, "checkout", "-q", "-B", "arrival", base_ref)
+        _build_arrival(dest)
+    shas = _git(dest, "rev-list", "--first-parent", "--reverse", f"{base_ref}..arrival")
+    return History(dest, tuple(shas.split()))
+
+
+def _build_arrival(repo: Path) -> None:
+    env = {
+        "GIT_AUTHOR_NAME": "Synthetic History",
+        "GIT_AUTHOR_EMAIL": "synthetic@example.invalid",
+        "GIT_COMMITTER_NAME": "Synthetic History",
+        "GIT_COMMITTER_EMAIL": "synthetic@example.invalid",
+        "PATH": "/usr/bin:/bin",
+    }
+    source = repo / "memcached.c"
+    original = source.read_text()
+
+    def commit(index: int, subject: str) -> None:
+        stamp = f"2024-02-{index + 1:02d}T12:00:00Z"
+        _git(repo, "add", "-A")
+        _git(
+            repo,
+            "commit",
+            "-q",
+            "--no-verify",
+            "-m",
+            subject,
+            env={**env, "GIT_AUTHOR_DATE": stamp, "GIT_COMMITTER_DATE": stamp},
+        )
+
+    for index in range(ARRIVAL_LAST + 1):
+        if index == 0:
+            source.write_text(original.replace("maxconns_handler", "conn_limit_timer"))
+            commit(index, "Connection limit timer (before maxconns_handler existed)")
+        elif index == ARRIVAL_CULPRIT:
+            source.write_text(original)
+            subprocess.run(
+                [
+                    "patch",
+                    "-p1",
+                    "-s",
+                    "--no-backup-if-mismatch",
+                    "-F2",
+                    "-i",
+                    str(FIXTURES / "reintroduce-maxconns-race.diff"),
+                ],
+                cwd=repo,
+                check=True,
+            )
+            commit(index, "Rename the timer to maxconns_handler and simplify conn_close")
+        else:
+            with (repo / "README.md").open("a") as handle:
+                handle.write(f"\nArrival note {index}: a harmless edit.\n")
+            commit(index, f"Docs: arrival edit {index}")

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import dataclasses
 
-from verifier.evidence.classify import (
-    FROZEN,
-    LOST_WAKEUP,
-    SELF_DEADLOCK,
-    UNKNOWN,
-    WORKERS_ALIVE,
-    Evidence,
-    classify,
-)
-from verifier.evidence.gdb import parse_backtraces, parse_variables
+from verifier.evidence.classify import Diagnosis, Evidence, classify
+from verifier.evidence.gdb import parse_backtraces, parse_variables, thread_excerpt
 from verifier.evidence.procfs import FdUsage, SocketInfo, ThreadState
+from verifier.vocabulary import HangClass, Liveness
+
+SELF_DEADLOCK, LOST_WAKEUP, UNKNOWN = (
+    HangClass.SELF_DEADLOCK,
+    HangClass.LOST_WAKEUP,
+    HangClass.UNKNOWN,
+)
+WORKERS_ALIVE, FROZEN = Liveness.WORKERS_ALIVE, Liveness.FROZEN
 
 DEADLOCK = """\
 Thread 3 (Thread 0x7f0000000700 (LWP 102) "mc-worker"):
@@ -73,10 +73,20 @@ def test_self_deadlock_names_the_lock_and_the_functions() -> None:
         "maxconns_handler",
         "accept_new_conns",
     ]
-    assert (
-        signature.key() == "self-deadlock:conn_lock:accept_new_conns>maxconns_handler>"
-        "accept_new_conns"
+    assert signature.bug_key == (
+        "self-deadlock:conn_lock:accept_new_conns>maxconns_handler>accept_new_conns"
+        "|listener dead, workers alive"
     )
+    assert signature.hung_tid == 100
+    assert Diagnosis.from_json(signature.to_json()) == signature
+
+
+def test_the_hung_threads_stack_is_cut_from_the_dump() -> None:
+    stack = thread_excerpt(DEADLOCK, 100)
+    assert stack.splitlines()[0].startswith("    Thread 1 (Thread")
+    assert "accept_new_conns (do_accept=do_accept@entry=true)" in stack
+    assert "mc-worker" not in stack and "epoll_wait" not in stack
+    assert thread_excerpt(DEADLOCK, 999) == ""
 
 
 def test_lost_wakeup_needs_no_client_left() -> None:

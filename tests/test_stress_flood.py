@@ -23,6 +23,7 @@ import pytest
 
 from verifier.stress import Flood, FloodConfig, FloodConfigError, FloodStats, render_progress
 from verifier.stress.workload import MAXCONNS, OK, SERVER_ERROR, build_schedule, classify_reply
+from verifier.util import pidlog
 from verifier.util.proc import die_with_parent
 
 pytestmark = pytest.mark.timeout(120)
@@ -37,8 +38,8 @@ def memcached_bin(request: pytest.FixtureRequest) -> str:
     path = os.environ.get("VERIFIER_TEST_MEMCACHED")
     if not path:
         return str(request.getfixturevalue("pristine").binary)
-    if not os.access(path, os.X_OK):
-        pytest.skip(f"VERIFIER_TEST_MEMCACHED={path} is not an executable")
+    if not os.access(path, os.X_OK):  # a typo must not quietly skip the flood tests
+        pytest.fail(f"VERIFIER_TEST_MEMCACHED={path} is not an executable")
     return path
 
 
@@ -94,6 +95,7 @@ def running_memcached(
         start_new_session=True,
         preexec_fn=preexec,
     )
+    pidlog.record(proc.pid, "memcached (test)")
     try:
         server_stats(port, timeout_s=5.0)  # up and answering
         assert proc.poll() is None, "memcached exited at startup"

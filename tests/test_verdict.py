@@ -6,14 +6,17 @@ import math
 
 import pytest
 
-from verifier.errors import ExitStatus
+from verifier.errors import BadInput, ExitStatus
+from verifier.evidence.classify import Diagnosis
+from verifier.run.result import FloodSummary, TrialResult
 from verifier.verdict.stats import (
     rate_lower_bound,
     rate_upper_bound,
     soak_for_fix,
     trial_upper_bound,
 )
-from verifier.verdict.verdict import TrialResult, decide, expectation_met
+from verifier.verdict.verdict import Expectation, decide, expectation_met
+from verifier.vocabulary import HangClass, HangProof, Liveness, TrialOutcome, VerdictKind
 
 
 def test_rule_of_three() -> None:
@@ -37,8 +40,25 @@ def test_soak_for_fix_uses_the_pessimistic_rate() -> None:
     assert soak_for_fix(0, 10.0) == math.inf
 
 
-def _trial(i: int, outcome: str, soak: float = 10.0, **kw: object) -> TrialResult:
-    return TrialResult(index=i, outcome=outcome, soak_s=soak, run_dir="x", **kw)  # type: ignore[arg-type]
+def _trial(
+    i: int,
+    outcome: str,
+    soak: float = 10.0,
+    hang_class: str | None = None,
+    liveness: str = Liveness.WORKERS_ALIVE,
+    **kw: object,
+) -> TrialResult:
+    diagnosis = None
+    if hang_class is not None:
+        diagnosis = Diagnosis(HangClass(hang_class), Liveness(liveness), "x", proof=HangProof.CYCLE)
+    return TrialResult(
+        index=i,
+        outcome=TrialOutcome(outcome),
+        soak_s=soak,
+        run_dir="x",
+        diagnosis=diagnosis,
+        **kw,  # type: ignore[arg-type]
+    )
 
 
 def test_pass_is_a_bound_with_opportunities() -> None:
@@ -47,7 +67,7 @@ def test_pass_is_a_bound_with_opportunities() -> None:
             _trial(1, "clean", emfile_episodes=40, amplifier_triggers=40),
             _trial(2, "clean", emfile_episodes=35, amplifier_triggers=30),
         ],
-        expected_class="self-deadlock",
+        hunted=HangClass.SELF_DEADLOCK,
         amplified=True,
     )
     assert verdict.kind == "PASS" and verdict.status == ExitStatus.SUCCESS
@@ -56,9 +76,9 @@ def test_pass_is_a_bound_with_opportunities() -> None:
 
 
 def test_no_emfile_or_no_trigger_is_inconclusive() -> None:
-    no_emfile = decide([_trial(1, "clean")], expected_class="x")
+    no_emfile = decide([_trial(1, "clean")], hunted=None)
     assert no_emfile.kind == "INCONCLUSIVE"
-    no_trigger = decide([_trial(1, "clean", emfile_episodes=3)], expected_class="x", amplified=True)
+    no_trigger = decide([_trial(1, "clean", emfile_episodes=3)], hunted=None, amplified=True)
     assert no_trigger.kind == "INCONCLUSIVE" and "amplifier" in no_trigger.headline
 
 
@@ -69,27 +89,26 @@ def test_another_named_bug_is_listed_and_does_not_decide_this_one() -> None:
         6.0,
         hang_class="listener-lost-wakeup",
         time_to_hang_s=4.0,
-        liveness="listener dead, workers alive",
         emfile_episodes=9,
     )
     verdict = decide(
-        [lost_wakeup, _trial(2, "clean", emfile_episodes=30)], expected_class="self-deadlock"
+        [lost_wakeup, _trial(2, "clean", emfile_episodes=30)], hunted=HangClass.SELF_DEADLOCK
     )
     assert verdict.kind == "PASS" and verdict.status == ExitStatus.OTHER_HANG
     assert "0 hangs in 14.0 s" in verdict.headline  # clean up to the other bug's first failure
     assert "another bug hung: listener-lost-wakeup (trial 1" in verdict.headline
-    assert [b["class"] for b in verdict.other_bugs] == ["listener-lost-wakeup"]
+    assert [b.hang_class for b in verdict.other_bugs] == [HangClass.LOST_WAKEUP]
     assert expectation_met(verdict, "pass") and expectation_met(
         verdict, "hang:listener-lost-wakeup"
     )
     assert not expectation_met(verdict, "hang:self-deadlock")
     # this bug after another one: HANG, and the other one is still listed
-    own = _trial(2, "hang", 3.0, hang_class="self-deadlock", time_to_hang_s=1.0, liveness="x")
-    both = decide([lost_wakeup, own], expected_class="self-deadlock")
+    own = _trial(2, "hang", 3.0, hang_class="self-deadlock", time_to_hang_s=1.0)
+    both = decide([lost_wakeup, own], hunted=HangClass.SELF_DEADLOCK)
     assert both.kind == "HANG" and both.hang_class == "self-deadlock" and both.other_bugs
     # an unnamed hang could be this bug in another shape: never set aside
-    unnamed = _trial(1, "hang", 3.0, hang_class="unknown", time_to_hang_s=1.0, liveness="x")
-    assert decide([unnamed], expected_class="self-deadlock").kind == "HANG"
+    unnamed = _trial(1, "hang", 3.0, hang_class="unknown", time_to_hang_s=1.0)
+    assert decide([unnamed], hunted=HangClass.SELF_DEADLOCK).kind == "HANG"
 
 
 def test_hang_and_crash_are_proof_and_other_classes_are_named() -> None:
@@ -102,15 +121,58 @@ def test_hang_and_crash_are_proof_and_other_classes_are_named() -> None:
                 2.0,
                 hang_class="unknown",
                 time_to_hang_s=1.5,
-                liveness="listener dead, workers alive",
             ),
         ],
-        expected_class="self-deadlock",
+        hunted=HangClass.SELF_DEADLOCK,
     )
-    assert hang.kind == "HANG" and hang.status == ExitStatus.HANG
+    assert hang.kind == "HANG" and hang.status == ExitStatus.BUG_SEEN
     assert "unknown (not the scenario's self-deadlock)" in hang.headline
     assert expectation_met(hang, "hang") and not expectation_met(hang, "hang:self-deadlock")
     assert expectation_met(hang, "hang:unknown")
-    crash = decide([_trial(1, "crash", crash_signal="SIGABRT")], expected_class="x")
+    crash = decide([_trial(1, "crash", crash_signal="SIGABRT")], hunted=None)
     assert crash.kind == "CRASH" and "SIGABRT" in crash.headline
     assert not expectation_met(crash, "pass")
+
+
+def test_verdict_status_is_decided_in_one_place() -> None:
+    """Every kind maps to its documented exit code; a CRASH has its own path to 1."""
+    crash = decide([_trial(1, "crash", crash_signal="SIGSEGV")], hunted=None)
+    assert crash.kind == VerdictKind.CRASH and crash.status == ExitStatus.BUG_SEEN
+    error = decide([_trial(1, "error", error="boom")], hunted=None)
+    assert error.kind == VerdictKind.ERROR and error.status == ExitStatus.HARNESS_ERROR
+    unproven = decide(
+        [_trial(1, "hang", 2.0, hang_class="self-deadlock", time_to_hang_s=1.0)],
+        hunted=HangClass.SELF_DEADLOCK,
+    )
+    assert unproven.status == ExitStatus.BUG_SEEN and "proven by cycle" in unproven.headline
+
+
+def test_with_nothing_hunted_any_named_hang_is_the_bug() -> None:
+    """The generic flood scenario hunts no class: a lost wake-up is its bug, not another."""
+    lost = _trial(1, "hang", 3.0, hang_class="listener-lost-wakeup", time_to_hang_s=2.0)
+    verdict = decide([lost], hunted=None)
+    assert verdict.kind == VerdictKind.HANG and verdict.hang_class == HangClass.LOST_WAKEUP
+    assert not verdict.other_bugs
+
+
+def test_a_flood_that_ended_early_is_said_and_only_its_loaded_seconds_count() -> None:
+    flood = FloodSummary(
+        10, 10, 1.0, 1.0, {}, 1, loaded_s=4.0, ended_early="1 flood process(es) died"
+    )
+    verdict = decide([_trial(1, "clean", 4.0, emfile_episodes=5, flood=flood)], hunted=None)
+    assert verdict.kind == VerdictKind.PASS
+    assert (
+        "0 hangs in 4.0 s" in verdict.headline
+        and "ended early (1 flood process" in verdict.headline
+    )
+
+
+@pytest.mark.parametrize("text", ["hang:", "hang:nosuchclass", "pass:self-deadlock", "fail", ""])
+def test_a_bad_expectation_is_bad_input(text: str) -> None:
+    with pytest.raises(BadInput):
+        Expectation.parse(text)
+
+
+def test_expectations_round_trip() -> None:
+    for text in ("pass", "crash", "hang", "hang:deadlock", "hang:listener-lost-wakeup"):
+        assert str(Expectation.parse(text)) == text

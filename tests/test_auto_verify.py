@@ -1,0 +1,167 @@
+"""`--amplify auto` through verify and bisect, on Debian's real memcached: the generic
+flood scenario, no knowledge of the bug, and the race found, proven and named."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from verifier.errors import ExitStatus
+from verifier.paths import CacheLayout
+
+from conftest import LOST_WAKEUP_FIX, MAXCONNS_FIX, RACE_FIXTURE, run_cli
+from synthetic_history import History, make_history
+
+pytestmark = pytest.mark.timeout(900)
+STORE_MAIN = "store:allow_new_conns@main"
+ACCEPT_MAIN = "call:accept|accept4:EMFILE@main"
+
+
+def verify(
+    cache: CacheLayout, run_dir: Path, *args: str
+) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+    result = run_cli(
+        "verify", "--source", "debian", "--scenario", "flood", "--amplify", "auto",
+        "--run-dir", str(run_dir), *args, cache=cache,
+    )  # fmt: skip
+    report = run_dir / "report.json"
+    assert report.is_file(), result.stdout + result.stderr
+    return result, json.loads(report.read_text())
+
+
+def _hang_trial(report: dict[str, Any]) -> dict[str, Any]:
+    return next(t for t in report["trials"] if t["outcome"] == "hang" and not _other(report, t))
+
+
+def _other(report: dict[str, Any], trial: dict[str, Any]) -> bool:
+    return any(b["trial"] == trial["index"] for b in report["verdict"]["other_bugs"])
+
+
+def test_auto_finds_names_and_remembers_the_1_4_6_self_deadlock(
+    cache_layout: CacheLayout, tmp_path: Path
+) -> None:
+    """With no knowledge of the bug: the self-deadlock, proven by the lock cycle, and the
+    point stretched before it named (allow_new_conns stored by the listener, with its
+    source line). A second verify with the same memory stretches that point first."""
+    memory = tmp_path / "memory.json"
+    result, report = verify(
+        cache_layout, tmp_path / "first", "--patch", str(RACE_FIXTURE),
+        "--auto-memory", str(memory), "--soak", "10", "--trials", "15",
+    )  # fmt: skip
+    assert result.returncode == ExitStatus.BUG_SEEN, result.stdout + result.stderr
+    assert report["verdict"]["hang_class"] == "self-deadlock"
+    assert report["amplifier"].startswith("auto: ")
+    hang = _hang_trial(report)
+    assert hang["proof"] == "cycle"
+    named = hang["stretched"]["attribution"]
+    assert named["point"] == STORE_MAIN and named["main_thread"]
+    assert (
+        named["location"].startswith("memcached.c:") and "do_accept_new_conns" in named["location"]
+    )
+    assert "store to allow_new_conns by the main thread" in result.stdout
+    credits = json.loads(memory.read_text())["points"][STORE_MAIN]["hangs"]
+    assert credits.get("self-deadlock", 0) >= 1
+    again, replay = verify(
+        cache_layout, tmp_path / "again", "--patch", str(RACE_FIXTURE),
+        "--auto-memory", str(memory), "--soak", "10", "--trials", "3",
+    )  # fmt: skip
+    assert again.returncode == ExitStatus.BUG_SEEN, again.stdout + again.stderr
+    first = replay["trials"][0]["stretched"]["selection"]
+    assert first["mode"] == "credited" and [p["key"] for p in first["points"]] == [STORE_MAIN]
+
+
+def test_auto_on_a_fixed_build_is_a_bounded_pass_that_says_what_it_covered(
+    cache_layout: CacheLayout, tmp_path: Path
+) -> None:
+    """No false hang on a fixed build (race fixture + the -42 fix, over the lost wake-up
+    fix); the PASS says how many candidate points were stretched, and how often."""
+    result, report = verify(
+        cache_layout, tmp_path, "--patch", str(LOST_WAKEUP_FIX), "--patch", str(RACE_FIXTURE),
+        "--patch", str(MAXCONNS_FIX), "--auto-memory", str(tmp_path / "memory.json"),
+        "--soak", "8", "--trials", "3",
+    )  # fmt: skip
+    assert result.returncode == ExitStatus.SUCCESS, result.stdout + result.stderr
+    headline = report["verdict"]["headline"]
+    assert headline.startswith("PASS (bounded)") and "candidate points stretched" in headline
+    assert all(t["stretched"]["selection"]["points"] for t in report["trials"])
+
+
+@pytest.mark.slow
+def test_auto_finds_the_lost_wakeup_in_pristine_debian(
+    cache_layout: CacheLayout, tmp_path: Path
+) -> None:
+    """From scratch (an empty memory), the lost wake-up: proven from the state, and the
+    failed accept() on the listener named as the stretch before it."""
+    result, report = verify(
+        cache_layout, tmp_path, "--auto-memory", str(tmp_path / "memory.json"),
+        "--expect", "hang:listener-lost-wakeup", "--soak", "15", "--trials", "20",
+    )  # fmt: skip
+    assert result.returncode == ExitStatus.SUCCESS, result.stdout + result.stderr
+    hang = _hang_trial(report)
+    assert hang["proof"] == "state"
+    assert hang["stretched"]["attribution"]["point"] == ACCEPT_MAIN
+
+
+def test_auto_hunts_the_class_asked_for_past_another_bug(
+    cache_layout: CacheLayout, tmp_path: Path
+) -> None:
+    """Hunting the self-deadlock in a build that also has the lost wake-up: a memory that
+    (wrongly) credits the failed accept() makes the first trials stretch it; their lost
+    wake-ups are other bugs, listed, never credited to the hunt; the deck takes over and
+    the self-deadlock is found."""
+    memory = tmp_path / "memory.json"
+    memory.write_text(
+        json.dumps(
+            {
+                "format": 1,
+                "points": {
+                    ACCEPT_MAIN: {
+                        "trials": 1, "triggers": 1, "hangs": {"self-deadlock": 1},
+                        "hang_delay_us": 50000,
+                    }
+                },
+            }
+        )
+    )  # fmt: skip
+    result, report = verify(
+        cache_layout, tmp_path / "run", "--patch", str(RACE_FIXTURE),
+        "--auto-memory", str(memory), "--expect", "hang:self-deadlock",
+        "--soak", "10", "--trials", "20",
+    )  # fmt: skip
+    assert result.returncode == ExitStatus.SUCCESS, result.stdout + result.stderr
+    verdict = report["verdict"]
+    assert verdict["kind"] == "HANG" and verdict["hang_class"] == "self-deadlock"
+    others = verdict["other_bugs"]
+    assert others and {b["class"] for b in others} == {"listener-lost-wakeup"}
+    credits = json.loads(memory.read_text())["points"][ACCEPT_MAIN]["hangs"]
+    assert credits["self-deadlock"] == 1  # only the seed: the lost wake-ups were not credited
+    assert credits.get("listener-lost-wakeup", 0) == len(others)
+
+
+@pytest.fixture(scope="module")
+def history(debian_source, tmp_path_factory: pytest.TempPathFactory) -> History:  # type: ignore[no-untyped-def]
+    assert debian_source.default_ref
+    return make_history(
+        debian_source.git.path,
+        debian_source.default_ref,
+        tmp_path_factory.mktemp("history") / "repo",
+    )
+
+
+def test_bisect_with_auto_finds_the_culprit(
+    cache_layout: CacheLayout, history: History, tmp_path: Path
+) -> None:
+    """The generic scenario and auto amplifier, bisecting: what the bad end's hang taught
+    (the memory) is stretched first on every commit that follows."""
+    result = run_cli(
+        "bisect", "--repo", str(history.path), "--scenario", "flood", "--amplify", "auto",
+        "--auto-memory", str(tmp_path / "memory.json"), "--good", history.good,
+        "--bad", history.regression_bad, "--max-soak", "10", "--endpoint-soak", "30",
+        "--min-soak", "3", "--restart", cache=cache_layout,
+    )  # fmt: skip
+    assert result.returncode == ExitStatus.SUCCESS, result.stdout + result.stderr
+    assert f"introduced by {history.introduce[:12]}" in result.stdout

@@ -1,0 +1,117 @@
+"""Scenario files and server options are code paths: what escapes the harness is refused,
+and the server the harness talks to is always its own."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from pathlib import Path
+
+import pytest
+
+from verifier.errors import BadInput, HarnessError
+from verifier.run import server as server_module
+from verifier.run.amplifier import plan_amplifier
+from verifier.run.server import HOST, MemcachedServer, ServerConfig
+from verifier.scenario import load_scenario
+from verifier.vocabulary import AmplifierKind
+
+BASE = 'name = "t"\nsummary = "s"\nrequires_symbols = []\n[amplify]\ndefault = "none"\n'
+
+
+def _scenario(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "t.toml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize(
+    "arg", ["-d", "-l", "-l0.0.0.0", "--listen=0.0.0.0", "-p", "-U", "-u", "-s", "-P", "-c"]
+)
+def test_server_args_that_escape_the_harness_are_refused(tmp_path: Path, arg: str) -> None:
+    text = BASE.replace("[amplify]", f'[server]\nargs = ["{arg}", "1"]\n[amplify]')
+    with pytest.raises(BadInput, match="refused"):
+        load_scenario(str(_scenario(tmp_path, text)))
+    with pytest.raises(BadInput, match="refused"):
+        ServerConfig(binary=Path("/bin/true"), threads=1, maxconns=8, extra_args=(arg,))
+
+
+def test_harmless_server_args_pass(tmp_path: Path) -> None:
+    text = BASE.replace("[amplify]", '[server]\nargs = ["-o", "no_maxconns_fast", "-v"]\n[amplify]')
+    assert load_scenario(str(_scenario(tmp_path, text))).server_args[:2] == (
+        "-o",
+        "no_maxconns_fast",
+    )
+
+
+def test_variables_must_be_c_identifiers(tmp_path: Path) -> None:
+    text = BASE + '[signature]\nvariables = ["allow_new_conns\\necho pwned"]\n'
+    with pytest.raises(BadInput, match="not a C identifier"):
+        load_scenario(str(_scenario(tmp_path, text)))
+
+
+def test_an_amplifier_delay_as_long_as_the_confirmation_window_is_refused(
+    tmp_path: Path,
+) -> None:
+    text = BASE.replace('default = "none"', 'default = "interpose"') + (
+        '[[amplify.interpose]]\nfunctions = ["accept"]\ndelay_us = 3000000\n'
+    )
+    with pytest.raises(BadInput, match="hang-confirmation window"):
+        load_scenario(str(_scenario(tmp_path, text)))
+    scenario = load_scenario("listener-lost-wakeup")
+    with pytest.raises(BadInput, match="hang-confirmation window"):
+        plan_amplifier(
+            AmplifierKind.INTERPOSE, scenario, Path("/bin/true"), tmp_path, delay_us=5_000_000
+        )
+
+
+def test_the_old_expect_key_and_unknown_keys_are_named(tmp_path: Path) -> None:
+    with pytest.raises(BadInput, match="hang_class"):
+        load_scenario(str(_scenario(tmp_path, 'expect = "unknown"\n' + BASE)))
+    with pytest.raises(BadInput, match="unknown key"):
+        load_scenario(str(_scenario(tmp_path, 'colour = "red"\n' + BASE)))
+
+
+def test_the_generic_flood_scenario_is_built_in() -> None:
+    flood = load_scenario("flood")
+    assert flood.hang_class is None and flood.requires_symbols == ()
+    assert AmplifierKind.AUTO in flood.amplifiers()
+
+
+def test_readiness_checks_the_pid_so_another_server_is_never_ours(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server that is not ours answers on the port (a reused port): the harness must not
+    take it for the one it started (which here never listens at all)."""
+    impostor = socket.socket()
+    impostor.bind((HOST, 0))
+    impostor.listen(16)
+    stop = threading.Event()
+
+    def answer() -> None:
+        impostor.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = impostor.accept()
+            except OSError:
+                continue
+            with conn:
+                conn.recv(64)
+                conn.sendall(b"VERSION 1.6.18\r\nSTAT pid 1\r\nEND\r\n")
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    silent = tmp_path / "silent-memcached"
+    silent.write_text("#!/bin/sh\nexec sleep 30\n")
+    silent.chmod(0o755)
+    monkeypatch.setattr(server_module, "free_port", lambda: impostor.getsockname()[1])
+    monkeypatch.setattr(server_module, "READY_TIMEOUT_S", 2.0)
+    server = MemcachedServer(ServerConfig(silent, 1, 8), tmp_path / "server.log")
+    try:
+        with pytest.raises(HarnessError, match="did not start"):
+            server.start(attempts=1)
+    finally:
+        server.stop()
+        stop.set()
+        thread.join(2)
+        impostor.close()
