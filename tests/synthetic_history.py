@@ -1,9 +1,11 @@
 """A synthetic memcached history for bisect tests and benchmarks, made at run time from
 Debian's source (never committed): harmless edits, one commit that reintroduces the 1.4.6
 race, one that does not build (repaired by the next), and a later one that fixes the race.
+The base carries patches/listener-lost-wakeup-fix.diff: Debian's 1.6.18 also has the lost
+wake-up, which a flood sometimes finds; over its fix, only the race under study is in play.
 
     index  commit
-    0      base (debian/<version>)                  good
+    0      base: debian/<version> + the lost wake-up fix   good
     1-5    harmless
     6      breaks the build
     7      repairs the build
@@ -67,7 +69,7 @@ def make_history(debian_repo: Path, base_ref: str, dest: Path) -> History:
         subprocess.run(["git", "clone", "-q", str(debian_repo), str(dest)], check=True)
         _git(dest, "checkout", "-q", "-B", "synthetic", base_ref)
         _build_commits(dest)
-    shas = _git(dest, "rev-list", "--first-parent", "--reverse", f"{base_ref}^..synthetic")
+    shas = _git(dest, "rev-list", "--first-parent", "--reverse", f"{base_ref}..synthetic")
     return History(dest, tuple(shas.split()))
 
 
@@ -81,7 +83,7 @@ def _build_commits(repo: Path) -> None:
     }
 
     def commit(index: int, subject: str) -> None:
-        stamp = f"2024-01-{index:02d}T12:00:00Z" if index else "2024-01-31T12:00:00Z"
+        stamp = f"2024-01-{index + 1:02d}T12:00:00Z"
         _git(repo, "add", "-A")
         _git(
             repo,
@@ -109,8 +111,11 @@ def _build_commits(repo: Path) -> None:
             check=True,
         )
 
-    for index in range(1, LAST + 1):
-        if index == BROKEN:
+    for index in range(LAST + 1):
+        if index == 0:
+            apply("patches/listener-lost-wakeup-fix.diff")
+            commit(index, "Listener: re-check the fd table while accepting is off")
+        elif index == BROKEN:
             apply("tests/fixtures/patches/break-build.diff")
             commit(index, "Refactor maxconns declarations (does not build)")
         elif index == BROKEN + 1:
@@ -155,6 +160,12 @@ def _build_arrival(repo: Path) -> None:
         "PATH": "/usr/bin:/bin",
     }
     source = repo / "memcached.c"
+    subprocess.run(  # over the lost wake-up fix, as make_history: one race in play
+        ["patch", "-p1", "-s", "--no-backup-if-mismatch", "-i",
+         str(ROOT / "patches" / "listener-lost-wakeup-fix.diff")],
+        cwd=repo,
+        check=True,
+    )  # fmt: skip
     original = source.read_text()
 
     def commit(index: int, subject: str) -> None:

@@ -155,13 +155,29 @@ def history(debian_source, tmp_path_factory: pytest.TempPathFactory) -> History:
 def test_bisect_with_auto_finds_the_culprit(
     cache_layout: CacheLayout, history: History, tmp_path: Path
 ) -> None:
-    """The generic scenario and auto amplifier, bisecting: what the bad end's hang taught
-    (the memory) is stretched first on every commit that follows."""
+    """The generic scenario and the auto amplifier, bisecting: a verify of the bad end
+    learns where to stretch, and the bisect that follows stretches it first on every
+    commit (placed by its name in each build, with no discovery)."""
+    memory = tmp_path / "memory.json"
+    learned = run_cli(
+        "verify", "--repo", str(history.path), "--ref", history.regression_bad,
+        "--scenario", "flood", "--amplify", "auto", "--auto-memory", str(memory),
+        "--soak", "10", "--trials", "15", "--run-dir", str(tmp_path / "learn"),
+        cache=cache_layout,
+    )  # fmt: skip
+    assert learned.returncode == ExitStatus.BUG_SEEN, learned.stdout + learned.stderr
     result = run_cli(
         "bisect", "--repo", str(history.path), "--scenario", "flood", "--amplify", "auto",
-        "--auto-memory", str(tmp_path / "memory.json"), "--good", history.good,
+        "--auto-memory", str(memory), "--good", history.good,
         "--bad", history.regression_bad, "--max-soak", "10", "--endpoint-soak", "30",
         "--min-soak", "3", "--restart", cache=cache_layout,
     )  # fmt: skip
     assert result.returncode == ExitStatus.SUCCESS, result.stdout + result.stderr
     assert f"introduced by {history.introduce[:12]}" in result.stdout
+    report = json.loads(
+        Path(
+            next(x for x in result.stdout.splitlines() if x.startswith("report: "))[8:]
+        ).read_text()
+    )
+    bad_end = next(s for s in report["steps"] if s["role"] == "bad end")
+    assert bad_end["kind"] == "hang"  # the first try: the learned point was stretched first

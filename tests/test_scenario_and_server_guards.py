@@ -45,7 +45,7 @@ def test_harmless_server_args_pass(tmp_path: Path) -> None:
 
 
 def test_variables_must_be_c_identifiers(tmp_path: Path) -> None:
-    text = BASE + '[signature]\nvariables = ["allow_new_conns\\necho pwned"]\n'
+    text = BASE + '[evidence]\nvariables = ["allow_new_conns\\necho pwned"]\n'
     with pytest.raises(BadInput, match="not a C identifier"):
         load_scenario(str(_scenario(tmp_path, text)))
 

@@ -15,7 +15,7 @@ from verifier.verdict.stats import (
     soak_for_fix,
     trial_upper_bound,
 )
-from verifier.verdict.verdict import Expectation, decide, expectation_met
+from verifier.verdict.verdict import Expectation, Verdict, decide
 from verifier.vocabulary import HangClass, HangProof, Liveness, TrialOutcome, VerdictKind
 
 
@@ -38,6 +38,10 @@ def test_soak_for_fix_uses_the_pessimistic_rate() -> None:
     assert soak_for_fix(3, 10.0) == pytest.approx(-math.log(0.05) / rate_lower_bound(10.0, 3))
     assert soak_for_fix(3, 10.0) > 3 / (3 / 10.0)  # longer than the naive 3/rate
     assert soak_for_fix(0, 10.0) == math.inf
+
+
+def expectation_met(verdict: Verdict, text: str) -> bool:
+    return Expectation.parse(text).met_by(verdict)
 
 
 def _trial(

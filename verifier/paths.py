@@ -55,3 +55,12 @@ class CacheLayout:
     @property
     def bisects(self) -> Path:
         return self.root / "bisects"
+
+    @property
+    def auto(self) -> Path:
+        """--amplify auto: discoveries (per build) and memories (per scenario)."""
+        return self.root / "auto"
+
+    @property
+    def matrix_cells(self) -> Path:
+        return self.root / "matrix" / "cells"

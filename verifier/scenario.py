@@ -40,7 +40,7 @@ _KEYS = {
     "server",
     "flood",
     "amplify",
-    "signature",
+    "evidence",
 }
 
 
@@ -150,8 +150,9 @@ def _validate(scenario: Scenario) -> None:
 def _load(path: Path) -> Scenario:
     try:
         data: dict[str, Any] = tomllib.loads(path.read_text(encoding="utf-8"))
-        if "expect" in data:
-            raise BadInput(f"bad scenario file {path.name}: 'expect' is now called 'hang_class'")
+        for old, new in (("expect", "hang_class"), ("signature", "evidence")):
+            if old in data:
+                raise BadInput(f"bad scenario file {path.name}: '{old}' is now called '{new}'")
         unknown = sorted(set(data) - _KEYS)
         if unknown:
             raise BadInput(f"bad scenario file {path.name}: unknown key(s) {', '.join(unknown)}")
@@ -188,7 +189,7 @@ def _load(path: Path) -> Scenario:
                 for rule in amplify.get("interpose", [])
             ),
             gdb=GdbHoldSpec(**gdb) if gdb else None,
-            variables=tuple(data.get("signature", {}).get("variables", [])),
+            variables=tuple(data.get("evidence", {}).get("variables", [])),
         )
     except (OSError, tomllib.TOMLDecodeError, KeyError, TypeError, ValueError) as exc:
         raise BadInput(f"bad scenario file {path.name}: {exc}") from None

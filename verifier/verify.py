@@ -25,6 +25,7 @@ from verifier.build.builder import Builder, BuildRequest, BuildResult
 from verifier.build.symbols import missing_symbols
 from verifier.build.toolchain import host_cores
 from verifier.errors import BadInput, NotApplicable
+from verifier.paths import CacheLayout
 from verifier.run.amplifier import AmplifierPlan, plan_amplifier
 from verifier.run.auto_plan import AutoPlan, auto_plan
 from verifier.run.result import TrialResult
@@ -179,7 +180,7 @@ class VerifyCore:
         self.tools_dir = tools_dir
         self.progress = progress
         # what --amplify auto discovered and learned (default: beside tools/ in the cache)
-        self.auto_dir = auto_dir or tools_dir.parent / "auto"
+        self.auto_dir = auto_dir or CacheLayout(tools_dir.parent).auto
 
     @contextlib.contextmanager
     def prepare(self, request: BuildRequest, options: VerifyOptions) -> Iterator[Prepared]:

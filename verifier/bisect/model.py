@@ -12,7 +12,7 @@ Observation model
 -----------------
 A *soak* of a commit runs it for ``t`` seconds: either no hang ("survived t", right-censored) or
 a hang after ``t`` seconds. Times to hang are exponential: rate ``λ`` on bad commits, rate
-``ε = false_hang_rate`` on good commits (default 0: a hang's signature is checked elsewhere,
+``ε = false_hang_rate`` on good commits (default 0: a hang's bug key is checked elsewhere,
 so a hang proves badness; ``ε > 0`` keeps a misclassified hang from being fatal). Because the
 exponential is memoryless, the likelihood of all soaks on commit ``i`` depends only on its hang
 count ``h_i`` and total exposure ``E_i`` (seconds survived plus seconds until each hang):
@@ -52,7 +52,7 @@ slow a fast, reproducible race much. The prior defaults (``a0 = 0.1`` pseudo-han
 ``b0 = 1`` s) are close to the scale-free ``1/λ`` prior, so the first few hangs set the scale;
 a larger ``a0`` drags λ towards 1/s, i.e. over-trusts soaks of a slow race.
 
-Skipped commits (no build, scenario not applicable, different hang signature) carry no
+Skipped commits (no build, scenario not applicable, another bug's hang) carry no
 information: the posterior stays over all positions, and hypotheses that differ only by
 untested skipped commits are indistinguishable -- ``groups()`` / ``best_group()`` expose that
 ("the culprit is one of these adjacent commits").

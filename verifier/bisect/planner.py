@@ -407,7 +407,7 @@ class FlakyBisector:
         self._events.append(_Event(_EventKind.SOAK, soak.index, soak.seconds, soak.hung))
 
     def record_skip(self, index: int) -> None:
-        """Commit ``index`` cannot be tested (build failure, not applicable, other signature)."""
+        """Commit ``index`` cannot be tested (build failure, not applicable, another bug)."""
         self.posterior.skip(index)
         self._machine_s += self.build_cost(index)
         self._built.add(index)

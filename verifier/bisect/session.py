@@ -33,10 +33,25 @@ from verifier.source.git_source import GitSource
 from verifier.util.hashing import digest
 from verifier.verdict.verdict import OtherBug
 from verifier.verify import VerifyCore, VerifyOptions
-from verifier.vocabulary import ObservationKind, SkipCause
+from verifier.vocabulary import AmplifierKind, ObservationKind, SkipCause
 
 Echo = Callable[[StepRow], None]
 GOOD_END_FACTOR = 5.0  # good-end soak in bad-end mean times-to-hang: e^-5 < 1% to miss a hang
+# A commit where another bug hung is soaked again (that bug is a race too) before it is
+# skipped: measured, the lost wake-up cut one soak of the synthetic history's fix commit
+# short, and skipping it at once left the answer ambiguous between two commits.
+OTHER_BUG_TRIES = 2
+
+
+AUTO_ENDPOINT_TRIES = 12  # --amplify auto: each try of the bad end stretches other points
+
+
+def default_endpoint_tries(options: VerifyOptions) -> int:
+    """3 soaks of the bad end; 12 with ``--amplify auto``, whose deck covers every candidate
+    point within as many trials as it has points (memcached's discovery finds about a
+    dozen). With a point learned before, the first try hangs and the others never run."""
+    auto = options.amplify == AmplifierKind.AUTO
+    return AUTO_ENDPOINT_TRIES if auto else BisectSettings.endpoint_tries
 
 
 @dataclass(frozen=True)
@@ -197,10 +212,16 @@ class Bisection:
                 )
             elif step.index == self.commits.n:
                 raise BadRange(f"the bad end stopped being testable: {obs.reason}")
-            else:
+            elif obs.kind != ObservationKind.OTHER_BUG or self._other_bugs(sha) >= OTHER_BUG_TRIES:
                 self.bisector.record_skip(step.index)
+            # else: another bug cut this soak short; the next may not (it is tested again)
             role = "calibration" if step.calibration else "step"
             self._row(step.index, obs, role, step.soak_seconds)
+
+    def _other_bugs(self, sha: str) -> int:
+        """Soaks of ``sha`` so far that another bug cut short (this one included)."""
+        done = [row for row in self.state.steps if row.sha == sha]
+        return 1 + sum(row.kind == ObservationKind.OTHER_BUG for row in done)
 
     def run(self) -> Conclusion:
         self.check_endpoints()

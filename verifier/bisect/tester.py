@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from verifier.bisect.observation import Observation
 from verifier.build.builder import BuildRequest
@@ -19,10 +20,11 @@ from verifier.errors import (
     PatchAlreadyApplied,
     PatchDoesNotApply,
 )
+from verifier.run.result import TrialResult
 from verifier.scenario import Scenario
 from verifier.verdict.verdict import OtherBug
 from verifier.verify import SoakPlan, VerifyCore, VerifyOptions, unique_dir
-from verifier.vocabulary import ObservationKind, SkipCause, TrialOutcome
+from verifier.vocabulary import HangClass, ObservationKind, SkipCause, TrialOutcome
 
 
 @dataclass
@@ -99,54 +101,57 @@ class CommitTester:
                 else SkipCause.PATCH_DOES_NOT_APPLY
             )
             return Observation(sha, ObservationKind.SKIP, cause=cause, reason=error.message)
-        common = {
-            "build_seconds": build_s,
-            "build_cached": cached,
-            "run_dir": trial.run_dir,
-            "emfile_episodes": trial.emfile_episodes,
-        }
         if trial.outcome == TrialOutcome.ERROR:
             raise HarnessError(f"trial on {sha[:12]} failed: {trial.error}")
-        if trial.outcome == TrialOutcome.CRASH:
-            reason = f"crash ({trial.crash_signal})"
-            return Observation(
-                sha,
-                ObservationKind.OTHER_BUG,
-                trial.soak_s,
-                reason=reason,
-                other_bug=OtherBug.from_trial(trial, sha=sha, reason=reason),
-                **common,
-            )
-        if trial.outcome == TrialOutcome.HANG:
-            assert trial.diagnosis is not None
-            key = trial.diagnosis.bug_key
-            # Before the bad end has hung, the hunted class is the reference (any hang
-            # when nothing is hunted); after, the bad end's bug key: anything else is
-            # another bug.
-            hunted = self.options.hunted
-            same = (
-                hunted is None or trial.hang_class == hunted
-                if reference_bug_key is None
-                else key == reference_bug_key
-            )
-            reason = "" if same else f"different bug: {trial.hang_class}"
-            return Observation(
-                sha,
-                ObservationKind.HANG if same else ObservationKind.OTHER_BUG,
-                trial.time_to_hang_s or trial.soak_s,
-                reason=reason,
-                bug_key=key,
-                hang_class=trial.hang_class,
-                other_bug=None if same else OtherBug.from_trial(trial, sha=sha, reason=reason),
-                **common,
-            )
-        if trial.emfile_episodes == 0:
-            return Observation(
-                sha,
-                ObservationKind.SKIP,
-                trial.soak_s,
-                cause=SkipCause.NO_EXPOSURE,
-                reason="the flood never reached EMFILE (no evidence)",
-                **common,
-            )
-        return Observation(sha, ObservationKind.CLEAN, trial.soak_s, **common)
+        return observation_of(
+            sha, trial, self.options.hunted, reference_bug_key, build_seconds=build_s, cached=cached
+        )
+
+
+def observation_of(
+    sha: str,
+    trial: TrialResult,
+    hunted: HangClass | None,
+    reference_bug_key: str | None,
+    *,
+    build_seconds: float,
+    cached: bool,
+) -> Observation:
+    """What one soak of ``sha`` tells the bisector (pure). Before the bad end has hung, the
+    hunted class is the reference (any hang when nothing is hunted); after, the bad end's
+    bug key: anything else, and any crash, is another bug."""
+    common: dict[str, Any] = {
+        "build_seconds": build_seconds,
+        "build_cached": cached,
+        "run_dir": trial.run_dir,
+        "emfile_episodes": trial.emfile_episodes,
+    }
+    if trial.outcome == TrialOutcome.CRASH:
+        reason = f"crash ({trial.crash_signal})"
+        other = OtherBug.from_trial(trial, sha=sha, reason=reason)
+        kind = ObservationKind.OTHER_BUG
+        return Observation(sha, kind, trial.soak_s, reason, other_bug=other, **common)
+    if trial.outcome == TrialOutcome.HANG:
+        assert trial.diagnosis is not None
+        key = trial.diagnosis.bug_key
+        if reference_bug_key is None:
+            same = hunted is None or trial.hang_class == hunted
+        else:
+            same = key == reference_bug_key
+        reason = "" if same else f"different bug: {trial.hang_class}"
+        at = trial.time_to_hang_s if trial.time_to_hang_s is not None else trial.soak_s
+        return Observation(
+            sha,
+            ObservationKind.HANG if same else ObservationKind.OTHER_BUG,
+            at,
+            reason=reason,
+            bug_key=key,
+            hang_class=trial.hang_class,
+            other_bug=None if same else OtherBug.from_trial(trial, sha=sha, reason=reason),
+            **common,
+        )
+    if trial.emfile_episodes == 0:
+        reason = "the flood never reached EMFILE (no evidence)"
+        kind, cause = ObservationKind.SKIP, SkipCause.NO_EXPOSURE
+        return Observation(sha, kind, trial.soak_s, reason, cause=cause, **common)
+    return Observation(sha, ObservationKind.CLEAN, trial.soak_s, **common)

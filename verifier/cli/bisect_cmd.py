@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -11,14 +12,22 @@ import click
 
 from verifier.bisect.commits import CommitRange, commit_range
 from verifier.bisect.planner import FlakyBisector
-from verifier.bisect.session import BisectSettings, conclude, open_session
-from verifier.bisect.state import StepRow, load
+from verifier.bisect.session import (
+    BisectSettings,
+    Conclusion,
+    conclude,
+    default_endpoint_tries,
+    open_session,
+)
+from verifier.bisect.state import BisectState, StepRow, load
 from verifier.cli.options import (
     ProgressLine,
+    confidence_option,
     open_workspace,
     patch_options,
     scenario_options,
     source_options,
+    stack,
     verify_options,
 )
 from verifier.errors import BadInput, ExitStatus
@@ -35,131 +44,147 @@ from verifier.scenario import load_scenario
 from verifier.source.git_source import GitSource
 from verifier.verify import VerifyCore
 
-
-def register(cli: click.Group) -> None:
-    @cli.command("bisect")
-    @source_options
-    @click.option("--good", help="A commit without the hang (required unless --replay).")
-    @click.option("--bad", help="A commit with the hang (required unless --replay).")
-    @click.option(
-        "--find-fix",
-        is_flag=True,
-        help="Find the fix: --bad is the older commit that hangs, --good the newer.",
-    )
-    @patch_options
-    @scenario_options
-    @click.option(
-        "--confidence",
-        type=click.FloatRange(0.5, 0.999),
-        default=0.95,
-        show_default=True,
-        help="Stop when the culprit's posterior reaches this.",
-    )
-    @click.option("--min-soak", type=click.FloatRange(1.0), default=3.0, show_default=True)
-    @click.option(
+search_options = stack(
+    click.option("--min-soak", type=click.FloatRange(1.0), default=3.0, show_default=True),
+    click.option(
         "--max-soak",
         type=click.FloatRange(1.0),
         default=60.0,
         show_default=True,
         help="Longest soak of one step (seconds).",
-    )
-    @click.option(
+    ),
+    click.option(
         "--endpoint-soak",
         type=click.FloatRange(1.0),
         default=60.0,
         show_default=True,
         help="Soak budget for checking each endpoint.",
-    )
-    @click.option("--max-steps", type=click.IntRange(1), default=60, show_default=True)
-    @click.option("--restart", is_flag=True, help="Forget saved progress and start over.")
-    @click.option(
-        "--replay",
-        type=click.Path(dir_okay=False, exists=True, path_type=Path),
-        help="Replay a saved state file (no builds, no soaks) and print the report.",
-    )
-    def bisect(
-        repo: str | None,
-        source: str | None,
-        cache_dir: Path | None,
-        good: str | None,
-        bad: str | None,
-        find_fix: bool,
-        patches: tuple[str, ...],
-        reverse: bool,
-        cflags: str | None,
-        rebuild: bool,
-        confidence: float,
-        min_soak: float,
-        max_soak: float,
-        endpoint_soak: float,
-        max_steps: int,
-        restart: bool,
-        replay: Path | None,
-        **flood: Any,
-    ) -> ExitStatus:
-        """Find the commit that introduced (or, with --find-fix, fixed) a hang."""
-        started = time.time()
-        workspace = open_workspace(repo, source, cache_dir)
-        git = workspace.source.git
-        if replay is not None:
-            return _replay(git, replay)
-        if not good or not bad:
-            raise BadInput("--good and --bad are required (or --replay STATE.json)")
-        options = verify_options(**flood)
-        request = workspace.request(good, patches, reverse, cflags, rebuild)
-        commits = commit_range(git, good, bad, find_fix)
-        settings = BisectSettings(
-            confidence=confidence,
-            min_soak_s=min(min_soak, max_soak),
-            max_soak_s=max_soak,
-            endpoint_soak_s=endpoint_soak,
-            max_steps=max_steps,
-        )
-        progress = ProgressLine()
-        table = LiveTable(progress)
-        core = VerifyCore(workspace.builder, workspace.cache.tools, progress)
-        with open_session(
-            core,
-            git,
-            workspace.source.label,
-            commits,
-            request,
-            options,
-            settings,
-            workspace.cache.bisects,
-            restart=restart,
-            echo=table.row,
-        ) as session:
-            if session.resumed_steps:
-                click.echo(
-                    f"resuming: {session.resumed_steps} step(s) done, state {session.state_path}",
-                    err=True,
-                )
-            what = "fix" if find_fix else "culprit"
+    ),
+    click.option(
+        "--endpoint-tries",
+        type=click.IntRange(1),
+        default=None,
+        help="Soaks of the bad end before calling it not bad (default 3; 12 with --amplify "
+        "auto, as each try stretches other points).",
+    ),
+    click.option("--max-steps", type=click.IntRange(1), default=60, show_default=True),
+)
+
+
+@click.command("bisect")
+@source_options
+@click.option("--good", help="A commit without the hang (required unless --replay).")
+@click.option("--bad", help="A commit with the hang (required unless --replay).")
+@click.option(
+    "--find-fix",
+    is_flag=True,
+    help="Find the fix: --bad is the older commit that hangs, --good the newer.",
+)
+@patch_options
+@scenario_options
+@confidence_option
+@search_options
+@click.option("--restart", is_flag=True, help="Forget saved progress and start over.")
+@click.option(
+    "--replay",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="Replay a saved state file (no builds, no soaks) and print the report.",
+)
+def bisect_command(
+    repo: str | None,
+    source: str | None,
+    cache_dir: Path | None,
+    good: str | None,
+    bad: str | None,
+    find_fix: bool,
+    patches: tuple[str, ...],
+    reverse: bool,
+    cflags: str | None,
+    rebuild: bool,
+    restart: bool,
+    replay: Path | None,
+    **params: Any,
+) -> ExitStatus:
+    """Find the commit that introduced (or, with --find-fix, fixed) a hang."""
+    started = time.time()
+    workspace = open_workspace(repo, source, cache_dir)
+    git = workspace.source.git
+    if replay is not None:
+        return _replay(git, replay)
+    if not good or not bad:
+        raise BadInput("--good and --bad are required (or --replay STATE.json)")
+    settings = _settings(params)  # takes the search options out of params
+    options = verify_options(**params)
+    if settings.endpoint_tries == 0:
+        settings = replace(settings, endpoint_tries=default_endpoint_tries(options))
+    request = workspace.request(good, patches, reverse, cflags, rebuild)
+    commits = commit_range(git, good, bad, find_fix)
+    progress = ProgressLine()
+    core = VerifyCore(workspace.builder, workspace.cache.tools, progress)
+    with open_session(
+        core,
+        git,
+        workspace.source.label,
+        commits,
+        request,
+        options,
+        settings,
+        workspace.cache.bisects,
+        restart=restart,
+        echo=LiveTable(progress).row,
+    ) as session:
+        if session.resumed_steps:
             click.echo(
-                f"bisecting {commits.n + 1} commits for the {what} of "
-                f"{options.scenario.name}; state: {session.state_path}",
+                f"resuming: {session.resumed_steps} step(s) done, state {session.state_path}",
                 err=True,
             )
-            try:
-                conclusion = session.bisection.run()
-            finally:
-                progress.done()
-            state = session.bisection.state
-            report_path = session.state_path.parent / "report.json"
-            write_report(
-                report_path, report_document(git, state, conclusion, time.time() - started)
-            )
-        click.echo("\n" + steps_table(state))
-        for bug in conclusion.other_bugs:
-            click.echo(f"other bug (not used as evidence): {bug.sha and bug.sha[:12]} {bug.reason}")
-        if conclusion.note:
-            click.echo(f"note: {conclusion.note}")
-        click.echo(f"report: {report_path}")
-        click.secho(final_line(git, conclusion, find_fix), bold=True)
-        if conclusion.answer is None or not conclusion.result.confident:
-            return ExitStatus.INCONCLUSIVE
-        return ExitStatus.SUCCESS
+        what = "fix" if find_fix else "culprit"
+        click.echo(
+            f"bisecting {commits.n + 1} commits for the {what} of "
+            f"{options.scenario.name}; state: {session.state_path}",
+            err=True,
+        )
+        try:
+            conclusion = session.bisection.run()
+        finally:
+            progress.done()
+        state = session.bisection.state
+        report_path = session.state_path.parent / "report.json"
+        write_report(report_path, report_document(git, state, conclusion, time.time() - started))
+    return _print_conclusion(git, state, conclusion, report_path, find_fix)
+
+
+def _settings(params: dict[str, Any]) -> BisectSettings:
+    """The search options, taken out of ``params`` (endpoint tries 0: the default for the
+    amplifier, decided once the options are known)."""
+    max_soak = params.pop("max_soak")
+    return BisectSettings(
+        confidence=params["confidence"],
+        min_soak_s=min(params.pop("min_soak"), max_soak),
+        max_soak_s=max_soak,
+        endpoint_soak_s=params.pop("endpoint_soak"),
+        endpoint_tries=params.pop("endpoint_tries") or 0,
+        max_steps=params.pop("max_steps"),
+    )
+
+
+def _print_conclusion(
+    git: GitSource, state: BisectState, conclusion: Conclusion, report: Path, find_fix: bool
+) -> ExitStatus:
+    click.echo("\n" + steps_table(state))
+    for bug in conclusion.other_bugs:
+        click.echo(f"other bug (not used as evidence): {bug.sha and bug.sha[:12]} {bug.reason}")
+    if conclusion.note:
+        click.echo(f"note: {conclusion.note}")
+    click.echo(f"report: {report}")
+    click.secho(final_line(git, conclusion, find_fix), bold=True)
+    if conclusion.answer is None or not conclusion.result.confident:
+        return ExitStatus.INCONCLUSIVE
+    return ExitStatus.SUCCESS
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(bisect_command)
 
 
 class LiveTable:

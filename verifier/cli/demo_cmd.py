@@ -18,7 +18,7 @@ from verifier.cli.verify_cmd import verify_and_report
 from verifier.errors import ExitStatus
 from verifier.resources import fixtures_dir
 from verifier.scenario import DEFAULT_SCENARIO, Scenario, load_scenario
-from verifier.verdict.verdict import expectation_met
+from verifier.verdict.verdict import Expectation
 from verifier.verify import VerifyOptions
 
 RACE_FIXTURE = "patches/reintroduce-maxconns-race.diff"
@@ -65,7 +65,7 @@ def register(cli: click.Group) -> None:
             options = VerifyOptions(scenario=scenario, trials=trials, soak_s=soak_s)
             run_dir = default_run_dir(workspace.cache.runs, "demo", scenario.name)
             outcome = verify_and_report(workspace, request, options, run_dir)
-            ok &= expectation_met(outcome.verdict, wanted)
+            ok &= Expectation.parse(wanted).met_by(outcome.verdict)
         click.secho(
             "\ndemo: " + ("as expected" if ok else "NOT as expected"),
             fg="green" if ok else "red",

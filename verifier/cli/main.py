@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import sys
@@ -86,9 +87,20 @@ def report_error(error: VerifierError) -> None:
         click.echo(error.detail, err=True)
 
 
+def declare_main_module() -> None:
+    """Flood workers start by multiprocessing's "spawn", which re-runs the main script in
+    each child unless ``__main__`` is a package's ``__main__``. Run as the ``verifier``
+    console script, every worker would import the whole CLI again: measured, a flood took
+    0.6 s to start instead of 0.2 s, on every trial. Declare the package's ``__main__``."""
+    module = sys.modules.get("__main__")
+    if module is not None and getattr(module, "__spec__", None) is None:
+        module.__spec__ = importlib.util.find_spec("verifier.__main__")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Run the CLI; never lets a traceback out for an expected failure."""
     install_signal_handlers()
+    declare_main_module()
     try:
         status = cli.main(args=list(argv) if argv is not None else None, standalone_mode=False)
     except VerifierError as error:

@@ -24,7 +24,7 @@ from verifier.vocabulary import AmplifierKind, HangClass, ProbeClient
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _stack(*decorators: Callable[[F], F]) -> Callable[[F], F]:
+def stack(*decorators: Callable[[F], F]) -> Callable[[F], F]:
     def apply(func: F) -> F:
         for decorator in reversed(decorators):
             func = decorator(func)
@@ -40,7 +40,7 @@ cache_option = click.option(
     help=f"Cache root (default: ${CACHE_ENV} or $XDG_CACHE_HOME/memcached-verifier).",
 )
 
-source_options = _stack(
+source_options = stack(
     click.option("--repo", metavar="URL|PATH", help="Git repository (default: upstream GitHub)."),
     click.option(
         "--source", metavar="debian[:VERSION]", help="Debian's memcached source package instead."
@@ -48,7 +48,7 @@ source_options = _stack(
     cache_option,
 )
 
-patch_options = _stack(
+patch_options = stack(
     click.option(
         "--patch",
         "patches",
@@ -133,6 +133,15 @@ def default_run_dir(cache_runs: Path, label: str, scenario: str) -> Path:
     safe = re.sub(r"[^A-Za-z0-9._-]+", "_", label)[:40]
     return cache_runs / f"{stamp}-{safe}-{scenario}-{os.getpid()}"
 
+
+confidence_option = click.option(
+    "--confidence",
+    type=click.FloatRange(0.5, 0.999),
+    default=0.95,
+    show_default=True,
+    help="verify: the confidence of a PASS bound; bisect: stop when the culprit's posterior "
+    "reaches it.",
+)
 
 soak_option = click.option(
     "--soak",

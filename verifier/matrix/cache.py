@@ -11,13 +11,8 @@ import json
 from pathlib import Path
 
 from verifier.matrix.cells import CellResult
-from verifier.paths import CacheLayout
 from verifier.util.atomic import write_json
 from verifier.vocabulary import VerdictKind
-
-
-def cell_cache_dir(layout: CacheLayout) -> Path:
-    return layout.root / "matrix" / "cells"
 
 
 class CellCache:

@@ -1,7 +1,7 @@
 """Judge every cell against its expectation, compare patch sets, decide one exit status.
 
 A cell is MET, MISSED, SKIPPED or ERROR:
-- a verdict that meets the expectation (``expectation_met``, the same rule as
+- a verdict that meets the expectation (``Expectation.met_by``, the same rule as
   ``verify --expect``: ``pass`` is about the scenario's bug, so a PASS that also saw
   another known hang meets it; that bug is listed, not hidden) is MET;
 - NOT APPLICABLE (the build lacks the scenario's code, e.g. an older release) expected to
@@ -28,7 +28,7 @@ from verifier.matrix.cells import CellResult
 from verifier.matrix.plan import PlannedCell
 from verifier.matrix.spec import NOT_APPLICABLE_EXPECTATION
 from verifier.verdict.compare import Comparison, compare, summarize
-from verifier.verdict.verdict import expectation_met
+from verifier.verdict.verdict import Expectation, ExpectKind
 from verifier.vocabulary import HangClass, VerdictKind
 
 
@@ -61,9 +61,10 @@ def judge(result: CellResult, expectation: str) -> CellState:
     if expectation == NOT_APPLICABLE_EXPECTATION:
         met = verdict.kind == VerdictKind.NOT_APPLICABLE
         return CellState.MET if met else CellState.MISSED
-    if verdict.kind == VerdictKind.NOT_APPLICABLE and expectation == "pass":
+    expected = Expectation.parse(expectation)
+    if verdict.kind == VerdictKind.NOT_APPLICABLE and expected.kind == ExpectKind.PASS:
         return CellState.SKIPPED
-    return CellState.MET if expectation_met(verdict, expectation) else CellState.MISSED  # type: ignore[arg-type]
+    return CellState.MET if expected.met_by(verdict) else CellState.MISSED
 
 
 @dataclass(frozen=True)

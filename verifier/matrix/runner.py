@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 
 from verifier.build.builder import Builder
-from verifier.matrix.cache import CellCache, cell_cache_dir
+from verifier.matrix.cache import CellCache
 from verifier.matrix.cells import CellJob, CellResult
 from verifier.matrix.executor import Executor
 from verifier.matrix.gate import GateReport, build_gate
@@ -37,7 +37,7 @@ def run_matrix(
 ) -> GateReport:
     started = time.monotonic()
     planned = plan(spec, layout)
-    cache = CellCache(cell_cache_dir(layout))
+    cache = CellCache(layout.matrix_cells)
     results: dict[str, CellResult] = {}
     todo: dict[str, CellJob] = {}
     for cell in planned:

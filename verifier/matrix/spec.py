@@ -31,6 +31,7 @@ from typing import Any
 
 from verifier.errors import BadInput, VerifierError
 from verifier.scenario import AMPLIFIERS, Scenario, load_scenario
+from verifier.verdict.verdict import Expectation
 from verifier.vocabulary import HangClass
 
 DEFAULT_REFERENCE = "as-shipped"
@@ -55,17 +56,18 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 
 
 def check_expectation(text: str) -> str:
-    """``pass``, ``hang``, ``hang:CLASS`` (a known class), ``crash`` or ``n/a``; else BadInput."""
-    kind, _, wanted = text.partition(":")
-    if text in ("pass", "hang", "crash", NOT_APPLICABLE_EXPECTATION) and not wanted:
+    """``n/a``, or what ``verify --expect`` takes (``pass``, ``hang``, ``hang:CLASS``,
+    ``crash``: parsed by the one parser); else BadInput."""
+    if text == NOT_APPLICABLE_EXPECTATION:
         return text
-    if kind == "hang" and wanted in {c.value for c in HangClass}:
-        return text
-    classes = ", ".join(c.value for c in HangClass)
-    raise BadInput(
-        f"bad expectation {text!r} (pass, hang, hang:CLASS with CLASS one of {classes}, "
-        "crash or n/a)"
-    )
+    try:
+        return str(Expectation.parse(text))
+    except BadInput:
+        classes = ", ".join(c.value for c in HangClass)
+        raise BadInput(
+            f"bad expectation {text!r} (pass, hang, hang:CLASS with CLASS one of {classes}, "
+            "crash or n/a)"
+        ) from None
 
 
 def is_remote(source: str) -> bool:

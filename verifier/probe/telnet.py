@@ -6,9 +6,12 @@ as a person at a terminal would check a memcached by hand.
 
 from __future__ import annotations
 
+import errno
 import os
+import select
 import shutil
 import socket
+import threading
 import time
 from dataclasses import dataclass
 
@@ -51,7 +54,14 @@ class TelnetSession:
     sock: socket.socket | None = None
 
     @classmethod
-    def open(cls, host: str, port: int, timeout_s: float, kind: str | None = None) -> TelnetSession:
+    def open(
+        cls,
+        host: str,
+        port: int,
+        timeout_s: float,
+        kind: str | None = None,
+        stop: threading.Event | None = None,
+    ) -> TelnetSession:
         kind = client_kind(kind)
         if kind == "telnet":
             child = pexpect.spawn(
@@ -63,7 +73,7 @@ class TelnetSession:
                 env={**os.environ, "TERM": "dumb"},
             )
             try:
-                child.expect("Escape character is", timeout=timeout_s)
+                _expect(child, "Escape character is", timeout_s, stop)
             except pexpect.TIMEOUT:
                 child.close(force=True)
                 raise ProbeTimeout(
@@ -75,9 +85,8 @@ class TelnetSession:
                 raise ProbeTimeout("connect", f"telnet: {said or 'exited'}") from None
             return cls(kind, child)
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.settimeout(timeout_s)
         try:
-            sock.connect((host, port))
+            _connect(sock, host, port, timeout_s, stop)
         except OSError as exc:
             sock.close()
             raise ProbeTimeout("connect", f"socket: connect failed: {exc}") from None
@@ -87,12 +96,19 @@ class TelnetSession:
         )
         return cls(kind, child, sock)
 
-    def command(self, line: str, until: str = "END", timeout_s: float = 1.0) -> str:
+    def command(
+        self,
+        line: str,
+        until: str = "END",
+        timeout_s: float = 1.0,
+        stop: threading.Event | None = None,
+    ) -> str:
         """Send ``line`` and return the reply up to and including ``until``. A connection
-        closed or reset by the server is a failed reply, like silence."""
+        closed or reset by the server is a failed reply, like silence. ``stop`` ends the
+        wait early (a hang already proven otherwise), as a failed reply."""
         try:
             self.child.send(line + "\r\n")
-            self.child.expect(f"{until}\r\n", timeout=timeout_s)
+            _expect(self.child, f"{until}\r\n", timeout_s, stop)
         except pexpect.TIMEOUT:
             raise ProbeTimeout("reply", f"no {until} within {timeout_s:.1f}s") from None
         except pexpect.EOF:
@@ -101,8 +117,8 @@ class TelnetSession:
             raise ProbeTimeout("reply", f"connection failed: {exc.strerror or exc}") from None
         return str(self.child.before) + until
 
-    def stats(self, timeout_s: float = 1.0) -> dict[str, str]:
-        return parse_stats(self.command("stats", "END", timeout_s))
+    def stats(self, timeout_s: float = 1.0, stop: threading.Event | None = None) -> dict[str, str]:
+        return parse_stats(self.command("stats", "END", timeout_s, stop))
 
     def local_port(self) -> int | None:
         """Our end's port, so evidence can tell the held connection from clients."""
@@ -121,6 +137,55 @@ class TelnetSession:
                 self.sock.close()
         except (OSError, pexpect.ExceptionPexpect):
             pass
+
+
+_SLICE_S = 0.05  # how soon a wait notices ``stop``
+
+
+def _expect(
+    child: pexpect.spawn | pexpect.fdpexpect.fdspawn,
+    pattern: str,
+    timeout_s: float,
+    stop: threading.Event | None,
+) -> None:
+    """``child.expect(pattern)`` within ``timeout_s``, giving up early once ``stop`` is set
+    (raises pexpect.TIMEOUT either way)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            child.expect(pattern, timeout=max(0.0, min(left, _SLICE_S)))
+            return
+        except pexpect.TIMEOUT:
+            if left <= _SLICE_S or (stop is not None and stop.is_set()):
+                raise
+
+
+def _connect(
+    sock: socket.socket, host: str, port: int, timeout_s: float, stop: threading.Event | None
+) -> None:
+    """A blocking connect within ``timeout_s``, given up early once ``stop`` is set."""
+    deadline = time.monotonic() + timeout_s
+    sock.setblocking(False)
+    code = sock.connect_ex((host, port))
+    while code in (errno.EINPROGRESS, errno.EALREADY, errno.EAGAIN):
+        left = deadline - time.monotonic()
+        if left <= 0 or (stop is not None and stop.is_set()):
+            raise TimeoutError(errno.ETIMEDOUT, "timed out")
+        select.select([], [sock], [], min(left, _SLICE_S))
+        code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if code == 0 and not _connected(sock):
+            code = errno.EINPROGRESS
+    if code:
+        raise OSError(code, os.strerror(code))
+
+
+def _connected(sock: socket.socket) -> bool:
+    try:
+        sock.getpeername()
+    except OSError:
+        return False
+    return True
 
 
 def parse_stats(text: str) -> dict[str, str]:
@@ -142,15 +207,20 @@ class ProbeResult:
 
 
 def probe_new_connection(
-    host: str, port: int, timeout_s: float, kind: str | None = None
+    host: str,
+    port: int,
+    timeout_s: float,
+    kind: str | None = None,
+    stop: threading.Event | None = None,
 ) -> ProbeResult:
-    """Open a NEW connection, send ``stats``, expect ``END``: is the listener alive?"""
+    """Open a NEW connection, send ``stats``, expect ``END``: is the listener alive?
+    ``stop``: give up waiting for the reply as soon as it is set."""
     started = time.monotonic()
     deadline = started + timeout_s
     session: TelnetSession | None = None
     try:
-        session = TelnetSession.open(host, port, timeout_s, kind)
-        stats = session.stats(max(0.05, deadline - time.monotonic()))
+        session = TelnetSession.open(host, port, timeout_s, kind, stop)
+        stats = session.stats(max(0.05, deadline - time.monotonic()), stop)
         return ProbeResult(True, time.monotonic() - started, "ok", stats=stats)
     except ProbeTimeout as exc:
         return ProbeResult(False, time.monotonic() - started, exc.stage, str(exc))

@@ -5,7 +5,7 @@ One ``testcase`` per cell: ``classname`` = ``source@ref.patchset`` (GitLab group
 keeps its original time and says "cached" in its output). A cell that misses its
 expectation has a ``failure`` (message: the verdict headline; type: the verdict kind and
 hang class, e.g. ``HANG:listener-lost-wakeup``, or the reason there is no verdict, e.g.
-``build-failed``; text: the hang's signature or the bound). A harness error is an
+``build-failed``; text: the hang's diagnosis or the bound). A harness error is an
 ``error``; NOT APPLICABLE expected to pass is ``skipped`` (see verifier.matrix.gate).
 ``system-out`` has the summary and where the evidence is (host:path), cut at 16,000
 characters: 100 cells stay under 2 MB, far below GitLab's 30 MB per file.

@@ -8,6 +8,7 @@ from typing import Any
 
 from verifier.report.table import key_value_table
 from verifier.run.result import TrialResult
+from verifier.run.timeline import EventKind
 from verifier.util.atomic import write_json
 from verifier.verdict.verdict import is_other_bug, is_this_bug
 from verifier.verify import VerifyOutcome
@@ -23,48 +24,67 @@ def hang_backtrace(outcome: VerifyOutcome) -> str:
     return ""
 
 
+def _seen_by(trial: TrialResult) -> str:
+    """What noticed the hang first: a failed probe, or the wait-for graph between probes."""
+    seen = [e for e in trial.timeline.events if e.kind == EventKind.HANG_SUSPECTED]
+    return seen[0].detail if seen and seen[0].detail else "failed probe"
+
+
 def _last_good(trial: TrialResult) -> str:
     if trial.last_good_s is None:
         return "no good reply on a new connection since the flood began"
     return f"last good reply at {trial.last_good_s:.1f} s"
 
 
-def summary_rows(outcome: VerifyOutcome) -> list[tuple[str, str]]:
-    build, options = outcome.build, outcome.prepared.options
-    hunted = options.hunted
+Rows = list[tuple[str, str]]
+
+
+def summary_rows(outcome: VerifyOutcome) -> Rows:
+    hunted = outcome.prepared.options.hunted
     stopped = [t for t in outcome.trials if t.outcome in (TrialOutcome.HANG, TrialOutcome.CRASH)]
     hang_trial = next((t for t in stopped if is_this_bug(t, hunted)), None)
     hang_trial = hang_trial or next(iter(stopped), None)
-    rows: list[tuple[str, str]] = []
+    rows = _what_rows(outcome) + _soak_rows(outcome)
+    rows.append(("verdict", outcome.verdict.headline))
+    if hang_trial is not None:
+        rows += _stop_rows(hang_trial)
+    for bug in outcome.verdict.other_bugs:
+        if hang_trial is None or bug.trial != hang_trial.index:
+            rows.append(("other bug", f"{bug.describe()}: {bug.evidence}/evidence"))
+    rows.append(("report", str(outcome.run_dir / "report.json")))
+    return rows
+
+
+def _what_rows(outcome: VerifyOutcome) -> Rows:
+    """What was verified: the build (source, ref, patches), or the binary as shipped."""
+    build, target = outcome.build, outcome.prepared.target
     if build is not None:
         patches = ", ".join(p.name for p in build.patches) or "none"
         if build.patches and build.reverse:
             patches += " (reversed)"
-        rows += [
+        how = "cache hit" if build.cache_hit else "built"
+        return [
             ("source", build.source_label),
             ("ref", f"{build.describe} ({build.commit[:12]})"),
             ("patches", patches),
-            (
-                "build",
-                f"{'cache hit' if build.cache_hit else 'built'} "
-                f"({build.build_seconds:.1f} s build, {build.seconds:.1f} s now)",
-            ),
+            ("build", f"{how} ({build.build_seconds:.1f} s build, {build.seconds:.1f} s now)"),
         ]
-    elif outcome.prepared.target is not None:
-        target = outcome.prepared.target
-        rows.append(("binary", target.label))
+    if target is not None:
+        rows = [("binary", target.label)]
         if target.symbols != target.binary:
             rows.append(("symbols", str(target.symbols)))
-        rows += [("degraded", text) for text in target.degraded]
-    else:
-        rows.append(("ref", outcome.prepared.commit[:12]))
-    rows += [
+        return rows + [("degraded", text) for text in target.degraded]
+    return [("ref", outcome.prepared.commit[:12])]
+
+
+def _soak_rows(outcome: VerifyOutcome) -> Rows:
+    trials = outcome.trials
+    rows = [
         ("scenario", f"{outcome.scenario.name}: {outcome.scenario.summary}"),
         ("amplifier", outcome.amplifier.describe() if outcome.amplifier else "-"),
         (
             "trials",
-            f"{len(outcome.trials)}, {sum(t.soak_s for t in outcome.trials):.1f} s of flood "
-            "at full strength",
+            f"{len(trials)}, {sum(t.soak_s for t in trials):.1f} s of flood at full strength",
         ),
     ]
     if outcome.baseline is not None:
@@ -76,44 +96,37 @@ def summary_rows(outcome: VerifyOutcome) -> list[tuple[str, str]]:
                 f"needed soak {b.required_soak_s:.1f} s",
             )
         )
-    if outcome.trials:
-        cycles = sum(t.flood.cycles for t in outcome.trials if t.flood)
+    if trials:
         rows.append(
             (
                 "flood",
-                f"{cycles:,} connection cycles, "
-                f"{sum(t.emfile_episodes for t in outcome.trials):,} EMFILE episodes, "
-                f"{sum(t.amplifier_triggers for t in outcome.trials):,} amplifier "
-                f"triggers, {sum(t.saturation_episodes for t in outcome.trials)} "
-                "saturation episodes",
+                f"{sum(t.flood.cycles for t in trials if t.flood):,} connection cycles, "
+                f"{sum(t.emfile_episodes for t in trials):,} EMFILE episodes, "
+                f"{sum(t.amplifier_triggers for t in trials):,} amplifier triggers, "
+                f"{sum(t.saturation_episodes for t in trials)} saturation episodes",
             )
         )
-    rows.append(("verdict", outcome.verdict.headline))
-    if hang_trial is not None and hang_trial.outcome == TrialOutcome.HANG:
-        rows.append(
-            (
-                "time to hang",
-                f"first failed probe {hang_trial.time_to_hang_s or 0:.1f} s into the flood; "
-                f"HANG proven at {hang_trial.verdict_at_s or 0:.1f} s by "
-                f"{hang_trial.proof} ({_last_good(hang_trial)})",
-            )
-        )
-        if hang_trial.diagnosis:
-            rows.append(("diagnosis", hang_trial.diagnosis.summary))
-        if hang_trial.stretched.get("named"):
-            rows.append(("stretched", str(hang_trial.stretched["named"])))
-        rows.append(("evidence", str(Path(hang_trial.run_dir) / "evidence")))
-    for bug in outcome.verdict.other_bugs:
-        if hang_trial is None or bug.trial != hang_trial.index:
-            rows.append(("other bug", f"{bug.describe()}: {bug.evidence}/evidence"))
-    if (
-        hang_trial is not None
-        and hang_trial.outcome == TrialOutcome.CRASH
-        and hang_trial.crash_backtrace
-    ):
-        rows.append(("backtrace", hang_trial.crash_backtrace.replace("\n", " <- ")[:300]))
-    rows.append(("report", str(outcome.run_dir / "report.json")))
     return rows
+
+
+def _stop_rows(trial: TrialResult) -> Rows:
+    """The trial that stopped the run: when and how the hang was proven, or the crash."""
+    if trial.outcome == TrialOutcome.CRASH:
+        text = trial.crash_backtrace.replace("\n", " <- ")[:300]
+        return [("backtrace", text)] if text else []
+    rows = [
+        (
+            "time to hang",
+            f"first seen {trial.time_to_hang_s or 0:.1f} s into the flood ({_seen_by(trial)}); "
+            f"HANG proven at {trial.verdict_at_s or 0:.1f} s by {trial.proof} "
+            f"({_last_good(trial)})",
+        )
+    ]
+    if trial.diagnosis:
+        rows.append(("diagnosis", trial.diagnosis.summary))
+    if trial.stretched.get("named"):
+        rows.append(("stretched", str(trial.stretched["named"])))
+    return [*rows, ("evidence", str(Path(trial.run_dir) / "evidence"))]
 
 
 def report_document(outcome: VerifyOutcome, argv: list[str]) -> dict[str, Any]:

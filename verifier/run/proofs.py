@@ -10,6 +10,8 @@ against 660 ms for one gdb dump). A hang neither proves is confirmed by timing, 
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 
 from verifier.errors import EnvironmentMissing, HarnessError
@@ -105,3 +107,38 @@ def _stats(held: TelnetSession | None) -> dict[str, str] | None:
         return held.stats(0.5)
     except ProbeTimeout:
         return None
+
+
+class CycleWatch:
+    """Reads the wait-for graph every ``interval_s`` while the flood runs, in a thread: a
+    deadlock is proven the moment it happens, not when a probe has timed out (the listener
+    of the 1.4.6 race deadlocks within milliseconds of the first EMFILE; the probe sent
+    just before waits its full second). ``found`` is set with the proof."""
+
+    def __init__(self, prover: Prover, interval_s: float = 0.1, enabled: bool = True) -> None:
+        self.prover = prover
+        self.interval_s = interval_s
+        self.enabled = enabled and not prover.disabled
+        self.found = threading.Event()
+        self.diagnosis: Diagnosis | None = None
+        self.at_monotonic = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="cycle-watch", daemon=True)
+
+    def __enter__(self) -> CycleWatch:
+        if self.enabled:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(5.0)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            diagnosis = self.prover.cycle()
+            if diagnosis is not None:
+                self.diagnosis, self.at_monotonic = diagnosis, time.monotonic()
+                self.found.set()
+                return

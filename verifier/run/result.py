@@ -56,7 +56,7 @@ class TrialResult:
     outcome: TrialOutcome
     soak_s: float  # seconds of flood at full strength (the exposure)
     run_dir: str
-    time_to_hang_s: float | None = None  # flood start -> first failed probe (later proven)
+    time_to_hang_s: float | None = None  # flood start -> hang first seen (failed probe or cycle)
     last_good_s: float | None = None  # flood start -> last good reply on a new connection
     detection_latency_s: float | None = None  # last good reply -> HANG proven
     verdict_at_s: float | None = None  # flood start -> HANG proven

@@ -35,7 +35,7 @@ from verifier.limits import CONFIRM_WINDOW_S
 from verifier.probe.telnet import ProbeTimeout, TelnetSession, client_kind, probe_new_connection
 from verifier.run.amplifier import AmplifierPlan
 from verifier.run.gdb_hold import GdbHolder
-from verifier.run.proofs import Prover
+from verifier.run.proofs import CycleWatch, Prover
 from verifier.run.result import FloodSummary, TrialResult
 from verifier.run.server import HOST, MemcachedServer, ServerConfig
 from verifier.run.timeline import EventKind, Sample
@@ -45,6 +45,8 @@ from verifier.util.atomic import write_json
 from verifier.vocabulary import HangClass, HangProof, TrialOutcome
 
 Progress = Callable[[str], None]
+SEEN_BY_PROBE = "failed probe"
+SEEN_BY_GRAPH = "wait-for graph read between probes"
 FLOOD_BACKSTOP_S = 30.0  # the flood's own time bound beyond the soak (the trial stops it)
 MAX_CYCLES_PER_S = 100_000  # the flood's count bound per second of soak: ~10x its best rate
 
@@ -67,6 +69,7 @@ class TrialSettings:
     probe_client: str | None = None  # "telnet", "socket" or None (auto)
     hunted: HangClass | None = None  # for the record only: proofs name any class
     prove: bool = True  # try the wait-for graph and state proofs before timing
+    watch_interval_s: float = 0.1  # the wait-for graph is read this often while flooding
     symbols: Path | None = None  # where the binary's symbols are (a debug file), if not in it
     debug_dir: Path | None = None  # where gdb finds separate debug info
 
@@ -125,6 +128,15 @@ class _Soak:
 
     # -- the loop --------------------------------------------------------------------------
     def run(self) -> None:
+        watch = CycleWatch(self.prover, self.settings.watch_interval_s, self.settings.prove)
+        with watch:
+            self._loop(watch)
+        result = self.result
+        result.soak_s = round(min(self.flood.snapshot().loaded_s, self.settings.soak_s), 3)
+        if result.outcome == TrialOutcome.CLEAN:
+            self._last_look()
+
+    def _loop(self, watch: CycleWatch) -> None:
         result, settings, flood = self.result, self.settings, self.flood
         flood.start()
         self.clock = _Clock()  # the soak starts when the flood runs
@@ -146,18 +158,35 @@ class _Soak:
                 result.timeline.mark(self.clock.now(), EventKind.CRASH)
                 break
             probe = probe_new_connection(
-                HOST, self.server.port, settings.probe_timeout_s, settings.probe_client
+                HOST,
+                self.server.port,
+                settings.probe_timeout_s,
+                settings.probe_client,
+                watch.found,
             )
+            if watch.found.is_set():
+                self._proven_by_watch(watch)
+                break
             if probe.ok:
                 result.last_good_s = self.clock.now()
             elif self._hung(self.clock.now(), flood):
                 break
             self._sample(probe.ok, probe.latency_s, stats.cycles_per_s)
             next_probe += settings.probe_interval_s
-            time.sleep(max(0.0, next_probe - self.clock.now()))
-        result.soak_s = round(min(flood.snapshot().loaded_s, settings.soak_s), 3)
-        if result.outcome == TrialOutcome.CLEAN:
-            self._last_look()
+            if watch.found.wait(max(0.0, next_probe - self.clock.now())):
+                self._proven_by_watch(watch)
+                break
+
+    def _proven_by_watch(self, watch: CycleWatch) -> None:
+        """A lock cycle seen between probes: the hang is proven when it was seen."""
+        result = self.result
+        self.proven = watch.diagnosis
+        at = max(0.0, watch.at_monotonic - self.clock.start)
+        result.outcome = TrialOutcome.HANG
+        result.time_to_hang_s = result.verdict_at_s = at
+        result.detection_latency_s = at - (result.last_good_s or 0.0)
+        result.timeline.mark(at, EventKind.HANG_SUSPECTED, SEEN_BY_GRAPH)
+        result.timeline.mark(at, EventKind.HANG_PROVEN, str(HangProof.CYCLE))
 
     @staticmethod
     def _flood_ended(stats: FloodStats) -> str:
@@ -184,7 +213,7 @@ class _Soak:
         result.time_to_hang_s = suspected_at
         result.verdict_at_s = self.clock.now()
         result.detection_latency_s = result.verdict_at_s - (result.last_good_s or 0.0)
-        result.timeline.mark(suspected_at, EventKind.HANG_SUSPECTED)
+        result.timeline.mark(suspected_at, EventKind.HANG_SUSPECTED, SEEN_BY_PROBE)
         if result.outcome == TrialOutcome.HANG:
             result.timeline.mark(result.verdict_at_s, EventKind.HANG_PROVEN, str(proof))
         return True

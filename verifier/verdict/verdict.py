@@ -195,10 +195,6 @@ class Expectation:
         )
 
 
-def expectation_met(verdict: Verdict, expect: str | None) -> bool:
-    return True if not expect else Expectation.parse(expect).met_by(verdict)
-
-
 def is_other_bug(trial: TrialResult, hunted: HangClass | None) -> bool:
     """A hang named as another class than the one hunted. An unnamed hang could be this
     bug in another shape, so it is never set aside; with nothing hunted, no hang is."""
@@ -252,7 +248,7 @@ def decide(
         how = f", proven by {proof.proof}" if proof.proof else ""
         return Verdict(
             VerdictKind.HANG,
-            f"HANG: {hang_class}{note}, {proof.liveness}; no answer on new connections after "
+            f"HANG: {hang_class}{note}, {proof.liveness}; hung after "
             f"{proof.time_to_hang_s or 0:.1f} s of flood (trial {proof.index}{how}){also}",
             hang_class=hang_class,
             proof=proof.proof,
