@@ -22,6 +22,7 @@ time.
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import subprocess
 import sys
@@ -125,12 +126,16 @@ def saturation(core: VerifyCore, request: BuildRequest, runs: int, work: Path) -
     path = work / "saturate.toml"
     path.write_text(SATURATE)
     options = VerifyOptions(scenario=load_scenario(str(path)), probe_client="socket")
-    hangs = episodes = 0
+    hangs, episodes, kept = 0, 0, []
     for i in range(runs):
         trial = soak_once(core, request, options, 10.0, work / f"saturate-{i}")
-        hangs += trial.outcome == TrialOutcome.HANG
         episodes += trial.saturation_episodes
-    return [f"{runs} x 10 s", str(hangs), str(episodes)]
+        if trial.outcome == TrialOutcome.HANG:  # keep its evidence: it is a finding
+            hangs += 1
+            kept_dir = Path(tempfile.mkdtemp(prefix="verify-figures-false-hang-"))
+            shutil.copytree(trial.run_dir, kept_dir / "trial", dirs_exist_ok=True)
+            kept.append(f"{trial.hang_class} by {trial.proof} ({kept_dir})")
+    return [f"{runs} x 10 s", str(hangs), str(episodes), "; ".join(kept) or "-"]
 
 
 def flood_rate(core: VerifyCore, request: BuildRequest, work: Path, soak_s: float) -> list[str]:
@@ -155,6 +160,9 @@ def main() -> None:
     parser.add_argument("--flood-seconds", type=float, default=15.0)
     parser.add_argument("--repo", help="measure this repository's --ref instead of Debian's")
     parser.add_argument("--ref", help="with --repo: the ref to measure")
+    parser.add_argument(
+        "--saturation-only", action="store_true", help="only the saturation-only floods"
+    )
     args = parser.parse_args()
     cache = CacheLayout(args.cache_dir or default_cache_dir())
     source = choose_source(args.repo, None if args.repo else "debian", cache)
@@ -165,6 +173,11 @@ def main() -> None:
     core = VerifyCore(builder, cache.tools)
     pristine = BuildRequest(source, ref)
     race = pristine if args.repo else BuildRequest(source, ref, (RACE,))
+    if args.saturation_only:
+        with tempfile.TemporaryDirectory(prefix="verify-figures-") as tmp:
+            fixed = BuildRequest(source, ref, (LOST_WAKEUP_FIX,))
+            print(saturation(core, fixed, args.runs, Path(tmp)))
+        return
     with tempfile.TemporaryDirectory(prefix="verify-figures-") as tmp:
         work = Path(tmp)
         rows = [
@@ -206,7 +219,12 @@ def main() -> None:
             print(
                 tabulate(
                     [saturated],
-                    headers=["saturation-only floods", "false hangs", "saturation episodes"],
+                    headers=[
+                        "saturation-only floods",
+                        "false hangs",
+                        "saturation episodes",
+                        "hangs kept",
+                    ],
                 )
             )
         print(f"\nflood on {ref}, -c 64, 400 connections, no amplifier")

@@ -155,7 +155,7 @@ def _bisect_process(cache: CacheLayout, history: History, *args: str) -> subproc
 
 
 @pytest.mark.parametrize(
-    "signum", [signal.SIGINT, pytest.param(signal.SIGTERM, marks=pytest.mark.slow)]
+    "signum", [pytest.param(sig, marks=pytest.mark.slow) for sig in (signal.SIGINT, signal.SIGTERM)]
 )
 def test_interrupted_bisect_resumes_and_replays(
     cache_layout, history: History, signum: int
@@ -296,6 +296,7 @@ def _git_bisect(work: Path, cache: CacheLayout, *args: str) -> subprocess.Comple
     )
 
 
+@pytest.mark.slow
 def test_git_bisect_run_agrees(cache_layout, history: History, tmp_path: Path) -> None:
     work = tmp_path / "work"
     subprocess.run(["git", "clone", "-q", str(history.path), str(work)], check=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,8 +14,14 @@ from typing import Any
 
 import pytest
 
+from verifier.build.builder import Builder, BuildRequest
 from verifier.errors import ExitStatus
 from verifier.paths import CacheLayout
+from verifier.run import trial as trial_module
+from verifier.scenario import load_scenario
+from verifier.source.select import choose_source
+from verifier.util import pidlog
+from verifier.verify import SoakPlan, VerifyCore, VerifyOptions
 
 from conftest import (
     CRASH_FIXTURE,
@@ -166,6 +173,7 @@ def test_abort_under_load_is_a_crash(cache_layout: CacheLayout, tmp_path: Path) 
     assert "do_accept_new_conns" in trial["crash_backtrace"]
 
 
+@pytest.mark.slow
 def test_saturation_is_never_a_hang(cache_layout: CacheLayout, tmp_path: Path) -> None:
     """A tiny connection limit and a huge flood make new-connection probes fail; the drain
     shows the server alive each time, so the verdict must not be HANG. The lost-wakeup fix
@@ -342,6 +350,11 @@ def test_baseline_sizes_the_soak_from_the_unfixed_rate(
     assert 0 < required < 120
     assert report["verdict"]["kind"] == "PASS", result.stdout
     assert report["verdict"]["total_soak_s"] >= required - 0.5
+    # the same wording as a matrix's patch-set comparison
+    comparison = report["comparison"]
+    assert comparison["kind"] == "fixed", comparison
+    assert comparison["sentence"].startswith("unpatched hung 3/3 at ")
+    assert "patched: 0 hangs in" in comparison["sentence"] and "compared" in result.stdout
 
 
 def _start_verify(cache: CacheLayout, run_dir: Path, *args: str) -> subprocess.Popen[str]:
@@ -446,3 +459,57 @@ def test_a_lock_order_inversion_is_proven_and_both_locks_named(
     assert "holds stats_lock, waits conn_lock" in cycle
     assert len(details["tids"]) == 2
     assert "pthread_mutex_lock" in trial["diagnosis"]["hung_stack"]
+
+
+def test_cache_clean_while_a_verify_runs_leaves_its_build(
+    cache_layout: CacheLayout, tmp_path: Path, build_debian
+) -> None:
+    """Measured before: `cache clean --all` during a verify deleted the build in use and
+    the verify ended with exit 8. The build is pinned while used: clean skips it, says so,
+    and the verify gives its verdict."""
+    build = build_debian(LOST_WAKEUP_FIX)
+    cache = CacheLayout(tmp_path / "cache")  # a copy: never clean the session's cache
+    shutil.copytree(cache_layout.debian, cache.debian, symlinks=True)
+    shutil.copytree(build.entry.path, cache.builds / build.key, symlinks=True)
+    since = logged_so_far()
+    proc = _start_verify(cache, tmp_path / "run", "--patch", str(LOST_WAKEUP_FIX), "--soak", "8")
+    try:
+        wait_logged("flood worker", since)
+        cleaned = run_cli("cache", "clean", "--all", cache=cache)
+        stdout, stderr = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert cleaned.returncode == 0, cleaned.stderr
+    assert f"skipped 1 build in use: {build.key[:12]}" in cleaned.stdout
+    assert proc.returncode in (ExitStatus.SUCCESS, ExitStatus.OTHER_HANG), stdout + stderr
+    assert json.loads((tmp_path / "run" / "report.json").read_text())["verdict"]["kind"] == "PASS"
+
+
+@pytest.mark.parametrize("failing", ["_summarise_flood", "_count_triggers"])
+def test_a_failure_while_cleaning_up_still_stops_everything(
+    cache_layout: CacheLayout, build_debian, tmp_path: Path, monkeypatch, failing: str
+) -> None:
+    """One ExitStack releases a trial's resources: an exception from the flood summary or
+    the amplifier's counters still stops the server and the flood, by pid."""
+
+    def boom(*_args: object) -> None:
+        raise RuntimeError("cleanup step failed")
+
+    build_debian(LOST_WAKEUP_FIX)
+    monkeypatch.setattr(trial_module, failing, boom)
+    source = choose_source(None, "debian", cache_layout)
+    assert source.default_ref
+    request = BuildRequest(source, source.default_ref, (LOST_WAKEUP_FIX,))
+    core = VerifyCore(Builder(cache_layout.builds, cache_layout.locks), cache_layout.tools)
+    since = logged_so_far()
+    options = VerifyOptions(scenario=load_scenario("flood"))
+    with (
+        core.prepare(request, options) as prepared,
+        pytest.raises(RuntimeError, match="cleanup step failed"),
+    ):
+        core.soak(prepared, tmp_path, SoakPlan(1, 3.0))
+    started = pidlog.read(Path(os.environ[pidlog.PID_LOG_ENV]))[since:]
+    assert {p.role for p in started} >= {"memcached", "flood worker"}
+    assert not [p for p in started if p.alive()], started

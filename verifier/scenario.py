@@ -4,8 +4,8 @@ A scenario says which server options and flood shape reach the buggy path, how t
 amplify the race (a store watchpoint, a libc interposition, or a gdb hold), which hang
 class proves it (``hang_class``; none: any hang is the scenario's bug), and which symbols
 a build must have for the scenario to apply. Adding the next race is a new file here, not
-a change to the code. The built-in ``flood`` scenario needs no file: the connection-churn
-flood and probes, no symbol, no class, for races nobody has named yet (``--amplify auto``).
+a change to the code. The generic ``flood`` scenario is the connection-churn flood and the
+probes, no symbol, no class: for races nobody has named yet (``--amplify auto``).
 
 Scenario files are code paths: server arguments that would take the server out of the
 harness (daemonise, listen elsewhere, switch user, pid files, unix sockets) are refused,
@@ -28,7 +28,6 @@ from verifier.run.server import refuse_harness_options
 from verifier.vocabulary import AmplifierKind, HangClass
 
 DEFAULT_SCENARIO = "maxconns-deadlock"
-GENERIC_SCENARIO = "flood"
 AMPLIFIERS = tuple(kind.value for kind in AmplifierKind)
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _KEYS = {
@@ -109,22 +108,6 @@ class Scenario:
         return (*kinds, AmplifierKind.AUTO, AmplifierKind.NONE)
 
 
-def flood_scenario() -> Scenario:
-    """The built-in generic scenario: flood and probe, no symbol, any hang."""
-    return Scenario(
-        name=GENERIC_SCENARIO,
-        path=Path("<built-in>"),
-        summary="connection-churn flood and probes; any hang, classified by its evidence",
-        targets="any memcached; races nobody has named yet (with --amplify auto)",
-        requires_symbols=(),
-        hang_class=None,
-        maxconns=64,
-        server_args=(),
-        flood=FloodShape(),
-        amplify_default=AmplifierKind.NONE,
-    )
-
-
 def _check_delay(where: str, delay_us: int) -> None:
     if not 0 <= delay_us <= MAX_AMPLIFIER_DELAY_US:
         raise BadInput(
@@ -202,17 +185,14 @@ def scenarios_dir() -> Path:
 
 
 def list_scenarios() -> list[Scenario]:
-    files = [_load(path) for path in sorted(scenarios_dir().glob("*.toml"))]
-    return [flood_scenario(), *files]
+    return [_load(path) for path in sorted(scenarios_dir().glob("*.toml"))]
 
 
 def load_scenario(name: str) -> Scenario:
-    """By name (``flood``, or a file in recipes/scenarios/), or a path to a scenario file."""
+    """By name from recipes/scenarios/, or a path to a scenario file."""
     candidate = Path(name)
     if candidate.suffix == ".toml" and candidate.is_file():
         return _load(candidate)
-    if name == GENERIC_SCENARIO:
-        return flood_scenario()
     path = scenarios_dir() / f"{name}.toml"
     if not path.is_file():
         known = ", ".join(s.name for s in list_scenarios())

@@ -33,6 +33,7 @@ from verifier.run.server import server_options_for
 from verifier.run.target import Target
 from verifier.run.trial import Progress, TrialSettings, flood_config, run_trial, server_config
 from verifier.scenario import Scenario
+from verifier.verdict.compare import Comparison, SoakSummary, compare, summarize
 from verifier.verdict.stats import rate_lower_bound, soak_for_fix
 from verifier.verdict.verdict import Verdict, decide, exposure_s, is_other_bug, is_this_bug
 from verifier.vocabulary import AmplifierKind, HangClass, TrialOutcome, VerdictKind
@@ -83,6 +84,10 @@ class Prepared:
         return not self.why_not
 
 
+EXTRA_TRIALS_FOR_TOTAL = 3
+MIN_TRIAL_SOAK_S = 1.0
+
+
 @dataclass(frozen=True)
 class SoakPlan:
     count: int  # trials (each a fresh server)
@@ -103,6 +108,11 @@ class Baseline:
     exposure_s: float
     rate_lower_bound_per_s: float
     required_soak_s: float
+
+    def summary(self) -> SoakSummary:
+        return SoakSummary(
+            "unpatched", self.trials, self.hangs, 0, self.times_to_hang_s, self.exposure_s
+        )
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -125,6 +135,7 @@ class VerifyOutcome:
     started: float
     seconds: float
     baseline: Baseline | None = None
+    comparison: Comparison | None = None  # with --baseline: the patch against its absence
 
     @property
     def scenario(self) -> Scenario:
@@ -262,17 +273,22 @@ class VerifyCore:
         )
 
     def soak(self, prepared: Prepared, run_dir: Path, plan: SoakPlan) -> list[TrialResult]:
-        """Up to ``plan.count`` trials (or until ``plan.total_soak_s`` is spent)."""
+        """``plan.count`` trials; with ``plan.total_soak_s``, as many as it takes to spend it."""
         if not prepared.applicable or prepared.target is None or prepared.amplifier is None:
             raise BadInput(f"cannot soak: {prepared.why_not or 'not prepared'}")
         options, target, amplifier = prepared.options, prepared.target, prepared.amplifier
         trials: list[TrialResult] = []
         spent = 0.0
-        for index in range(1, plan.count + 1):
-            budget = plan.soak_s if plan.total_soak_s is None else plan.total_soak_s - spent
-            this_soak = min(plan.soak_s, budget)
-            if this_soak <= 0:
+        # with a total, trials go on until it is spent (a trial can end a little short of
+        # its soak: the loaded seconds are counted per tick), a few past ``count`` at most
+        last = plan.count if plan.total_soak_s is None else plan.count + EXTRA_TRIALS_FOR_TOTAL
+        for index in range(1, last + 1):
+            if plan.total_soak_s is None:
+                this_soak = plan.soak_s
+            elif plan.total_soak_s - spent <= 0:
                 break
+            else:  # a remainder too short to flood at full strength is rounded up
+                this_soak = min(plan.soak_s, max(plan.total_soak_s - spent, MIN_TRIAL_SOAK_S))
             trial = run_trial(
                 index,
                 target.binary,
@@ -330,8 +346,20 @@ class VerifyCore:
                 amplified=prepared.amplifier.kind != AmplifierKind.NONE,
                 pass_note=prepared.amplifier.pass_note(),
             )
+            comparison = None
+            if baseline is not None:
+                decided = verdict.kind in (VerdictKind.PASS, VerdictKind.HANG, VerdictKind.CRASH)
+                patched = summarize("patched", trials, options.hunted, exercised=decided)
+                comparison = compare(baseline.summary(), patched, options.confidence)
             return VerifyOutcome(
-                prepared, trials, verdict, run_dir, started, time.time() - started, baseline
+                prepared,
+                trials,
+                verdict,
+                run_dir,
+                started,
+                time.time() - started,
+                baseline,
+                comparison,
             )
 
     @contextlib.contextmanager

@@ -96,6 +96,8 @@ def _soak_rows(outcome: VerifyOutcome) -> Rows:
                 f"needed soak {b.required_soak_s:.1f} s",
             )
         )
+    if outcome.comparison is not None:
+        rows.append(("compared", outcome.comparison.sentence))
     if trials:
         rows.append(
             (
@@ -164,6 +166,7 @@ def report_document(outcome: VerifyOutcome, argv: list[str]) -> dict[str, Any]:
         "hunted": None if prepared.options.hunted is None else str(prepared.options.hunted),
         "amplifier": outcome.amplifier.describe() if outcome.amplifier else None,
         "baseline": outcome.baseline.to_json() if outcome.baseline else None,
+        "comparison": outcome.comparison.to_json() if outcome.comparison else None,
         "not_applicable_missing_symbols": prepared.missing,
         "trials": [t.to_json() for t in outcome.trials],
         "verdict": outcome.verdict.to_json(),

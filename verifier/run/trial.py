@@ -341,6 +341,7 @@ def run_trial(
             before = held.stats(2.0)
             flood = Flood(flood_config(server.port, scenario, settings))
             soak = _Soak(result, server, flood, held, before, settings, prover, triggers, progress)
+            stack.callback(flood.stop)  # also when the summary below fails
             stack.callback(_summarise_flood, result, flood, soak)
             soak.run()
             if result.outcome == TrialOutcome.HANG:

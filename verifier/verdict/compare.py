@@ -63,7 +63,9 @@ def summarize(
         trials=len(items),
         hangs=len(hangs),
         crashes=sum(1 for t in mine if t.outcome == TrialOutcome.CRASH),
-        times_to_hang_s=tuple(float(t.time_to_hang_s) for t in hangs if t.time_to_hang_s),
+        times_to_hang_s=tuple(
+            float(t.time_to_hang_s) for t in hangs if t.time_to_hang_s is not None
+        ),
         exposure_s=sum(exposure_s(t) for t in items),
         exercised=exercised,
     )
