@@ -47,18 +47,25 @@ def test_auto_finds_names_and_remembers_the_1_4_6_self_deadlock(
     """With no knowledge of the bug (over the lost wake-up fix, so the self-deadlock is the
     build's only hang): the self-deadlock, proven by the lock cycle, and the
     point stretched before it named (allow_new_conns stored by the listener, with its
-    source line). A second verify with the same memory stretches that point first."""
+    source line). A second verify with the same memory stretches that point first.
+
+    The race can also strike while only unrelated points are stretched (seen once in
+    trial 1 at 12 s): then nothing may be named, and the hunt is run again (3 at most)."""
     memory = tmp_path / "memory.json"
-    result, report = verify(
-        cache_layout, tmp_path / "first", "--patch", str(LOST_WAKEUP_FIX),
-        "--patch", str(RACE_FIXTURE),
-        "--auto-memory", str(memory), "--soak", "10", "--trials", "15",
-    )  # fmt: skip
-    assert result.returncode == ExitStatus.BUG_SEEN, result.stdout + result.stderr
-    assert report["verdict"]["hang_class"] == "self-deadlock"
-    assert report["amplifier"].startswith("auto: ")
-    hang = _hang_trial(report)
-    assert hang["proof"] == "cycle"
+    for attempt in range(1, 4):
+        result, report = verify(
+            cache_layout, tmp_path / f"first-{attempt}", "--patch", str(LOST_WAKEUP_FIX),
+            "--patch", str(RACE_FIXTURE),
+            "--auto-memory", str(memory), "--soak", "10", "--trials", "15",
+        )  # fmt: skip
+        assert result.returncode == ExitStatus.BUG_SEEN, result.stdout + result.stderr
+        assert report["verdict"]["hang_class"] == "self-deadlock"
+        assert report["amplifier"].startswith("auto: ")
+        hang = _hang_trial(report)
+        assert hang["proof"] == "cycle"
+        if "attribution" in hang["stretched"]:
+            break
+        assert "allow_new_conns" not in hang["stretched"]["described"]  # stretched, not named
     named = hang["stretched"]["attribution"]
     assert named["point"] == STORE_MAIN and named["main_thread"]
     assert (
