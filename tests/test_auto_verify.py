@@ -105,11 +105,19 @@ def test_auto_finds_the_lost_wakeup_in_pristine_debian(
     cache_layout: CacheLayout, tmp_path: Path
 ) -> None:
     """From scratch (an empty memory), the lost wake-up: proven from the state, and the
-    failed accept() on the listener named as the stretch before it."""
-    result, report = verify(
-        cache_layout, tmp_path, "--auto-memory", str(tmp_path / "memory.json"),
-        "--expect", "hang:listener-lost-wakeup", "--soak", "15", "--trials", "20",
-    )  # fmt: skip
+    failed accept() on the listener named as the stretch before it.
+
+    An `unknown` hang (timing only) is never set aside, so it ends a hunt: seen once, on a
+    machine loaded twice over, with the listener waiting on conn_lock. The hunt then runs
+    once more; the lost wake-up must still be found."""
+    for attempt in (1, 2):
+        result, report = verify(
+            cache_layout, tmp_path / f"run-{attempt}", "--auto-memory",
+            str(tmp_path / "memory.json"), "--expect", "hang:listener-lost-wakeup",
+            "--soak", "15", "--trials", "20",
+        )  # fmt: skip
+        if report["verdict"].get("hang_class") != "unknown":
+            break
     assert result.returncode == ExitStatus.SUCCESS, result.stdout + result.stderr
     hang = _hang_trial(report)
     assert hang["proof"] == "state"
