@@ -90,7 +90,13 @@ def _run(core: VerifyCore, request: BuildRequest, options: VerifyOptions, work: 
         ),
         "-",
     )
-    return Run(seconds, hung, len(outcome.trials), named)
+    run = Run(seconds, hung, len(outcome.trials), named)
+    print(  # one line per run as it ends, so a run cut short still leaves its figures
+        f"  {options.scenario.name}/{options.amplify or 'scenario'}: {verdict.headline[:60]} "
+        f"in {seconds:.1f} s, {run.trials} trial(s), named {named}",
+        flush=True,
+    )
+    return run
 
 
 def _row(label: str, method: str, runs: list[Run]) -> list[str]:

@@ -84,6 +84,7 @@ def test_auto_finds_names_and_remembers_the_1_4_6_self_deadlock(
     assert first["mode"] == "credited" and [p["key"] for p in first["points"]] == [STORE_MAIN]
 
 
+@pytest.mark.slow
 def test_auto_on_a_fixed_build_is_a_bounded_pass_that_says_what_it_covered(
     cache_layout: CacheLayout, tmp_path: Path
 ) -> None:

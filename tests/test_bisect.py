@@ -91,9 +91,8 @@ def test_bisect_names_the_introducing_commit(cache_layout, history: History, run
     assert kinds <= {"hang", "clean", "skip", "other-bug"}
 
 
-@pytest.mark.parametrize(
-    "run", [pytest.param(i, marks=pytest.mark.slow) if i > 1 else i for i in range(1, 6)]
-)
+@pytest.mark.slow
+@pytest.mark.parametrize("run", range(1, 6))
 def test_bisect_find_fix_names_the_fixing_commit(cache_layout, history: History, run: int) -> None:
     result, report = bisect(
         cache_layout,
@@ -123,6 +122,7 @@ def test_unbuildable_commit_is_a_skip(cache_layout, history: History, builder) -
     assert observation.cause == SkipCause.DOES_NOT_BUILD
 
 
+@pytest.mark.slow
 def test_endpoints_are_checked_first(cache_layout, history: History) -> None:
     """A 'bad' end without the race does not hang: say so and stop, before any search."""
     result = run_cli(
