@@ -108,17 +108,24 @@ def test_auto_finds_the_lost_wakeup_in_pristine_debian(
     """From scratch (an empty memory), the lost wake-up: proven from the state, and the
     failed accept() on the listener named as the stretch before it.
 
-    An `unknown` hang (timing only) is never set aside, so it ends a hunt: seen once, on a
-    machine loaded twice over, with the listener waiting on conn_lock. The hunt then runs
-    once more; the lost wake-up must still be found."""
-    for attempt in (1, 2):
-        result, report = verify(
-            cache_layout, tmp_path / f"run-{attempt}", "--auto-memory",
-            str(tmp_path / "memory.json"), "--expect", "hang:listener-lost-wakeup",
-            "--soak", "15", "--trials", "20",
-        )  # fmt: skip
-        if report["verdict"].get("hang_class") != "unknown":
-            break
+    Known defect (open): a deck selection that stretches the stores to allow_new_conns on
+    every thread (+20 ms, under conn_lock) makes a lock convoy that starves the listener
+    for more than the 3 s timing window; with no proof, that is an `unknown` HANG, which
+    ends the hunt. Until stretches are disarmed for the timing confirmation, that outcome
+    is reported as an expected failure (XFAIL, with the trial), never as a pass; any other
+    wrong outcome fails."""
+    result, report = verify(
+        cache_layout, tmp_path / "run", "--auto-memory", str(tmp_path / "memory.json"),
+        "--expect", "hang:listener-lost-wakeup", "--soak", "15", "--trials", "20",
+    )  # fmt: skip
+    verdict = report["verdict"]
+    if verdict.get("hang_class") == "unknown" and result.returncode != ExitStatus.SUCCESS:
+        trial = next(t for t in report["trials"] if t["outcome"] == "hang")
+        if trial["proof"] == "timing" and "allow_new_conns by any thread" in str(
+            trial["stretched"].get("described")
+        ):
+            stretched = trial["stretched"]["described"]
+            pytest.xfail(f"amplifier-made stall taken for a hang: {stretched}")
     assert result.returncode == ExitStatus.SUCCESS, result.stdout + result.stderr
     hang = _hang_trial(report)
     assert hang["proof"] == "state"
