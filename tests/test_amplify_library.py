@@ -15,6 +15,7 @@ import pytest
 from verifier.amplify.counters import (
     AmplifierStatus,
     parse_load_bias,
+    pause_stretches,
     read_status,
     require_armed,
 )
@@ -717,3 +718,79 @@ def test_crash_reporter(
         check=True,
     ).stdout
     assert "crash_here" in symbolised and "main" in symbolised
+
+
+# One accept() per line read on stdin, with the descriptor table full (EMFILE).
+ACCEPT_ON_DEMAND_C = r"""
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+static double now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
+int main(void) {
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    int ls = socket(AF_INET, SOCK_STREAM, 0);
+    if (bind(ls, (struct sockaddr *)&a, sizeof a) || listen(ls, 8)) return 2;
+    struct rlimit rl;
+    getrlimit(RLIMIT_NOFILE, &rl);
+    rl.rlim_cur = 64;
+    setrlimit(RLIMIT_NOFILE, &rl);
+    while (dup(ls) >= 0) {
+    }
+    char line[16];
+    while (fgets(line, sizeof line, stdin)) {
+        double t0 = now_ms();
+        int fd = accept(ls, NULL, NULL);
+        printf("accept ret=%d errno=%s ms=%.3f\n", fd, strerrorname_np(errno), now_ms() - t0);
+        fflush(stdout);
+    }
+    return 0;
+}
+"""
+
+
+def test_paused_stretches_count_matches_and_do_not_sleep(lib: Path, tmp_path: Path) -> None:
+    """The harness pauses the stretches while it judges a failed probe (a stall the
+    stretches made must drain): matches go on being counted, nothing sleeps; resumed,
+    the rule sleeps again."""
+    prog = compile_c(tmp_path, "accept_on_demand", ACCEPT_ON_DEMAND_C)
+    rules: list[Rule] = [InterposeRule(("accept",), ret=-1, errno_name="EMFILE", delay_us=DELAY_US)]
+    status_file = tmp_path / "status"
+    proc = subprocess.Popen(
+        [str(prog)],
+        env=preload_env(lib, rules, status_file),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+
+    def accept_once() -> float:
+        proc.stdin.write("go\n")  # type: ignore[union-attr]
+        proc.stdin.flush()  # type: ignore[union-attr]
+        ((ret, err, ms),) = accept_results(proc.stdout.readline())  # type: ignore[union-attr]
+        assert (ret, err) == (-1, "EMFILE")
+        return ms
+
+    try:
+        assert accept_once() >= DELAY_MS * 0.95
+        pause_stretches(status_file, True)
+        paused = [accept_once() for _ in range(3)]
+        assert max(paused) < DELAY_MS / 2, paused
+        pause_stretches(status_file, False)
+        assert accept_once() >= DELAY_MS * 0.95
+    finally:
+        proc.stdin.close()
+        assert proc.wait(timeout=10) == 0
+    (rule,) = read_status(status_file).rules
+    assert (rule.matches, rule.triggers) == (5, 2)

@@ -9,6 +9,7 @@ Code addresses are absolute; subtract ``load_bias`` for an offset in the executa
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
@@ -22,8 +23,9 @@ from verifier.amplify.spec import INTERPOSABLE, InterposeRule, Rule
 from verifier.errors import EnvironmentMissing, HarnessError
 
 MAGIC = b"AMPLIFY\0"
-VERSION = 2
+VERSION = 3
 _HEADER = struct.Struct("<8sIIiiiIQiI208s")  # 256 bytes
+_PAUSED_AT = struct.calcsize("<8sIIiiiIQi")  # the header's ``paused`` word
 _RULE = struct.Struct("<IiiIQQQQQqQQQQQ24x")  # 128 bytes
 _TABLES = struct.Struct("<IIQQQQ24x")  # 64 bytes
 _FAIL = struct.Struct("<IIQQQ")  # 32 bytes
@@ -184,6 +186,19 @@ def read_status(status_file: Path) -> AmplifierStatus:
         lock_calls=tables.lock_calls,
         lock_contended=tables.lock_contended,
     )
+
+
+def pause_stretches(status_file: Path, paused: bool) -> None:
+    """Tell the library in the server to stop (or resume) sleeping on matches: written
+    through the file it maps MAP_SHARED, so it sees the word at once. While a failed
+    probe is judged, a stall the stretches themselves made (a lock held across a sleep
+    by one thread after another) must drain: only a real hang stays hung. A missing or
+    unstarted status file is left alone (no library, nothing to pause)."""
+    with contextlib.suppress(FileNotFoundError), status_file.open("r+b") as handle:
+        if handle.read(len(MAGIC)) != MAGIC:
+            return
+        handle.seek(_PAUSED_AT)
+        handle.write(struct.pack("<I", 1 if paused else 0))
 
 
 def _arm_hint(err: int) -> str:

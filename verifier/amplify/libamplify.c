@@ -105,7 +105,7 @@
 
 #define AMP_MAX_RULES 16
 #define AMP_MAX_WATCH 4
-#define AMP_STATUS_VERSION 2
+#define AMP_STATUS_VERSION 3
 #define AMP_FAIL_SLOTS 64
 #define AMP_MUTEX_SLOTS 256
 
@@ -176,7 +176,7 @@ struct amp_status {             /* 256 + 16 * 128 + 14400 = 16704 bytes */
     uint32_t nrules;
     uint64_t load_bias;         /* of the main executable */
     int32_t crash_signal;       /* signal caught by the crash reporter, or 0 */
-    uint32_t reserved;
+    uint32_t paused;            /* written by the harness: no stretch while nonzero */
     char message[208];          /* config error text, NUL-terminated */
     struct amp_rule_status rules[AMP_MAX_RULES];
     struct amp_tables tables;
@@ -251,9 +251,12 @@ static uint64_t now_ns(void) {
 
 #define ADD(field, n) __atomic_add_fetch(&(field), (n), __ATOMIC_RELAXED)
 
-/* Count a match; decide whether it sleeps (every / max). */
+/* Count a match; decide whether it sleeps (every / max). While the harness has
+ * paused stretching (a probe failed: is it a hang, or a stall the stretches made?),
+ * matches are counted and nothing sleeps, so a stall of our own making drains. */
 static int take(struct rule *r, struct amp_rule_status *s) {
     ADD(s->matches, 1);
+    if (__atomic_load_n(&g_st->paused, __ATOMIC_RELAXED)) return 0;
     uint64_t m = ADD(r->nmatch, 1);
     if (r->every > 1 && m % r->every != 0) return 0;
     if (r->max && ADD(r->ntaken, 1) > r->max) return 0;

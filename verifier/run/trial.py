@@ -6,7 +6,10 @@ from the live process (a deadlock), or the lost wake-up's state held steady afte
 flood is drained. A proof ends the trial at once. Without one, the flood is paused and
 drained; then a fresh probe (a new SYN) goes out every 0.25 s, and a HANG is confirmed
 only when none answers for 3 s while the server has a free file descriptor (proof:
-timing). If one answers, it was saturation and the flood resumes. Measured on a
+timing). From the failed probe on, the amplifier's stretches are paused (matches still
+counted): a stall they made themselves (threads sleeping, one after another, inside a
+lock the listener needs) drains, and only a real hang stays hung. If a probe answers, it
+was saturation: the stretches and the flood resume. Measured on a
 saturated 1.6.18 at -c 24: a single probe is not enough (a SYN dropped by a full accept
 queue is only resent after 1 s and 3 s), and for up to 4 s after the drain the server can
 still hold connections whose clients have left (their FIN is being resent), so its fd
@@ -27,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from verifier.amplify.counters import pause_stretches
 from verifier.errors import EnvironmentMissing, VerifierError
 from verifier.evidence.classify import Diagnosis
 from verifier.evidence.collect import collect_hang, symbolise_crash
@@ -111,6 +115,7 @@ class _Soak:
         prover: Prover,
         triggers: Callable[[], int],
         progress: Progress | None,
+        pause_stretches: Callable[[bool], None] = lambda paused: None,
     ) -> None:
         self.result = result
         self.server = server
@@ -120,6 +125,7 @@ class _Soak:
         self.prover = prover
         self.triggers = triggers
         self.progress = progress
+        self.pause_stretches = pause_stretches
         self.disabled_at_start = int(before.get("listen_disabled_num", 0))
         self.last_stats = before
         self.clock = _Clock()
@@ -200,10 +206,13 @@ class _Soak:
     def _hung(self, suspected_at: float, flood: Flood | None) -> bool:
         """After a failed probe: True when a hang is proven (the result then says how)."""
         result = self.result
+        # judged with the stretches off: a stall they made drains, a real hang stays
+        self.pause_stretches(True)
         proof = self._confirm(flood)
         if proof is None:
             result.saturation_episodes += 1
             result.timeline.mark(self.clock.now(), EventKind.SATURATED)
+            self.pause_stretches(False)
             if flood is not None:
                 flood.resume()
             return False
@@ -317,6 +326,10 @@ def run_trial(
             return amplifier.triggers(status_file)
         return 0
 
+    def pause(paused: bool) -> None:
+        if amplifier.rules and amplifier.gdb is None:
+            pause_stretches(status_file, paused)
+
     try:
         with contextlib.ExitStack() as stack:
             # registered first, so it runs last: after everything else, even on errors
@@ -340,7 +353,9 @@ def run_trial(
             stack.callback(held.close)
             before = held.stats(2.0)
             flood = Flood(flood_config(server.port, scenario, settings))
-            soak = _Soak(result, server, flood, held, before, settings, prover, triggers, progress)
+            soak = _Soak(
+                result, server, flood, held, before, settings, prover, triggers, progress, pause
+            )
             stack.callback(flood.stop)  # also when the summary below fails
             stack.callback(_summarise_flood, result, flood, soak)
             soak.run()
