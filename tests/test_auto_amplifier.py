@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
@@ -30,6 +31,7 @@ from verifier.amplify.auto.symbols import parse_nm, symbol_at, watch_span
 from verifier.amplify.counters import AmplifierStatus, RuleStatus
 from verifier.amplify.spec import InterposeRule, LockRule, WatchRule, encode_rules
 from verifier.errors import BadInput
+from verifier.evidence.gdb import stack_functions
 from verifier.run.discovery import discover
 from verifier.run.server import ServerConfig
 from verifier.stress import FloodConfig
@@ -269,6 +271,63 @@ def test_attribution_names_the_last_trigger_before_the_hang(recorded: Discovery)
     assert attribute(sel, status, 103 * s, None, None, last_good_ns=102 * s).point == b
     assert attribute(sel, status, 103 * s, None, None, last_good_ns=103 * s) is None
     assert attribute(sel, status_for([idle(), idle()]), 103 * s, None, None) is None
+
+
+TWO_FUNCTIONS_C = r"""
+volatile int flag, other;
+__attribute__((noinline)) void set_flag_under_the_lock(void) { flag = 1; flag = 2; }
+__attribute__((noinline)) void bump_elsewhere(void) { other = 1; other = 2; }
+int main(void) { set_flag_under_the_lock(); bump_elsewhere(); return 0; }
+"""
+
+
+def test_a_stretch_in_the_hung_frames_is_named_before_a_later_one_elsewhere(
+    recorded: Discovery, tmp_path: Path
+) -> None:
+    """Seen on the race fixture: the self-deadlock came while a store to cas_id_lock was
+    stretched last; the store to allow_new_conns, earlier, is in the deadlocked call
+    chain. With the hung thread's frames known, the one inside them is named; without
+    them (no gdb evidence), the last one, as before."""
+    src = tmp_path / "two.c"
+    src.write_text(TWO_FUNCTIONS_C)
+    prog = tmp_path / "two"
+    subprocess.run(["cc", "-O0", "-g", "-no-pie", "-o", str(prog), str(src)], check=True)
+    nm = subprocess.run(["nm", str(prog)], capture_output=True, text=True, check=True).stdout
+    symbols = [line.split() for line in nm.splitlines() if " T " in line]
+    address = {name: int(value, 16) for value, _, name in symbols}
+    points = {p.key: p for p in recorded.points()}
+    a, b = points[STORE_MAIN], points[ACCEPT_MAIN]
+    rules = [a.rule(20_000), b.rule(50_000)]
+    sel = Selection(0, (a, b), (20_000, 50_000), rules, SelectionMode.DECK)
+    s = 1_000_000_000
+    status = status_for(
+        [
+            fired(3, 100 * s, pc=address["set_flag_under_the_lock"] + 6),
+            fired(5, 102 * s, pc=address["bump_elsewhere"] + 6),
+        ],
+        bias=0,
+    )
+    frames = frozenset({"set_flag_under_the_lock", "main"})
+    named = attribute(sel, status, 103 * s, None, prog, hung_functions=frames)
+    assert named is not None and named.point.key == STORE_MAIN and named.on_hung_stack
+    assert named.location is not None and named.location.function == "set_flag_under_the_lock"
+    last = attribute(sel, status, 103 * s, None, prog)
+    assert last is not None and last.point.key == ACCEPT_MAIN and last.on_hung_stack is None
+    # neither in the frames: the last one, said to be outside them
+    outside = attribute(sel, status, 103 * s, None, prog, hung_functions=frozenset({"main"}))
+    assert outside is not None and outside.point.key == ACCEPT_MAIN
+    assert outside.on_hung_stack is False and "not on the hung stack" in outside.describe()
+
+
+def test_frames_of_a_gdb_backtrace_are_read_as_function_names() -> None:
+    stack = (
+        '    Thread 1 (Thread 0x7f (LWP 2377) "memcached"):\n'
+        "    #0  futex_wait (private=0, expected=2) at ../futex-internal.h:146\n"
+        "    #3  ___pthread_mutex_lock (mutex=0x55 <conn_lock>) at pthread_mutex_lock.c:93\n"
+        "    #4  0x000055983a58e0a7 in accept_new_conns (do_accept=true) at thread.c:398\n"
+        "    #7  0x00007f93ca3dc4a2 in ?? () from /lib/libevent-2.1.so.7\n"
+    )
+    assert stack_functions(stack) == {"futex_wait", "___pthread_mutex_lock", "accept_new_conns"}
 
 
 def test_any_thread_stretch_on_the_listener_is_named_by_its_main_sibling(

@@ -49,8 +49,9 @@ def test_auto_finds_names_and_remembers_the_1_4_6_self_deadlock(
     point stretched before it named (allow_new_conns stored by the listener, with its
     source line). A second verify with the same memory stretches that point first.
 
-    The race can also strike while only unrelated points are stretched (seen once in
-    trial 1 at 12 s): then nothing may be named, and the hunt is run again (3 at most)."""
+    The race can also strike while only unrelated points are stretched (seen twice: in
+    trial 1 at 12 s, and at 2.7 s with a store to cas_id_lock stretched last): then
+    nothing is named, or a point outside the hung frames, and the hunt is run again."""
     memory = tmp_path / "memory.json"
     for attempt in range(1, 4):
         result, report = verify(
@@ -63,8 +64,10 @@ def test_auto_finds_names_and_remembers_the_1_4_6_self_deadlock(
         assert report["amplifier"].startswith("auto: ")
         hang = _hang_trial(report)
         assert hang["proof"] == "cycle"
-        if "attribution" in hang["stretched"]:
+        attribution = hang["stretched"].get("attribution")
+        if attribution is not None and attribution["on_hung_stack"] is not False:
             break
+        # nothing, or only a stretch outside the deadlocked frames, came before the hang
         assert "allow_new_conns" not in hang["stretched"]["described"]  # stretched, not named
     named = hang["stretched"]["attribution"]
     assert named["point"] == STORE_MAIN and named["main_thread"]

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from verifier.evidence.gdb import Frame, ThreadStack
+from verifier.evidence.gdb import Frame, ThreadStack, stack_functions
 from verifier.evidence.procfs import FdUsage, SocketInfo, ThreadState
 from verifier.vocabulary import HangClass, HangProof, Liveness
 
@@ -49,6 +49,11 @@ class Diagnosis:
     proof: HangProof = HangProof.TIMING
     hung_tid: int | None = None  # the thread to show (the blocked one; else the listener)
     hung_stack: str = ""  # that thread's backtrace, from the gdb evidence
+
+    @property
+    def hung_functions(self) -> frozenset[str]:
+        """The functions in the hung thread's frames (empty without gdb evidence)."""
+        return stack_functions(self.hung_stack)
 
     @property
     def bug_key(self) -> str:

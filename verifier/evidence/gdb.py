@@ -49,6 +49,12 @@ class GdbDump:
     ok: bool
 
 
+def stack_functions(text: str) -> frozenset[str]:
+    """The functions named in the frames of a backtrace's text (indented or not)."""
+    found = (_FRAME_RE.match(line.strip()) for line in text.splitlines())
+    return frozenset(m["func"] for m in found if m and m["func"] != "??")
+
+
 def available() -> bool:
     return shutil.which("gdb") is not None
 

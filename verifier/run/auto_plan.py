@@ -137,6 +137,7 @@ class AutoPlan:
             hang_at if trial.outcome == TrialOutcome.HANG else None,
             trial.diagnosis.hung_tid if trial.diagnosis else None,
             last_good,
+            trial.diagnosis.hung_functions if trial.diagnosis else frozenset(),
         )
         trial.stretched = {"selection": selection.to_json(), "described": selection.describe()}
         if attribution is not None:

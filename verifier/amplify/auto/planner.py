@@ -122,6 +122,7 @@ class Attribution:
     before_hang_s: float | None  # how long before the hang time it began
     triggers: int  # stretches of that point in the trial
     on_hung_thread: bool = True  # False: no stretch of the hung thread qualified (weaker)
+    on_hung_stack: bool | None = None  # its code is in a frame of the hung stack (None: no stack)
 
     def describe(self) -> str:
         thread = "main thread" if self.main_thread else "thread"
@@ -132,6 +133,8 @@ class Attribution:
             else ""
         )
         weak = "" if self.on_hung_thread else " (not on the hung thread)"
+        if self.on_hung_stack is False:
+            weak += " (its code is not on the hung stack)"
         return (
             f"stretched last before the hang: {self.point.describe()} "
             f"({thread} {self.tid}, +{self.delay_us / 1000:g} ms){where}{when}{weak}"
@@ -150,6 +153,7 @@ class Attribution:
             "before_hang_s": self.before_hang_s,
             "triggers": self.triggers,
             "on_hung_thread": self.on_hung_thread,
+            "on_hung_stack": self.on_hung_stack,
         }
 
 
@@ -259,6 +263,7 @@ class AutoPlanner:
         hang_at_monotonic_ns: int | None,
         hung_tid: int | None = None,
         last_good_monotonic_ns: int | None = None,
+        hung_functions: frozenset[str] = frozenset(),
     ) -> Attribution | None:
         """Count the trial's stretches; after a hang, name the point and credit it.
 
@@ -295,6 +300,7 @@ class AutoPlanner:
             Path(self.discovery.binary),
             self.points,
             last_good_monotonic_ns,
+            hung_functions,
         )
         if attribution is not None:
             self.memory.note_hang(
@@ -354,8 +360,14 @@ def attribute(
     binary: Path | None,
     siblings: Sequence[Point] = (),
     last_good_ns: int | None = None,
+    hung_functions: frozenset[str] = frozenset(),
 ) -> Attribution | None:
     """The selection's point whose last trigger before ``hang_at_ns`` came last.
+
+    With ``hung_functions`` (the functions in the hung thread's frames), a qualifying
+    trigger whose code is in one of them comes first: a self-deadlock's stretch sits
+    inside the call chain that deadlocked, and a stretch elsewhere that merely came last
+    (seen: a store to cas_id_lock) is not its cause.
 
     Triggers on the hung thread (``hung_tid``, default the main thread) come first; only
     when none of them qualifies are the other threads' considered. A trigger qualifies
@@ -389,7 +401,20 @@ def attribute(
             break
     if not choices:
         return None
-    ns, index, pc, tid = max(choices)
+    locations: dict[int, CodeLocation] = {}
+    if binary is not None and binary.is_file():
+        offsets = [pc - status.load_bias - 1 for _, _, pc, _ in choices if pc]
+        locations = code_locations(binary, offsets)
+
+    def location_of(pc: int) -> CodeLocation | None:
+        return locations.get(pc - status.load_bias - 1) if pc else None
+
+    def on_stack(pc: int) -> bool:
+        found = location_of(pc)
+        return found is not None and bool({found.function, *found.callers} & hung_functions)
+
+    in_frames = [c for c in choices if on_stack(c[2])] if hung_functions else []
+    ns, index, pc, tid = max(in_frames or choices)
     point = selection.points[index]
     if tid == status.main_tid and point.thread is ThreadKind.ANY:
         point = next(
@@ -400,10 +425,7 @@ def attribute(
             ),
             point,
         )
-    location = None
-    if pc and binary is not None and binary.is_file():
-        offset = pc - status.load_bias - 1
-        location = code_locations(binary, [offset]).get(offset)
+    location = location_of(pc)
     return Attribution(
         point=point,
         delay_us=selection.delays_us[index],
@@ -415,4 +437,5 @@ def attribute(
         before_hang_s=None if hang_at_ns is None else (hang_at_ns - ns) / 1e9,
         triggers=status.rules[index].triggers,
         on_hung_thread=tid == hung,
+        on_hung_stack=bool(in_frames) if hung_functions else None,
     )
