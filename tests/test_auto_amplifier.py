@@ -388,6 +388,22 @@ def test_a_hang_of_another_class_is_not_credited_for_this_hunt(recorded: Discove
         ]
 
 
+def test_a_stretch_on_another_thread_is_named_but_not_credited(recorded: Discovery) -> None:
+    """Seen on the race fixture: a worker's store to slabs_lock came last before the
+    listener's self-deadlock; named weakly, never credited (it would lead the next hunt)."""
+    memory = AutoMemory()
+    planner = AutoPlanner(recorded, memory, SELF, 3)
+    sel = single(planner, "store:allow_new_conns@any")
+    s = 1_000_000_000
+    worker = status_for([fired(4, 10 * s, tid=1001)])
+    named = planner.record(sel, TrialOutcome.HANG, SELF, worker, 11 * s)
+    assert named is not None and not named.on_hung_thread
+    assert memory.credits("store:allow_new_conns@any", SELF) == 0
+    listener = status_for([fired(4, 10 * s)])
+    named = planner.record(sel, TrialOutcome.HANG, SELF, listener, 11 * s)
+    assert named is not None and named.on_hung_thread and memory.credits(named.point.key, SELF) == 1
+
+
 def test_a_credited_point_that_keeps_missing_yields_to_the_deck(recorded: Discovery) -> None:
     memory = AutoMemory()
     memory.note_hang(STORE_MAIN, SELF, 20_000)

@@ -44,22 +44,23 @@ def _other(report: dict[str, Any], trial: dict[str, Any]) -> bool:
 def test_auto_finds_names_and_remembers_the_1_4_6_self_deadlock(
     cache_layout: CacheLayout, tmp_path: Path
 ) -> None:
-    """With no knowledge of the bug (over the lost wake-up fix, so the self-deadlock is the
-    build's only hang): the self-deadlock, proven by the lock cycle, and the
-    point stretched before it named (allow_new_conns stored by the listener, with its
-    source line). A second verify with the same memory stretches that point first.
+    """With no knowledge of the bug, hunting the self-deadlock in pristine Debian with the
+    race put back (its lost wake-ups are other bugs, set aside): the self-deadlock,
+    proven by the lock cycle, and the point stretched before it named (allow_new_conns
+    stored by the listener, with its source line). A second verify with the same memory
+    stretches that point first.
 
-    The race can also strike while only unrelated points are stretched (seen twice: in
-    trial 1 at 12 s, and at 2.7 s with a store to cas_id_lock stretched last): then
-    nothing is named, or a point outside the hung frames, and the hunt is run again."""
+    The race also strikes while only unrelated points are stretched (seen: at 7-12 s in
+    trial 1 with stores to slabs_lock or cas_id_lock stretched): then nothing is named, or
+    a point outside the hung thread or its frames, and the hunt is run again."""
     memory = tmp_path / "memory.json"
-    for attempt in range(1, 4):
+    hunt = ("--expect", "hang:self-deadlock", "--auto-memory", str(memory))
+    for attempt in range(1, 5):
         result, report = verify(
-            cache_layout, tmp_path / f"first-{attempt}", "--patch", str(LOST_WAKEUP_FIX),
-            "--patch", str(RACE_FIXTURE),
-            "--auto-memory", str(memory), "--soak", "10", "--trials", "15",
+            cache_layout, tmp_path / f"first-{attempt}", "--patch", str(RACE_FIXTURE), *hunt,
+            "--soak", "10", "--trials", "15",
         )  # fmt: skip
-        assert result.returncode == ExitStatus.BUG_SEEN, result.stdout + result.stderr
+        assert result.returncode == ExitStatus.SUCCESS, result.stdout + result.stderr
         assert report["verdict"]["hang_class"] == "self-deadlock"
         assert report["amplifier"].startswith("auto: ")
         hang = _hang_trial(report)
@@ -67,8 +68,8 @@ def test_auto_finds_names_and_remembers_the_1_4_6_self_deadlock(
         attribution = hang["stretched"].get("attribution")
         if attribution is not None and attribution["on_hung_stack"] is not False:
             break
-        # nothing, or only a stretch outside the deadlocked frames, came before the hang
-        assert "allow_new_conns" not in hang["stretched"]["described"]  # stretched, not named
+        # nothing, or only a stretch elsewhere, came before the hang
+        assert "allow_new_conns by the main" not in hang["stretched"]["described"]
     named = hang["stretched"]["attribution"]
     assert named["point"] == STORE_MAIN and named["main_thread"]
     assert (
@@ -78,11 +79,10 @@ def test_auto_finds_names_and_remembers_the_1_4_6_self_deadlock(
     credits = json.loads(memory.read_text())["points"][STORE_MAIN]["hangs"]
     assert credits.get("self-deadlock", 0) >= 1
     again, replay = verify(
-        cache_layout, tmp_path / "again", "--patch", str(LOST_WAKEUP_FIX),
-        "--patch", str(RACE_FIXTURE),
-        "--auto-memory", str(memory), "--soak", "10", "--trials", "3",
+        cache_layout, tmp_path / "again", "--patch", str(RACE_FIXTURE), *hunt,
+        "--soak", "10", "--trials", "3",
     )  # fmt: skip
-    assert again.returncode == ExitStatus.BUG_SEEN, again.stdout + again.stderr
+    assert again.returncode == ExitStatus.SUCCESS, again.stdout + again.stderr
     first = replay["trials"][0]["stretched"]["selection"]
     assert first["mode"] == "credited" and [p["key"] for p in first["points"]] == [STORE_MAIN]
 

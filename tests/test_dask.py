@@ -147,8 +147,9 @@ def test_unreachable_scheduler_is_one_line(cache_layout: CacheLayout, tmp_path: 
     matrix = tmp_path / "gate.toml"
     matrix.write_text(MATRIX)
     result = run_cli(
-        "matrix", str(matrix), "--executor", "dask://127.0.0.1:9", cache=cache_layout, timeout=120
-    )
+        "matrix", str(matrix), "--executor", "dask://127.0.0.1:9", cache=cache_layout,
+        env={"VERIFIER_DASK_TIMEOUT": "3"}, timeout=120,
+    )  # fmt: skip
     assert result.returncode == ExitStatus.HARNESS_ERROR, result.stderr
     assert "cannot reach the Dask scheduler at dask://127.0.0.1:9" in result.stderr
     assert "Traceback" not in result.stderr

@@ -472,7 +472,9 @@ def test_cache_clean_while_a_verify_runs_leaves_its_build(
     shutil.copytree(cache_layout.debian, cache.debian, symlinks=True)
     shutil.copytree(build.entry.path, cache.builds / build.key, symlinks=True)
     since = logged_so_far()
-    proc = _start_verify(cache, tmp_path / "run", "--patch", str(LOST_WAKEUP_FIX), "--soak", "8")
+    proc = _start_verify(
+        cache, tmp_path / "run", "--patch", str(LOST_WAKEUP_FIX), "--soak", "8", "--trials", "1"
+    )
     try:
         wait_logged("flood worker", since)
         cleaned = run_cli("cache", "clean", "--all", cache=cache)

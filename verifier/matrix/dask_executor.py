@@ -21,8 +21,10 @@ from typing import Any
 from verifier.errors import EnvironmentMissing, ExitStatus, HarnessError
 from verifier.matrix.cells import CellFailure, CellJob, CellResult
 from verifier.matrix.run_cell import run_cell_json
+from verifier.util.env import seconds_from_env
 
-CONNECT_TIMEOUT_S = 15
+CONNECT_TIMEOUT_S = 15.0
+CONNECT_TIMEOUT_ENV = "VERIFIER_DASK_TIMEOUT"
 RESOURCE = "machine"
 
 
@@ -55,7 +57,9 @@ class DaskExecutor:
         self.address = address
         self.name = "dask://" + address.removeprefix("tcp://")
         try:
-            self.client = distributed.Client(address, timeout=CONNECT_TIMEOUT_S)
+            self.client = distributed.Client(
+                address, timeout=seconds_from_env(CONNECT_TIMEOUT_ENV, CONNECT_TIMEOUT_S)
+            )
         except (OSError, TimeoutError) as error:
             raise HarnessError(f"cannot reach the Dask scheduler at {self.name}: {error}") from None
         self._as_completed = distributed.as_completed

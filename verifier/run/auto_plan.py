@@ -28,7 +28,7 @@ from verifier.run.result import TrialResult
 from verifier.run.server import ServerConfig
 from verifier.run.trial import AT_HANG
 from verifier.stress import FloodConfig
-from verifier.vocabulary import AmplifierKind, HangClass, TrialOutcome
+from verifier.vocabulary import AmplifierKind, HangClass, HangProof, TrialOutcome
 
 DISCOVERY_SECONDS = 3.0  # time spent counting stores (the discovery run is ~5-8 s in all)
 
@@ -137,7 +137,11 @@ class AutoPlan:
             hang_at if trial.outcome == TrialOutcome.HANG else None,
             trial.diagnosis.hung_tid if trial.diagnosis else None,
             last_good,
-            trial.diagnosis.hung_functions if trial.diagnosis else frozenset(),
+            # only a deadlocked thread's frames hold its cause (a lost wake-up's listener
+            # idles in epoll_wait: its frames say nothing about what led there)
+            trial.diagnosis.hung_functions
+            if trial.diagnosis and trial.diagnosis.proof == HangProof.CYCLE
+            else frozenset(),
         )
         trial.stretched = {"selection": selection.to_json(), "described": selection.describe()}
         if attribution is not None:

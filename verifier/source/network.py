@@ -17,6 +17,7 @@ import os
 import re
 
 from verifier.errors import BadInput, NetworkError
+from verifier.util.env import seconds_from_env
 
 GIT_TIMEOUT_ENV = "VERIFIER_GIT_TIMEOUT"
 DEFAULT_GIT_TIMEOUT_S = 600.0
@@ -39,16 +40,7 @@ _FAILED_TO_FETCH_RE = re.compile(r"^Failed to fetch \S+\s+")  # apt
 
 def git_timeout_s() -> float:
     """``$VERIFIER_GIT_TIMEOUT`` seconds (default 600) for one clone, fetch or download."""
-    text = os.environ.get(GIT_TIMEOUT_ENV, "").strip()
-    if not text:
-        return DEFAULT_GIT_TIMEOUT_S
-    try:
-        value = float(text)
-    except ValueError:
-        raise BadInput(f"{GIT_TIMEOUT_ENV}={text!r} is not a number of seconds") from None
-    if value <= 0:
-        raise BadInput(f"{GIT_TIMEOUT_ENV} must be > 0 (got {text})")
-    return value
+    return seconds_from_env(GIT_TIMEOUT_ENV, DEFAULT_GIT_TIMEOUT_S)
 
 
 def git_network_env() -> dict[str, str]:

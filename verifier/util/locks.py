@@ -21,7 +21,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from verifier.errors import BadInput, HarnessError
+from verifier.errors import HarnessError
+from verifier.util.env import seconds_from_env
 
 LOCK_TIMEOUT_ENV = "VERIFIER_LOCK_TIMEOUT"
 DEFAULT_LOCK_TIMEOUT_S = 600.0
@@ -59,16 +60,7 @@ class HeldLock:
 
 def lock_timeout_s(default: float = DEFAULT_LOCK_TIMEOUT_S) -> float:
     """``$VERIFIER_LOCK_TIMEOUT`` if set, else the caller's default for this use."""
-    text = os.environ.get(LOCK_TIMEOUT_ENV, "").strip()
-    if not text:
-        return default
-    try:
-        value = float(text)
-    except ValueError:
-        raise BadInput(f"{LOCK_TIMEOUT_ENV}={text!r} is not a number of seconds") from None
-    if value < 0:
-        raise BadInput(f"{LOCK_TIMEOUT_ENV} must be >= 0 (got {text})")
-    return value
+    return seconds_from_env(LOCK_TIMEOUT_ENV, default, allow_zero=True)
 
 
 def this_process() -> str:

@@ -267,6 +267,9 @@ class AutoPlanner:
     ) -> Attribution | None:
         """Count the trial's stretches; after a hang, name the point and credit it.
 
+        ``hung_functions``: for a deadlock, the functions in the blocked thread's frames
+        (a stretch inside them is its likely cause; see ``attribute``).
+
         ``status``: the trial's amplifier status (None if unreadable).
         ``hang_at``: when the hang was suspected (time.monotonic_ns when the first probe
         went unanswered; not when it was sent: the listener may hang while a probe
@@ -302,7 +305,13 @@ class AutoPlanner:
             last_good_monotonic_ns,
             hung_functions,
         )
-        if attribution is not None:
+        # a stretch on another thread than the hung one, or outside the deadlocked frames,
+        # is named (weakly), not credited: it would lead the next hunt on no evidence
+        if (
+            attribution is not None
+            and attribution.on_hung_thread
+            and attribution.on_hung_stack is not False
+        ):
             self.memory.note_hang(
                 attribution.point.key,
                 named_class,
