@@ -268,7 +268,7 @@ class AutoPlanner:
         """Count the trial's stretches; after a hang, name the point and credit it.
 
         ``hung_functions``: for a deadlock, the functions in the blocked thread's frames
-        (a stretch inside them is its likely cause; see ``attribute``).
+        (the attribution says whether its stretch is in them; see ``attribute``).
 
         ``status``: the trial's amplifier status (None if unreadable).
         ``hang_at``: when the hang was suspected (time.monotonic_ns when the first probe
@@ -305,13 +305,9 @@ class AutoPlanner:
             last_good_monotonic_ns,
             hung_functions,
         )
-        # a stretch on another thread than the hung one, or outside the deadlocked frames,
-        # is named (weakly), not credited: it would lead the next hunt on no evidence
-        if (
-            attribution is not None
-            and attribution.on_hung_thread
-            and attribution.on_hung_stack is not False
-        ):
+        # a stretch on another thread than the hung one is named (weakly), not credited:
+        # it would lead the next hunt on no evidence
+        if attribution is not None and attribution.on_hung_thread:
             self.memory.note_hang(
                 attribution.point.key,
                 named_class,
@@ -373,10 +369,12 @@ def attribute(
 ) -> Attribution | None:
     """The selection's point whose last trigger before ``hang_at_ns`` came last.
 
-    With ``hung_functions`` (the functions in the hung thread's frames), a qualifying
-    trigger whose code is in one of them comes first: a self-deadlock's stretch sits
-    inside the call chain that deadlocked, and a stretch elsewhere that merely came last
-    (seen: a store to cas_id_lock) is not its cause.
+    With ``hung_functions`` (the functions in a deadlocked thread's frames), the
+    attribution says whether the code stretched is in them (``on_hung_stack``): a stretch
+    outside them may have merely come last (seen: a store to cas_id_lock before a
+    natural self-deadlock). It only informs: preferring such stretches named the wrong
+    point, since a tail call drops its caller's frame (do_accept_new_conns ends in a jump
+    to maxconns_handler) while the dispatcher (drive_machine) is in nearly every stack.
 
     Triggers on the hung thread (``hung_tid``, default the main thread) come first; only
     when none of them qualifies are the other threads' considered. A trigger qualifies
@@ -422,8 +420,7 @@ def attribute(
         found = location_of(pc)
         return found is not None and bool({found.function, *found.callers} & hung_functions)
 
-    in_frames = [c for c in choices if on_stack(c[2])] if hung_functions else []
-    ns, index, pc, tid = max(in_frames or choices)
+    ns, index, pc, tid = max(choices)
     point = selection.points[index]
     if tid == status.main_tid and point.thread is ThreadKind.ANY:
         point = next(
@@ -446,5 +443,5 @@ def attribute(
         before_hang_s=None if hang_at_ns is None else (hang_at_ns - ns) / 1e9,
         triggers=status.rules[index].triggers,
         on_hung_thread=tid == hung,
-        on_hung_stack=bool(in_frames) if hung_functions else None,
+        on_hung_stack=on_stack(pc) if hung_functions else None,
     )
