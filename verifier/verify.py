@@ -35,7 +35,7 @@ from verifier.run.trial import Progress, TrialSettings, flood_config, run_trial,
 from verifier.scenario import Scenario
 from verifier.verdict.compare import Comparison, SoakSummary, compare, summarize
 from verifier.verdict.stats import rate_lower_bound, soak_for_fix
-from verifier.verdict.verdict import Verdict, decide, exposure_s, is_other_bug, is_this_bug
+from verifier.verdict.verdict import Verdict, decide, is_this_bug
 from verifier.vocabulary import AmplifierKind, HangClass, TrialOutcome, VerdictKind
 
 Amplifier = AmplifierPlan | AutoPlan  # a fixed plan, or one that learns across trials
@@ -387,20 +387,17 @@ class VerifyCore:
                 options.baseline_trials, options.soak_s, stop_at_first_bug=False, label="baseline"
             )
             trials = self.soak(prepared, run_dir / "baseline", plan)
-        hangs = [
-            t
-            for t in trials
-            if t.outcome == TrialOutcome.HANG and not is_other_bug(t, options.hunted)
-        ]
-        exposure = sum(exposure_s(t) for t in trials)
+        seen = summarize("unpatched", trials, options.hunted)
         return Baseline(
             commit=prepared.commit,
-            trials=len(trials),
-            hangs=len(hangs),
-            times_to_hang_s=tuple(t.time_to_hang_s or 0.0 for t in hangs),
-            exposure_s=exposure,
-            rate_lower_bound_per_s=rate_lower_bound(exposure, len(hangs), options.confidence),
-            required_soak_s=soak_for_fix(len(hangs), exposure, options.confidence),
+            trials=seen.trials,
+            hangs=seen.hangs,
+            times_to_hang_s=seen.times_to_hang_s,
+            exposure_s=seen.exposure_s,
+            rate_lower_bound_per_s=rate_lower_bound(
+                seen.exposure_s, seen.hangs, options.confidence
+            ),
+            required_soak_s=soak_for_fix(seen.hangs, seen.exposure_s, options.confidence),
         )
 
 

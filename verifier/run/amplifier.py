@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from verifier.amplify.counters import read_status, require_armed
+from verifier.amplify.counters import pause_stretches, read_status, require_armed
 from verifier.amplify.library import build_library, preload_env
 from verifier.amplify.spec import InterposeRule, Rule, WatchRule, resolve_rules
 from verifier.errors import BadInput
@@ -70,6 +70,11 @@ class AmplifierPlan:
         if not self.rules:
             return 0
         return sum(rule.triggers for rule in read_status(status_file).rules)
+
+    def pause(self, status_file: Path, paused: bool) -> None:
+        """Stop (or resume) the stretches while a failed probe is judged."""
+        if self.rules:
+            pause_stretches(status_file, paused)
 
     def check_armed(self, status_file: Path) -> None:
         """After start-up: a watchpoint the kernel refused is an environment problem."""

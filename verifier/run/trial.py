@@ -23,6 +23,7 @@ and says so. On a HANG the evidence is taken while the held connection stays ope
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import signal
 import time
@@ -30,7 +31,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from verifier.amplify.counters import pause_stretches
 from verifier.errors import EnvironmentMissing, VerifierError
 from verifier.evidence.classify import Diagnosis
 from verifier.evidence.collect import collect_hang, symbolise_crash
@@ -115,7 +115,7 @@ class _Soak:
         prover: Prover,
         triggers: Callable[[], int],
         progress: Progress | None,
-        pause_stretches: Callable[[bool], None] = lambda paused: None,
+        pause_stretches: Callable[[bool], None],
     ) -> None:
         self.result = result
         self.server = server
@@ -326,10 +326,6 @@ def run_trial(
             return amplifier.triggers(status_file)
         return 0
 
-    def pause(paused: bool) -> None:
-        if amplifier.rules and amplifier.gdb is None:
-            pause_stretches(status_file, paused)
-
     try:
         with contextlib.ExitStack() as stack:
             # registered first, so it runs last: after everything else, even on errors
@@ -354,8 +350,9 @@ def run_trial(
             before = held.stats(2.0)
             flood = Flood(flood_config(server.port, scenario, settings))
             soak = _Soak(
-                result, server, flood, held, before, settings, prover, triggers, progress, pause
-            )
+                result, server, flood, held, before, settings, prover, triggers, progress,
+                functools.partial(amplifier.pause, status_file),
+            )  # fmt: skip
             stack.callback(flood.stop)  # also when the summary below fails
             stack.callback(_summarise_flood, result, flood, soak)
             soak.run()
