@@ -793,4 +793,4 @@ def test_paused_stretches_count_matches_and_do_not_sleep(lib: Path, tmp_path: Pa
         proc.stdin.close()
         assert proc.wait(timeout=10) == 0
     (rule,) = read_status(status_file).rules
-    assert (rule.matches, rule.triggers) == (5, 2)
+    assert (rule.matches, rule.paused_matches, rule.triggers) == (5, 3, 2)

@@ -181,8 +181,9 @@ def test_delay_us_and_amplify_every_do_what_they_say(
     assert "sleep 2000 us" in report["amplifier"]
     status = read_status(Path(report["trials"][0]["run_dir"]) / "amplifier.status")
     rule = status.rules[0]
-    assert rule.matches >= 8, rule
-    assert rule.triggers == rule.matches // 4
+    counted = rule.matches - rule.paused_matches  # a failed probe pauses the stretches
+    assert counted >= 8, rule
+    assert rule.triggers == counted // 4, rule
     per_trigger_us = rule.slept_ns / rule.triggers / 1000
     assert 2000 <= per_trigger_us < 7000, per_trigger_us
 

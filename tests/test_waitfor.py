@@ -415,7 +415,7 @@ def test_a_program_that_exits_is_a_clean_error(c_programs: Callable[[str], Path]
             call(proc.pid)
         assert isinstance(caught.value, ProcessGone) and "\n" not in caught.value.message
     with pytest.raises(ProcessGone):
-        prove_lost_wakeup(proc.pid, None, {"accepting_conns": "0"}, None)
+        prove_lost_wakeup(proc.pid, None, lambda: {"accepting_conns": "0"}, None)
 
 
 # -- real memcached ------------------------------------------------------------------------------
@@ -469,6 +469,10 @@ def _held_stats(held: TelnetSession) -> dict[str, str] | None:
         return None
 
 
+def _stats_reader(held: TelnetSession) -> Callable[[], dict[str, str] | None]:
+    return lambda: _held_stats(held)
+
+
 def test_lost_wakeup_proven_from_state(pristine, cache_layout, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """Pristine 1.6.18 under the listener-lost-wakeup scenario: proven without waiting, and
     the proof holds (the server never answers a fresh connection again)."""
@@ -482,7 +486,7 @@ def test_lost_wakeup_proven_from_state(pristine, cache_layout, tmp_path: Path) -
         held = TelnetSession.open(HOST, server.port, 2.0, "socket")
         try:
             port = held.local_port()
-            healthy = prove_lost_wakeup(server.pid, symbols, _held_stats(held), port)
+            healthy = prove_lost_wakeup(server.pid, symbols, _stats_reader(held), port)
             assert healthy.check is StateCheck.STATS_ACCEPTING and not healthy.proven
             proof = None
             flood = Flood(
@@ -498,7 +502,7 @@ def test_lost_wakeup_proven_from_state(pristine, cache_layout, tmp_path: Path) -
             with flood:
                 deadline = time.monotonic() + 60.0
                 while time.monotonic() < deadline and flood.running:
-                    proof = prove_lost_wakeup(server.pid, symbols, _held_stats(held), port)
+                    proof = prove_lost_wakeup(server.pid, symbols, _stats_reader(held), port)
                     if proof.proven:
                         break
                     time.sleep(0.2)
@@ -508,16 +512,63 @@ def test_lost_wakeup_proven_from_state(pristine, cache_layout, tmp_path: Path) -
             # the proof is not contradicted: 3 s of fresh probes, no answer; still proven
             for _ in range(6):
                 assert not probe_new_connection(HOST, server.port, 0.5, "socket").ok
-            again = prove_lost_wakeup(server.pid, symbols, _held_stats(held), port)
+            again = prove_lost_wakeup(server.pid, symbols, _stats_reader(held), port)
             assert again.proven, again
+            # the same state, but stats say accepting was disabled again between the
+            # snapshots (a server that recovered and saturated anew), or cannot say: refused
+            counts = iter((0, 1))
+            moved = prove_lost_wakeup(server.pid, symbols, _counter_moves(held, counts), port)
+            assert moved.check is StateCheck.DISABLED_AGAIN, moved
+            no_counter = prove_lost_wakeup(server.pid, symbols, _without_counter(held), port)
+            assert no_counter.check is StateCheck.NO_COUNTER, no_counter
             assert find_deadlock(server.pid, symbols).cycle() is None
             # without the held connection's port, that connection is a client that could close
             assert client_sockets(server.pid, None)
-            unheld = prove_lost_wakeup(server.pid, symbols, _held_stats(held), None)
+            unheld = prove_lost_wakeup(server.pid, symbols, _stats_reader(held), None)
             assert unheld.check is StateCheck.CLIENTS_LEFT
-            assert not prove_lost_wakeup(server.pid, symbols, None, port).proven
+            assert not prove_lost_wakeup(server.pid, symbols, lambda: None, port).proven
         finally:
             held.close()
+
+
+def _counter_moves(
+    held: TelnetSession, bumps: Iterator[int]
+) -> Callable[[], dict[str, str] | None]:
+    """The held connection's stats, with listen_disabled_num raised by the next bump."""
+
+    def read() -> dict[str, str] | None:
+        stats = _held_stats(held)
+        if stats is None:
+            return None
+        return {
+            **stats,
+            "listen_disabled_num": str(int(stats["listen_disabled_num"]) + next(bumps)),
+        }
+
+    return read
+
+
+def _without_counter(held: TelnetSession) -> Callable[[], dict[str, str] | None]:
+    def read() -> dict[str, str] | None:
+        stats = _held_stats(held)
+        return (
+            None
+            if stats is None
+            else {k: v for k, v in stats.items() if k != "listen_disabled_num"}
+        )
+
+    return read
+
+
+def _told_not_accepting(held: TelnetSession) -> Callable[[], dict[str, str] | None]:
+    """The held connection's stats, with accepting_conns always 0: the proof's other
+    conditions alone must still refuse a healthy server."""
+
+    def read() -> dict[str, str] | None:
+        stats = _held_stats(held)
+        return None if stats is None else {**stats, "accepting_conns": "0"}
+
+    return read
 
 
 @pytest.mark.parametrize(
@@ -561,11 +612,7 @@ def test_healthy_saturated_server_is_never_proven(  # type: ignore[no-untyped-de
                     if pause_now != paused:
                         flood.pause(2.0) if pause_now else flood.resume()
                         paused = pause_now
-                    stats = _held_stats(held)
-                    for told in (
-                        stats,
-                        None if stats is None else {**stats, "accepting_conns": "0"},
-                    ):
+                    for told in (_stats_reader(held), _told_not_accepting(held)):
                         result = prove_lost_wakeup(server.pid, symbols, told, port)
                         assert not result.proven, result.to_json()
                         checks[result.check] += 1
@@ -576,7 +623,8 @@ def test_healthy_saturated_server_is_never_proven(  # type: ignore[no-untyped-de
     assert after is not None and int(after["listen_disabled_num"]) > 0, "never saturated"
     # the process-state conditions were reached, not only the stats
     deep = {StateCheck.FDS_FULL, StateCheck.CLIENTS_LEFT, StateCheck.ACCEPTING,
-            StateCheck.MAIN_NOT_POLLING, StateCheck.THREADS_BUSY}  # fmt: skip
+            StateCheck.MAIN_NOT_POLLING, StateCheck.THREADS_BUSY,
+            StateCheck.DISABLED_AGAIN}  # fmt: skip
     assert sum(checks[c] for c in deep) > 10, checks
 
 

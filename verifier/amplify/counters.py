@@ -26,7 +26,7 @@ MAGIC = b"AMPLIFY\0"
 VERSION = 3
 _HEADER = struct.Struct("<8sIIiiiIQiI208s")  # 256 bytes
 _PAUSED_AT = struct.calcsize("<8sIIiiiIQi")  # the header's ``paused`` word
-_RULE = struct.Struct("<IiiIQQQQQqQQQQQ24x")  # 128 bytes
+_RULE = struct.Struct("<IiiIQQQQQqQQQQQQ16x")  # 128 bytes
 _TABLES = struct.Struct("<IIQQQQ24x")  # 64 bytes
 _FAIL = struct.Struct("<IIQQQ")  # 32 bytes
 _MUTEX = struct.Struct("<QQQQQ8x")  # 48 bytes
@@ -56,6 +56,7 @@ class RuleStatus:
     main_last_ns: int = 0  # the same for the last trigger on the main thread
     main_last_pc: int = 0
     first_ns: int = 0  # when the first trigger began
+    paused_matches: int = 0  # matches while stretches were paused (not toward every=N)
 
 
 @dataclass(frozen=True)

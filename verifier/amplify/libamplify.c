@@ -139,7 +139,8 @@ struct amp_rule_status {        /* 128 bytes */
     uint64_t main_last_ns;      /* the same for the latest trigger on the main thread */
     uint64_t main_last_pc;
     uint64_t first_ns;          /* CLOCK_MONOTONIC of the first trigger */
-    uint64_t reserved2[3];
+    uint64_t paused_matches;    /* matches while paused: counted, not toward every=N */
+    uint64_t reserved2[2];
 };
 struct amp_fail_slot {          /* 32 bytes; key 0 = empty */
     uint32_t key;               /* 1 + (fn << 16 | errno << 1 | main) */
@@ -256,7 +257,10 @@ static uint64_t now_ns(void) {
  * matches are counted and nothing sleeps, so a stall of our own making drains. */
 static int take(struct rule *r, struct amp_rule_status *s) {
     ADD(s->matches, 1);
-    if (__atomic_load_n(&g_st->paused, __ATOMIC_RELAXED)) return 0;
+    if (__atomic_load_n(&g_st->paused, __ATOMIC_RELAXED)) {
+        ADD(s->paused_matches, 1);
+        return 0;
+    }
     uint64_t m = ADD(r->nmatch, 1);
     if (r->every > 1 && m % r->every != 0) return 0;
     if (r->max && ADD(r->ntaken, 1) > r->max) return 0;

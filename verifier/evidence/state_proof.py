@@ -13,11 +13,18 @@ in two snapshots ``gap_s`` apart, each read in this order:
 3. ``allow_new_conns`` (read from /proc/PID/mem at its symbol's address plus the load
    bias, with the size ``nm -S`` gives: 1 byte, ``bool``, in 1.6.18) is false;
 
-and the held connection's ``stats`` says ``accepting_conns 0`` and the fd table is not
-full. The order closes the race: a worker still inside ``conn_close`` when the sockets
-were read is, when its thread is read, either running (1 fails) or done, and then its
-store of ``true`` is what step 3 reads. Saturation is never proven: a full fd table or any
-client socket fails it, and a server that merely drains has clients by definition.
+and the held connection's ``stats``, read before the first snapshot and after the second,
+says ``accepting_conns 0`` both times with the same ``listen_disabled_num``, and the fd
+table is not full. The order closes the race: a worker still inside ``conn_close`` when
+the sockets were read is, when its thread is read, either running (1 fails) or done, and
+then its store of ``true`` is what step 3 reads. The unchanged counter makes the two
+reads of false one interval of false: every store of false follows its increment of
+``listen_disabled_num`` in ``do_accept_new_conns`` (the listener is in ``epoll_wait`` at
+the first snapshot, so that increment falls between the two stats), so a flag stored true
+and false again between the snapshots moves the counter. Without it a fixed server that
+re-enables accepting and saturates again within the gap (1,500 clients on ``-c 24``) was
+once taken for hung. Saturation is never proven: a full fd table or any client socket
+fails it, and a server that merely drains has clients by definition.
 Measured (benchmarks/proof_latency.py): 50 ms median on a hung 1.6.18, 25 of them the gap;
 on a healthy server saturated for 12 s and told ``accepting_conns 0`` on purpose, never
 proven (tests/test_waitfor.py).
@@ -28,7 +35,7 @@ from __future__ import annotations
 import enum
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +55,7 @@ from verifier.evidence.symtab import DEBUG_ROOT, SymbolTable
 from verifier.vocabulary import HangClass, HangProof
 
 FLAG = "allow_new_conns"
+COUNTER = "listen_disabled_num"  # stats: times accepting was disabled
 _EPOLL = frozenset({232, 281, 441})  # epoll_wait, epoll_pwait, epoll_pwait2
 _SNAPSHOT_TRIES = 20  # snapshots tried for one with every thread asleep (lru maintainer naps)
 _RETRY_S = 0.002
@@ -60,6 +68,8 @@ class StateCheck(enum.StrEnum):
     NO_FLAG = "no allow_new_conns symbol"
     NO_STATS = "no stats from the held connection"
     STATS_ACCEPTING = "server reports accepting connections"
+    NO_COUNTER = "no listen_disabled_num in stats"
+    DISABLED_AGAIN = "accepting was disabled again between the snapshots"
     FDS_FULL = "fd table full"
     CLIENTS_LEFT = "client connections left"
     MAIN_NOT_POLLING = "listener not polling"
@@ -77,6 +87,7 @@ class LostWakeupProof:
     client_sockets: tuple[str, ...] = ()
     open_fds: int | None = None
     fd_limit: int | None = None
+    listen_disabled_num: str | None = None  # from the last stats read
     elapsed_s: float = 0.0
 
     @property
@@ -102,14 +113,18 @@ class LostWakeupProof:
             "client_sockets": list(self.client_sockets),
             "open_fds": self.open_fds,
             "fd_limit": self.fd_limit,
+            "listen_disabled_num": self.listen_disabled_num,
             "elapsed_ms": round(self.elapsed_s * 1000, 3),
         }
+
+
+StatsReader = Callable[[], Mapping[str, str] | None]  # None: no answer
 
 
 def prove_lost_wakeup(
     pid: int,
     symbols: SymbolTable | None,
-    held_stats: Mapping[str, str] | None,
+    read_stats: StatsReader,
     held_local_port: int | None,
     *,
     gap_s: float = 0.025,
@@ -117,10 +132,11 @@ def prove_lost_wakeup(
 ) -> LostWakeupProof:
     """Is ``pid`` (a memcached) in the listener lost wake-up? Never stops the process.
 
-    ``held_stats``: ``stats`` read on the verifier's held connection just before (None if
-    it gave no answer); ``held_local_port``: that connection's local port, so its socket
-    is not taken for a client. ``gap_s`` (25 ms: more than two 10 ms maxconns ticks)
-    separates the two snapshots. Raises ``ProcessGone`` if the process exits.
+    ``read_stats``: sends ``stats`` on the verifier's held connection (None if it gave no
+    answer), called before the first snapshot and after the second; ``held_local_port``:
+    that connection's local port, so its socket is not taken for a client. ``gap_s``
+    (25 ms: more than two 10 ms maxconns ticks) separates the two snapshots. Raises
+    ``ProcessGone`` if the process exits.
     """
     require_x86_64()
     require_alive(pid)
@@ -128,7 +144,7 @@ def prove_lost_wakeup(
     image = ProcessImage.read(pid, symbols, debug_root=debug_root)
     table = symbols if symbols is not None else image.symbols(image.exe)
     flag = table.symbol(FLAG)
-    accepting = None if held_stats is None else held_stats.get("accepting_conns")
+    stats = read_stats()
     fds = procfs.fd_usage(pid)
 
     def verdict(
@@ -141,19 +157,19 @@ def prove_lost_wakeup(
             check,
             reason,
             allow_new_conns=allow_new_conns,
-            accepting_conns=accepting,
+            accepting_conns=None if stats is None else stats.get("accepting_conns"),
             client_sockets=clients,
             open_fds=fds.open if fds else None,
             fd_limit=fds.limit if fds else None,
+            listen_disabled_num=None if stats is None else stats.get(COUNTER),
             elapsed_s=time.perf_counter() - started,
         )
 
     if flag is None or flag.size not in (1, 2, 4, 8):
         return verdict(StateCheck.NO_FLAG, f"the executable has no {FLAG} variable to read")
-    if held_stats is None:
-        return verdict(StateCheck.NO_STATS, "the held connection gave no stats")
-    if accepting != "0":
-        return verdict(StateCheck.STATS_ACCEPTING, f"stats say accepting_conns {accepting}")
+    disabled = _disabled_count(stats)
+    if isinstance(disabled, tuple):
+        return verdict(*disabled)
     if fds is not None and fds.exhausted:
         return verdict(
             StateCheck.FDS_FULL,
@@ -172,9 +188,9 @@ def prove_lost_wakeup(
                     "re-enable accepting",
                     clients=tuple(clients),
                 )
-            failed = _threads_quiet(image, mem, pid)
-            if failed is not None:
-                return verdict(*failed)
+            quiet = _threads_quiet(image, mem, pid)
+            if quiet is not None:
+                return verdict(*quiet)
             value = mem.read_int(address, flag.size)
             if value is None:
                 return verdict(StateCheck.NO_FLAG, f"{FLAG} at {address:#x} is unreadable")
@@ -183,13 +199,36 @@ def prove_lost_wakeup(
                     StateCheck.ACCEPTING, f"{FLAG} is {value}: a wake-up was delivered",
                     allow_new_conns=value,
                 )  # fmt: skip
+    stats = read_stats()
+    again = _disabled_count(stats)
+    if isinstance(again, tuple):
+        return verdict(*again)
+    if again != disabled:
+        return verdict(
+            StateCheck.DISABLED_AGAIN,
+            f"{COUNTER} went from {disabled} to {again}: accepting was re-enabled and "
+            "disabled again between the snapshots",
+        )
     return verdict(
         StateCheck.PROVEN,
-        f"listener polls its maxconns timer with {FLAG}=0 and accepting_conns 0, no client "
-        "connection is left to close and every other thread sleeps: nothing can re-enable "
-        "accepting",
+        f"listener polls its maxconns timer with {FLAG}=0 throughout (accepting_conns 0, "
+        f"{COUNTER} unchanged), no client connection is left to close and every other "
+        "thread sleeps: nothing can re-enable accepting",
         allow_new_conns=0,
     )
+
+
+def _disabled_count(stats: Mapping[str, str] | None) -> str | tuple[StateCheck, str]:
+    """``listen_disabled_num`` when the held connection's stats say accepting is
+    disabled; else the failed check and why."""
+    if stats is None:
+        return StateCheck.NO_STATS, "the held connection gave no stats"
+    accepting = stats.get("accepting_conns")
+    if accepting != "0":
+        return StateCheck.STATS_ACCEPTING, f"stats say accepting_conns {accepting}"
+    if COUNTER not in stats:
+        return StateCheck.NO_COUNTER, f"stats has no {COUNTER}: one interval of false is unproven"
+    return stats[COUNTER]
 
 
 def _threads_quiet(

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from verifier.errors import EnvironmentMissing, HarnessError
-from verifier.evidence.classify import Diagnosis, liveness
+from verifier.evidence.classify import Diagnosis
 from verifier.evidence.memory import ProcessGone
 from verifier.evidence.state_proof import prove_lost_wakeup
 from verifier.evidence.symtab import SymbolTable
@@ -78,16 +78,17 @@ class Prover:
         """The lost wake-up proven from the process state; None when it is not."""
         if self.disabled or held is None:
             return None
-        stats = _stats(held)
         try:
-            proof = prove_lost_wakeup(self.pid, self.symbols, stats, held.local_port())
+            proof = prove_lost_wakeup(
+                self.pid, self.symbols, lambda: _stats(held), held.local_port()
+            )
         except ProcessGone:
             return None
         if not proof.proven:
             return None
-        return Diagnosis(
+        return Diagnosis(  # proven: the held connection answered stats, so workers are alive
             HangClass.LOST_WAKEUP,
-            liveness(stats),
+            Liveness.WORKERS_ALIVE,
             proof.reason,
             {
                 "allow_new_conns": str(proof.allow_new_conns),
