@@ -184,6 +184,11 @@ static double now_ms(void) {
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
 }
+/* Contention made certain, not timed: glibc stores 2 in __lock only once a thread waits
+ * in the kernel, i.e. after the shim's trylock said EBUSY. */
+static void wait_for_waiter(pthread_mutex_t *m) {
+    while (__atomic_load_n(&m->__data.__lock, __ATOMIC_ACQUIRE) != 2) usleep(50);
+}
 static void *worker(void *arg) {
     (void)arg;
     printf("worker_tid %d\n", gettid());
@@ -195,6 +200,7 @@ static void *worker(void *arg) {
     pthread_mutex_lock(heap_lock);
     sem_post(&holds_heap);
     sem_wait(&main_waits);
+    wait_for_waiter(heap_lock);
     usleep(5000);
     pthread_mutex_unlock(heap_lock);
     return NULL;
@@ -212,6 +218,7 @@ int main(void) {
     pthread_t t;
     pthread_create(&t, NULL, worker, NULL);
     sem_wait(&about_to_lock);
+    wait_for_waiter(&conn_lock);
     usleep(5000);
     pthread_mutex_unlock(&conn_lock);
     sem_wait(&holds_heap);

@@ -56,8 +56,9 @@ def test_auto_finds_names_and_remembers_the_1_4_6_self_deadlock(
     second verify with the same memory stretches that point first.
 
     The race also strikes while only unrelated points are stretched (seen: at 7-12 s in
-    trial 1 with stores to slabs_lock or cas_id_lock stretched): then nothing is named, or
-    a point outside the deadlocked frames, and the hunt is run again."""
+    trial 1 with stores to slabs_lock or cas_id_lock stretched), and another point can be
+    stretched after the race-path one: then nothing is named, or another point (naming is
+    by time), and the hunt is run again, up to 4 times."""
     memory = tmp_path / "memory.json"
     hunt = ("--expect", "hang:self-deadlock", "--auto-memory", str(memory))
     for attempt in range(1, 5):
@@ -73,9 +74,10 @@ def test_auto_finds_names_and_remembers_the_1_4_6_self_deadlock(
         attribution = hang["stretched"].get("attribution")
         if attribution is not None and attribution["point"] in RACE_PATH:
             break
-        # the listener's store and failed accept were not stretched: the race struck alone
-        described = hang["stretched"]["described"]
-        assert not any(text in described for text in RACE_PATH.values()), described
+        # the race struck with neither point stretched, or another stretch came after it
+        # (naming is by time): hunt again
+    else:
+        pytest.fail(f"4 hunts, none named a point on the race path: {hang['stretched']}")
     named = hang["stretched"]["attribution"]
     assert named["main_thread"] and named["on_hung_thread"]
     where = {STORE_MAIN: "do_accept_new_conns", ACCEPT_MAIN: "drive_machine"}[named["point"]]

@@ -40,7 +40,7 @@ def test_the_demo_gives_its_three_verdicts(cache_layout: CacheLayout) -> None:
     """The README's main job, with short soaks: the self-deadlock, the fix's bounded PASS,
     and the lost wake-up told apart from the first; exit 0; nothing left running (the
     autouse guard checks every process the demo started)."""
-    result = run_cli("demo", "--soak", "6", "--trials", "1", cache=cache_layout)
+    result = run_cli("demo", "--soak", "5", "--trials", "2", cache=cache_layout)
     assert result.returncode == ExitStatus.SUCCESS, result.stdout[-3000:] + result.stderr
     verdicts = [line for line in result.stdout.splitlines() if line.startswith("verdict")]
     assert len(verdicts) == 3, result.stdout

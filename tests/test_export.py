@@ -234,7 +234,7 @@ def test_gate_script_exit_status_and_stderr(
         "--expect",
         "maxconns-deadlock=hang:self-deadlock",
         "--trials",
-        "1",
+        "2",  # verify stops at the first hang: a second trial only if the first missed it
         "--soak",
         "4",
     )[1]
@@ -257,7 +257,7 @@ def test_gate_script_exit_status_and_stderr(
         "--expect",
         "hang:listener-lost-wakeup",
         "--trials",
-        "1",
+        "2",  # verify stops at the first hang: a second trial only if the first missed it
         "--soak",
         "4",
     )[1]

@@ -238,7 +238,7 @@ def test_pause_drains_and_resume_continues(healthy_port: int) -> None:
                 break
             time.sleep(0.1)
         assert curr <= 2
-        time.sleep(0.3)
+        time.sleep(1.0)
         assert flood.snapshot().cycles == paused.cycles  # nothing while paused
         flood.resume()
         time.sleep(0.8)
@@ -246,7 +246,7 @@ def test_pause_drains_and_resume_continues(healthy_port: int) -> None:
         assert not resumed.paused and resumed.cycles > paused.cycles + 500
         final = flood.stop()
     assert final.errors.total == 0 and final.processes_failed == 0
-    assert final.active_s < final.elapsed_s - 0.2  # the pause did not count
+    assert final.active_s < final.elapsed_s - 0.6  # the pause (over 1 s) did not count
     _assert_no_children(flood)
 
 

@@ -413,7 +413,7 @@ def test_a_dead_flood_ends_the_trial_and_only_loaded_seconds_count(
     )
     try:
         worker = wait_logged("flood worker", since)
-        time.sleep(3.0)
+        time.sleep(5.0)  # spawned workers start and the flood saturates at least once
         os.kill(worker.pid, signal.SIGKILL)
         stdout, stderr = proc.communicate(timeout=60)
     finally:
