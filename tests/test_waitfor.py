@@ -34,7 +34,12 @@ from verifier.evidence.futex_wait import (
     wait_kind_of,
 )
 from verifier.evidence.memory import ProcessGone, sample_thread, thread_ids
-from verifier.evidence.state_proof import StateCheck, client_sockets, prove_lost_wakeup
+from verifier.evidence.state_proof import (
+    COUNTER,
+    StateCheck,
+    client_sockets,
+    prove_lost_wakeup,
+)
 from verifier.evidence.symtab import (
     DEBUG_ROOT,
     SymbolTable,
@@ -469,8 +474,32 @@ def _held_stats(held: TelnetSession) -> dict[str, str] | None:
         return None
 
 
-def _stats_reader(held: TelnetSession) -> Callable[[], dict[str, str] | None]:
-    return lambda: _held_stats(held)
+def _stats_reader(
+    held: TelnetSession, edit: Callable[[dict[str, str]], dict[str, str]] = lambda s: s
+) -> Callable[[], dict[str, str] | None]:
+    """Reads stats on the held connection for the state proof, each answer through
+    ``edit`` (to tell the proof something the server did not say)."""
+
+    def read() -> dict[str, str] | None:
+        stats = _held_stats(held)
+        return None if stats is None else edit(stats)
+
+    return read
+
+
+def _counter_bumped(bumps: Iterator[int]) -> Callable[[dict[str, str]], dict[str, str]]:
+    def edit(stats: dict[str, str]) -> dict[str, str]:
+        return {**stats, COUNTER: str(int(stats[COUNTER]) + next(bumps))}
+
+    return edit
+
+
+def _not_accepting(stats: dict[str, str]) -> dict[str, str]:
+    return {**stats, "accepting_conns": "0"}
+
+
+def _without_counter(stats: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in stats.items() if k != COUNTER}
 
 
 def test_lost_wakeup_proven_from_state(pristine, cache_layout, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -516,10 +545,12 @@ def test_lost_wakeup_proven_from_state(pristine, cache_layout, tmp_path: Path) -
             assert again.proven, again
             # the same state, but stats say accepting was disabled again between the
             # snapshots (a server that recovered and saturated anew), or cannot say: refused
-            counts = iter((0, 1))
-            moved = prove_lost_wakeup(server.pid, symbols, _counter_moves(held, counts), port)
+            bumped = _stats_reader(held, _counter_bumped(iter((0, 1))))
+            moved = prove_lost_wakeup(server.pid, symbols, bumped, port)
             assert moved.check is StateCheck.DISABLED_AGAIN, moved
-            no_counter = prove_lost_wakeup(server.pid, symbols, _without_counter(held), port)
+            no_counter = prove_lost_wakeup(
+                server.pid, symbols, _stats_reader(held, _without_counter), port
+            )
             assert no_counter.check is StateCheck.NO_COUNTER, no_counter
             assert find_deadlock(server.pid, symbols).cycle() is None
             # without the held connection's port, that connection is a client that could close
@@ -529,46 +560,6 @@ def test_lost_wakeup_proven_from_state(pristine, cache_layout, tmp_path: Path) -
             assert not prove_lost_wakeup(server.pid, symbols, lambda: None, port).proven
         finally:
             held.close()
-
-
-def _counter_moves(
-    held: TelnetSession, bumps: Iterator[int]
-) -> Callable[[], dict[str, str] | None]:
-    """The held connection's stats, with listen_disabled_num raised by the next bump."""
-
-    def read() -> dict[str, str] | None:
-        stats = _held_stats(held)
-        if stats is None:
-            return None
-        return {
-            **stats,
-            "listen_disabled_num": str(int(stats["listen_disabled_num"]) + next(bumps)),
-        }
-
-    return read
-
-
-def _without_counter(held: TelnetSession) -> Callable[[], dict[str, str] | None]:
-    def read() -> dict[str, str] | None:
-        stats = _held_stats(held)
-        return (
-            None
-            if stats is None
-            else {k: v for k, v in stats.items() if k != "listen_disabled_num"}
-        )
-
-    return read
-
-
-def _told_not_accepting(held: TelnetSession) -> Callable[[], dict[str, str] | None]:
-    """The held connection's stats, with accepting_conns always 0: the proof's other
-    conditions alone must still refuse a healthy server."""
-
-    def read() -> dict[str, str] | None:
-        stats = _held_stats(held)
-        return None if stats is None else {**stats, "accepting_conns": "0"}
-
-    return read
 
 
 @pytest.mark.parametrize(
@@ -612,7 +603,8 @@ def test_healthy_saturated_server_is_never_proven(  # type: ignore[no-untyped-de
                     if pause_now != paused:
                         flood.pause(2.0) if pause_now else flood.resume()
                         paused = pause_now
-                    for told in (_stats_reader(held), _told_not_accepting(held)):
+                    # also told accepting_conns 0: the other conditions alone must refuse
+                    for told in (_stats_reader(held), _stats_reader(held, _not_accepting)):
                         result = prove_lost_wakeup(server.pid, symbols, told, port)
                         assert not result.proven, result.to_json()
                         checks[result.check] += 1

@@ -25,7 +25,8 @@ and false again between the snapshots moves the counter. Without it a fixed serv
 re-enables accepting and saturates again within the gap (1,500 clients on ``-c 24``) was
 once taken for hung. Saturation is never proven: a full fd table or any client socket
 fails it, and a server that merely drains has clients by definition.
-Measured (benchmarks/proof_latency.py): 50 ms median on a hung 1.6.18, 25 of them the gap;
+Measured (benchmarks/proof_latency.py, before the second stats read): 50 ms median on a
+hung 1.6.18, 25 of them the gap;
 on a healthy server saturated for 12 s and told ``accepting_conns 0`` on purpose, never
 proven (tests/test_waitfor.py).
 """
@@ -175,30 +176,11 @@ def prove_lost_wakeup(
             StateCheck.FDS_FULL,
             f"every file descriptor is in use ({fds.open} of {fds.limit}): saturation",
         )
-    address = flag.address + image.exe.bias
-    with ProcessMemory(pid) as mem:
-        for snapshot in (1, 2):
-            if snapshot == 2:
-                time.sleep(gap_s)
-            clients = client_sockets(pid, held_local_port)
-            if clients:
-                return verdict(
-                    StateCheck.CLIENTS_LEFT,
-                    f"{len(clients)} client connection(s) left that could close and "
-                    "re-enable accepting",
-                    clients=tuple(clients),
-                )
-            quiet = _threads_quiet(image, mem, pid)
-            if quiet is not None:
-                return verdict(*quiet)
-            value = mem.read_int(address, flag.size)
-            if value is None:
-                return verdict(StateCheck.NO_FLAG, f"{FLAG} at {address:#x} is unreadable")
-            if value:
-                return verdict(
-                    StateCheck.ACCEPTING, f"{FLAG} is {value}: a wake-up was delivered",
-                    allow_new_conns=value,
-                )  # fmt: skip
+    refused = _flag_stays_false(
+        pid, image, flag.address + image.exe.bias, flag.size, held_local_port, gap_s
+    )
+    if refused is not None:
+        return verdict(*refused)
     stats = read_stats()
     again = _disabled_count(stats)
     if isinstance(again, tuple):
@@ -216,6 +198,41 @@ def prove_lost_wakeup(
         "thread sleeps: nothing can re-enable accepting",
         allow_new_conns=0,
     )
+
+
+def _flag_stays_false(
+    pid: int,
+    image: ProcessImage,
+    address: int,
+    size: int,
+    held_local_port: int | None,
+    gap_s: float,
+) -> tuple[StateCheck, str, int | None, tuple[str, ...]] | None:
+    """None when two snapshots ``gap_s`` apart each find no client socket, every thread
+    asleep with the listener polling, and the flag false (read in that order); else the
+    failed check, why, the flag's value and the client sockets."""
+    with ProcessMemory(pid) as mem:
+        for snapshot in (1, 2):
+            if snapshot == 2:
+                time.sleep(gap_s)
+            clients = tuple(client_sockets(pid, held_local_port))
+            if clients:
+                left = f"{len(clients)} client connection(s) left that could close and re-enable"
+                return StateCheck.CLIENTS_LEFT, f"{left} accepting", None, clients
+            failed = _threads_quiet(image, mem, pid)
+            if failed is not None:
+                return *failed, None, ()
+            value = mem.read_int(address, size)
+            if value is None:
+                return StateCheck.NO_FLAG, f"{FLAG} at {address:#x} is unreadable", None, ()
+            if value:
+                return (
+                    StateCheck.ACCEPTING,
+                    f"{FLAG} is {value}: a wake-up was delivered",
+                    value,
+                    (),
+                )
+    return None
 
 
 def _disabled_count(stats: Mapping[str, str] | None) -> str | tuple[StateCheck, str]:
