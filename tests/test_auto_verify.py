@@ -58,10 +58,11 @@ def test_auto_finds_names_and_remembers_the_1_4_6_self_deadlock(
     The race also strikes while only unrelated points are stretched (seen: at 7-12 s in
     trial 1 with stores to slabs_lock or cas_id_lock stretched), and another point can be
     stretched after the race-path one: then nothing is named, or another point (naming is
-    by time), and the hunt is run again, up to 4 times."""
-    memory = tmp_path / "memory.json"
-    hunt = ("--expect", "hang:self-deadlock", "--auto-memory", str(memory))
+    by time), and the hunt is run again, up to 4 times, each with a fresh memory (a point
+    credited by an earlier hunt would compete with the one checked below)."""
     for attempt in range(1, 5):
+        memory = tmp_path / f"memory-{attempt}.json"
+        hunt = ("--expect", "hang:self-deadlock", "--auto-memory", str(memory))
         result, report = verify(
             cache_layout, tmp_path / f"first-{attempt}", "--patch", str(RACE_FIXTURE), *hunt,
             "--soak", "10", "--trials", "15",
