@@ -30,8 +30,6 @@ from verifier.run.trial import AT_HANG
 from verifier.stress import FloodConfig
 from verifier.vocabulary import AmplifierKind, HangClass, HangProof, TrialOutcome
 
-DISCOVERY_SECONDS = 3.0  # time spent counting stores (the discovery run is ~5-8 s in all)
-
 
 @dataclass
 class AutoPlan:
@@ -97,8 +95,7 @@ class AutoPlan:
             self.flood,
             self.tools_dir,
             self.auto_dir / f"discovery-{self.build_key}",
-            DISCOVERY_SECONDS,
-        )
+        )  # watched for DiscoveryTiming.seconds
         found.save(self.discovery_path)
         self._use(found)
         assert self.planner is not None
