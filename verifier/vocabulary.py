@@ -27,6 +27,7 @@ class TrialOutcome(enum.StrEnum):
 class VerdictKind(enum.StrEnum):
     HANG = "HANG"
     CRASH = "CRASH"
+    WRONG = "WRONG RESULT"  # the clients saw answers no order of their operations explains
     PASS = "PASS"  # always a bound, never bare
     INCONCLUSIVE = "INCONCLUSIVE"  # the bug path was never exercised
     NOT_APPLICABLE = "NOT APPLICABLE"  # the build lacks the scenario's code
@@ -37,6 +38,11 @@ class HangClass(enum.StrEnum):
     SELF_DEADLOCK = "self-deadlock"  # one thread waits for a lock it holds
     DEADLOCK = "deadlock"  # a cycle of two or more threads waiting for each other's locks
     LOST_WAKEUP = "listener-lost-wakeup"  # accepting disabled, nobody left to enable it
+    LEAKED_LOCK = "leaked-lock"  # a mutex held by a thread that waits on nothing, others wait
+    LIVELOCK = "livelock"  # a thread on CPU at the same code across samples, no progress
+    STUCK_PROGRESS = "stuck-progress"  # background work pending, its counters frozen
+    STUCK_SHUTDOWN = "stuck-shutdown"  # asked to stop (signal or command), never exited
+    PART_HUNG = "part-hung"  # one operation or one worker stopped answering, stats still does
     UNKNOWN = "unknown"  # no known shape; raw evidence kept
 
 
@@ -44,12 +50,28 @@ class HangProof(enum.StrEnum):
     CYCLE = "cycle"  # a cycle in the wait-for graph read from the live process
     STATE = "state"  # the process state rules out any wake-up (lost wake-up)
     TIMING = "timing"  # only silence: fresh probes unanswered for the confirmation window
+    OWNER = "owner"  # a mutex's owner read across snapshots: alive, waiting on nothing for it
+    SPIN = "spin"  # a thread on CPU at the same code across samples, progress counters frozen
+    PROGRESS = "progress"  # pending work whose counters did not move for the bound
+    EXIT = "exit"  # the process did not exit within the shutdown bound
 
 
 class Liveness(enum.StrEnum):
     WORKERS_ALIVE = "listener dead, workers alive"
     FROZEN = "whole server frozen"
     UNKNOWN = "no held connection"
+
+
+class WrongClass(enum.StrEnum):
+    """What a WRONG RESULT's witness shows (the checker names it from the operations)."""
+
+    LOST_UPDATE = "lost-update"  # two updates answered as if only one had happened
+    LOST_DELETE = "lost-delete"  # a key read back after a delete with no store in between
+    STALE_READ = "stale-read"  # a read of a value some later-finished write replaced
+    CAS_CHANGED = "cas-changed"  # a cas token that changed with no write in between
+    DOUBLE_CREATE = "double-create"  # two creations of one missing key both succeeded
+    IMPOSSIBLE_VALUE = "impossible-value"  # a value no write (or sum of deltas) produced
+    NOT_LINEARIZABLE = "not-linearizable"  # no order explains the answers (no simpler name)
 
 
 class AmplifierKind(enum.StrEnum):

@@ -1,0 +1,1 @@
+"""Judging what the clients saw: per-key linearizability of memcached's answers."""
