@@ -6,9 +6,12 @@ import ipaddress
 import math
 import os
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from verifier.errors import BadInput
+
+if TYPE_CHECKING:
+    from verifier.stress.workload_file import Group
 
 COMMANDS = ("get", "set", "stats")  # the commands the flood knows how to send and parse
 
@@ -48,14 +51,16 @@ class FloodConfig:
     value_size: int = 64  # bytes per `set`
     start_method: StartMethod = "fork"  # "spawn" for a parent with threads or odd inherited fds
     seed: int = 0  # request schedule seed (per process: seed + index)
+    groups: tuple[Group, ...] = ()  # the workload's client groups (beside the churn)
+    report_dir: str = ""  # where each process writes what its groups saw, and the history
 
     def __post_init__(self) -> None:
         require_loopback(self.host)
         problems: list[str] = []
         if not 0 < self.port < 65536:
             problems.append(f"port {self.port} out of range")
-        if self.concurrency < 1:
-            problems.append("concurrency must be >= 1")
+        if self.concurrency < 0 or (self.concurrency == 0 and not self.groups):
+            problems.append("concurrency must be >= 1 (or 0 beside client groups)")
         if self.processes < 0:
             problems.append("processes must be >= 0")
         if not (self.duration_s > 0 and math.isfinite(self.duration_s)):
@@ -89,7 +94,7 @@ class FloodConfig:
     def process_count(self) -> int:
         """Worker processes actually started."""
         wanted = self.processes or os.cpu_count() or 1
-        return max(1, min(wanted, self.concurrency))
+        return max(1, min(wanted, self.concurrency + sum(g.clients for g in self.groups)))
 
     def share(self, index: int) -> tuple[int, int]:
         """(coroutines, cycle budget) of worker process ``index``: even splits of the totals."""

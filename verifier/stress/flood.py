@@ -20,11 +20,13 @@ import threading
 import time
 import weakref
 from multiprocessing.process import BaseProcess
+from pathlib import Path
 from types import TracebackType
 
 from verifier.errors import HarnessError
 from verifier.stress.config import FloodConfig
 from verifier.stress.stats import N_FIELDS, Field, FloodStats, ProcState, aggregate
+from verifier.stress.tally import ClientReport, merge_tallies, tally_path
 from verifier.stress.worker import CMD_PAUSE, CMD_RUN, CMD_STOP, encode_command, process_main
 from verifier.util import pidlog
 
@@ -72,6 +74,8 @@ class Flood:
             if self.config.use_uvloop:  # import before forking, so children need not
                 with contextlib.suppress(ImportError):
                     import uvloop  # noqa: F401
+            if self.config.report_dir:
+                Path(self.config.report_dir).mkdir(parents=True, exist_ok=True)
             self._finalizer = weakref.finalize(self, _kill_all, self._procs)
             try:
                 for index in range(self._n):
@@ -228,6 +232,19 @@ class Flood:
                 and raw[i * N_FIELDS + Field.STATE] in (ProcState.RUNNING, ProcState.PAUSED)
                 for i, proc in enumerate(self._procs)
             )
+
+    def client_report(self) -> ClientReport | None:
+        """What the workload's client groups saw (after stop(); None without groups)."""
+        if not self.config.groups or not self.config.report_dir:
+            return None
+        directory = Path(self.config.report_dir)
+        return merge_tallies((tally_path(directory, i) for i in range(self._n)), self._n)
+
+    def history_files(self) -> list[Path]:
+        """The checked groups' histories, one file per process that recorded any."""
+        if not self.config.report_dir:
+            return []
+        return sorted(Path(self.config.report_dir).glob("history-*.jsonl"))
 
     @property
     def pids(self) -> tuple[int, ...]:

@@ -20,9 +20,11 @@ import signal
 import struct
 import sys
 import traceback
-from collections.abc import Callable, MutableSequence
+from collections.abc import Callable, Coroutine, MutableSequence
 from socket import SO_LINGER, SOL_SOCKET
+from typing import Any
 
+from verifier.stress.clients import GroupProcess
 from verifier.stress.config import FloodConfig
 from verifier.stress.stats import N_FIELDS, Field, ProcState
 from verifier.stress.workload import OK, Request, build_schedule, classify_reply
@@ -189,6 +191,30 @@ class Runner:
         self.draining = False
         self.unexpected = 0
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.groups: GroupProcess | None = None
+        self.group_tasks: list[asyncio.Task[None]] = []
+        if config.groups:
+            self.groups = GroupProcess(
+                config.groups,
+                index,
+                config.process_count,
+                config.host,
+                config.port,
+                config.report_dir,
+                config.seed,
+                self._answered,
+                self._spend,
+            )
+
+    def _answered(self, n: int) -> None:
+        self.c[_OPS] += n
+
+    def _spend(self) -> bool:
+        """One unit of the cycle budget for a group client; False once spent or stopping."""
+        if self.budget <= 0 or self.draining:
+            return False
+        self.budget -= 1  # not a connection cycle: CYCLES stays the churn's own count
+        return True
 
     async def run(self) -> None:
         loop = self.loop = asyncio.get_running_loop()
@@ -219,12 +245,16 @@ class Runner:
                     c[Field.STATE] = ProcState.RUNNING
                     self._start_workers()
                 c[Field.ACK] = seq
+                if self.groups is not None:
+                    self.groups.flush()
                 if not self.paused:
                     if active_s >= self.config.duration_s or self.live == 0:
                         break
                     self._sweep(now)
         finally:
             await self._drain()
+            if self.groups is not None:
+                self.groups.close()
             c[Field.STATE] = ProcState.DONE
             self.write_row(list(c))
 
@@ -235,10 +265,25 @@ class Runner:
             slot.phase, slot.expired = _IDLE, False
             slot.task = self.loop.create_task(self._worker(slot, (j * 7919) % n))
             self.live += 1  # here, not in the coroutine: the tick may look before it runs
+        for client in self.groups.clients if self.groups is not None else ():
+            self.group_tasks.append(self.loop.create_task(self._group_client(client.run)))
+            self.live += 1
+
+    async def _group_client(self, body: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        try:
+            await body()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._unexpected(exc)
+        finally:
+            self.live -= 1
 
     async def _drain(self) -> None:
         """Cancel every coroutine; each closes its socket on the way out."""
         tasks = [slot.task for slot in self.slots if slot.task is not None]
+        tasks += self.group_tasks
+        self.group_tasks = []
         self.draining = True
         try:
             for task in tasks:

@@ -1,0 +1,391 @@
+"""The workload's client groups inside one flood process: coroutines that speak ascii,
+meta or binary through the codecs, in long-lived or churned connections, pipelined,
+paced, slow-reading, or holding ``watch`` streams, and that record what they saw.
+
+Each client walks a pre-drawn schedule (``shapes.schedule``), sends ``pipeline`` requests,
+then reads their replies in order with the codec's incremental parser. A reply that does
+not come within the reply timeout, or a connection that dies, makes every request still
+in flight indeterminate (the checker's "may or may not have happened") and drops the
+connection. Checked groups write unique values ("<client>:<seq>") so a read names the
+write it saw, and append an ``Op`` per request to the process's history file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from verifier.check.history import Op, OpKind, Result, write_history
+from verifier.stress.protocol.base import Codec, Command, ProtocolError, Reply, Status
+from verifier.stress.protocol.codecs import codec_for
+from verifier.stress.shapes import Pick, extra_keys, schedule
+from verifier.stress.tally import CLOSED, CONNECT_FAILED, TIMEOUT, Tally, tally_path, write_tallies
+from verifier.stress.workload_file import Connection, Group, GroupKind
+
+GROUP_REPLY_TIMEOUT_S = 5.0  # longer than the churn's 1 s: metadump and flush_all are slow
+CONNECT_TIMEOUT_S = 1.0
+RECONNECT_BACKOFF_S = 0.05  # a refused or full server is retried this much later
+HISTORY_FLUSH_S = 1.0
+
+# command -> (OpKind, writes a value)
+_OPS: dict[str, OpKind] = {
+    "get": OpKind.GET, "bin_get": OpKind.GET, "bin_getk": OpKind.GET, "mg": OpKind.GET,
+    "gets": OpKind.GETS,
+    "set": OpKind.SET, "bin_set": OpKind.SET, "ms": OpKind.SET,
+    "add": OpKind.ADD, "bin_add": OpKind.ADD,
+    "replace": OpKind.REPLACE, "bin_replace": OpKind.REPLACE,
+    "append": OpKind.APPEND, "prepend": OpKind.PREPEND, "cas": OpKind.CAS,
+    "incr": OpKind.INCR, "ma": OpKind.INCR, "bin_incr": OpKind.INCR,
+    "decr": OpKind.DECR, "bin_decr": OpKind.DECR,
+    "delete": OpKind.DELETE, "bin_delete": OpKind.DELETE, "md": OpKind.DELETE,
+    "touch": OpKind.TOUCH, "bin_touch": OpKind.TOUCH,
+}  # fmt: skip
+_WRITES = {OpKind.SET, OpKind.ADD, OpKind.REPLACE, OpKind.APPEND, OpKind.PREPEND, OpKind.CAS}
+_RESULTS = {
+    Status.HIT: Result.HIT, Status.MISS: Result.MISS, Status.STORED: Result.STORED,
+    Status.NOT_STORED: Result.NOT_STORED, Status.EXISTS: Result.EXISTS,
+    Status.NOT_FOUND: Result.NOT_FOUND, Status.DELETED: Result.DELETED,
+    Status.TOUCHED: Result.TOUCHED, Status.NUMBER: Result.NUMBER,
+}  # fmt: skip
+_MULTI = {"mget", "mgets", "bin_getq", "bin_getkq", "bin_setq"}
+
+
+class _Gone(Exception):
+    """The connection died or timed out: what is in flight is indeterminate."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(why)
+        self.why = why
+
+
+class _Stream(asyncio.Protocol):
+    """A connection's receive buffer; ``wait`` blocks until more bytes (or the end)."""
+
+    def __init__(self) -> None:
+        self.buf = b""
+        self.pos = 0
+        self.lost = False
+        self.received = 0
+        self.transport: asyncio.Transport | None = None
+        self._waiter: asyncio.Future[None] | None = None
+
+    def __call__(self) -> _Stream:
+        return self
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.received += len(data)
+        self.buf = self.buf[self.pos :] + data if self.pos else self.buf + data
+        self.pos = 0
+        self._wake()
+
+    def eof_received(self) -> None:
+        self.lost = True
+        self._wake()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def wait(self, timeout_s: float) -> None:
+        loop = asyncio.get_running_loop()
+        self._waiter = loop.create_future()
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._waiter
+        except TimeoutError:
+            raise _Gone(TIMEOUT) from None
+        finally:
+            self._waiter = None
+
+    async def reply(self, codec: Codec, command: Command, deadline: float) -> Reply:
+        loop = asyncio.get_running_loop()
+        while True:
+            reply, end = codec.parse(command, self.buf, self.pos)
+            if reply is not None:
+                self.pos = end
+                return reply
+            if self.lost:
+                raise _Gone(CLOSED)
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise _Gone(TIMEOUT)
+            await self.wait(remaining)
+
+
+class GroupProcess:
+    """This process's share of every group: the clients, their tallies and history."""
+
+    def __init__(
+        self,
+        groups: tuple[Group, ...],
+        index: int,
+        processes: int,
+        host: str,
+        port: int,
+        report_dir: str,
+        seed: int,
+        count: Callable[[int], None],
+        spend: Callable[[], bool],
+    ) -> None:
+        self.host, self.port = host, port
+        self.index = index
+        self.count = count  # one more answered request (the shared OPS counter)
+        self.spend = spend  # take one unit of the process's budget; False when spent
+        self.report_dir = Path(report_dir) if report_dir else None
+        self.tallies: dict[tuple[str, str, str], Tally] = {}
+        self.history: list[Op] = []
+        self.history_ops = 0
+        self.last_flush = time.monotonic()
+        self.clients: list[_Client] = []
+        for gi, group in enumerate(groups):
+            mine = group.clients // processes + (1 if index < group.clients % processes else 0)
+            codec = codec_for(str(group.protocol))
+            for ci in range(mine):
+                rng = random.Random(seed * 7919 + index * 104_729 + gi * 1009 + ci)
+                name = f"p{index}.{group.name}.{ci}"
+                self.clients.append(_Client(self, group, codec, name, rng))
+
+    def tally(self, group: Group, command: str) -> Tally:
+        key = (group.name, command, str(group.protocol))
+        found = self.tallies.get(key)
+        if found is None:
+            found = self.tallies[key] = Tally()
+        return found
+
+    def record(self, op: Op) -> None:
+        self.history.append(op)
+
+    def flush(self, force: bool = False) -> None:
+        """History to its file (every second, and at the end)."""
+        now = time.monotonic()
+        if self.report_dir is None or not (force or now - self.last_flush >= HISTORY_FLUSH_S):
+            return
+        self.last_flush = now
+        if self.history:
+            path = self.report_dir / f"history-{self.index}.jsonl"
+            self.history_ops += write_history(path, self.history)
+            self.history.clear()
+
+    def close(self) -> None:
+        self.flush(force=True)
+        if self.report_dir is not None:
+            write_tallies(tally_path(self.report_dir, self.index), self.tallies, self.history_ops)
+
+
+class _Client:
+    def __init__(
+        self, owner: GroupProcess, group: Group, codec: Codec, name: str, rng: random.Random
+    ) -> None:
+        self.owner, self.group, self.codec, self.name, self.rng = owner, group, codec, name, rng
+        self.picks: list[Pick] = schedule(group, rng)
+        self.i = rng.randrange(len(self.picks))
+        self.seq = 0
+        self.tokens: dict[bytes, int] = {}  # cas tokens from this client's own gets
+        share = group.rate / group.clients if group.rate else 0.0
+        self.interval = 1.0 / share if share else 0.0
+        self.next_at = 0.0
+        self.values: dict[int, bytes] = {}
+
+    # -- building requests -------------------------------------------------------------
+    def _value(self, pick: Pick) -> bytes:
+        numbers = self.group.values.numbers
+        if numbers:
+            return str(numbers[pick.size]).encode()
+        if self.group.check:
+            self.seq += 1
+            return f"{self.name}:{self.seq}".encode()
+        found = self.values.get(pick.size)
+        if found is None:
+            found = self.values[pick.size] = b"x" * pick.size
+        return found
+
+    def _command(self, pick: Pick) -> Command:
+        group, name = self.group, pick.command
+        key = group.keys.name(pick.key).encode()
+        keys: tuple[bytes, ...] = ()
+        if name in _MULTI:
+            keys = tuple(group.keys.name(k).encode() for k in extra_keys(group, self.rng, pick.key))
+        kind = _OPS.get(name)
+        value = self._value(pick) if kind in _WRITES or name in ("bin_setq",) else b""
+        initial = None
+        if name in ("bin_incr", "bin_decr"):
+            numbers = group.values.numbers
+            initial = numbers[pick.size] if numbers else 0
+        return Command(
+            name=name,
+            key=key,
+            keys=keys,
+            value=value,
+            exptime=pick.ttl,
+            initial=initial,
+            cas=self.tokens.get(key, 1) if name == "cas" else 0,
+            arg=pick.arg,
+        )
+
+    def _next(self) -> Command:
+        pick = self.picks[self.i]
+        self.i = self.i + 1 if self.i + 1 < len(self.picks) else 0
+        return self._command(pick)
+
+    # -- the loop ----------------------------------------------------------------------
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.next_at = loop.time()
+        while self.owner.spend():
+            if self.group.kind == GroupKind.WATCH:
+                await self._watch_once(loop)
+                continue
+            stream = await self._connect(loop)
+            if stream is None:
+                continue
+            try:
+                while True:
+                    batch = [self._next() for _ in range(self.group.pipeline)]
+                    await self._pace(loop, len(batch))
+                    alive = await self._exchange(loop, stream, batch)
+                    if not alive or self.group.connection == Connection.CHURN:
+                        break
+                    if not self.owner.spend():
+                        return
+            finally:
+                if stream.transport is not None:
+                    stream.transport.abort()
+
+    async def _pace(self, loop: asyncio.AbstractEventLoop, n: int) -> None:
+        if not self.interval:
+            return
+        now = loop.time()
+        self.next_at = max(self.next_at + n * self.interval, now - 1.0)
+        if self.next_at > now:
+            await asyncio.sleep(self.next_at - now)
+
+    async def _connect(self, loop: asyncio.AbstractEventLoop) -> _Stream | None:
+        stream = _Stream()
+        try:
+            async with asyncio.timeout(CONNECT_TIMEOUT_S):
+                await loop.create_connection(stream, self.owner.host, self.owner.port)
+        except (OSError, TimeoutError):
+            self.owner.tally(self.group, "connect").failed(CONNECT_FAILED)
+            await asyncio.sleep(RECONNECT_BACKOFF_S * (1 + self.rng.random()))
+            return None
+        return stream
+
+    async def _exchange(
+        self, loop: asyncio.AbstractEventLoop, stream: _Stream, batch: list[Command]
+    ) -> bool:
+        """Send the batch, read its replies in order; False when the connection is gone."""
+        assert stream.transport is not None
+        called = time.monotonic_ns()
+        stream.transport.write(b"".join(self.codec.encode(c) for c in batch))
+        delay = self.group.read_delay_ms / 1000.0
+        if delay:  # a slow reader: the server's writes pile up in its buffers
+            stream.transport.pause_reading()
+            await asyncio.sleep(delay)
+            stream.transport.resume_reading()
+        deadline = loop.time() + GROUP_REPLY_TIMEOUT_S
+        for done, command in enumerate(batch):
+            try:
+                reply = await stream.reply(self.codec, command, deadline)
+            except (_Gone, ProtocolError) as error:
+                why = error.why if isinstance(error, _Gone) else "protocol-error"
+                for lost in batch[done:]:
+                    self.owner.tally(self.group, lost.name).failed(why)
+                    self._record(lost, None, called, None)
+                return False
+            returned = time.monotonic_ns()
+            self.owner.tally(self.group, command.name).answered(
+                reply.status, (returned - called) // 1000
+            )
+            self.owner.count(1)
+            self._record(command, reply, called, returned)
+        return True
+
+    def _record(
+        self, command: Command, reply: Reply | None, called: int, returned: int | None
+    ) -> None:
+        if reply is not None and reply.cas is not None and reply.status == Status.HIT:
+            self.tokens[command.key] = reply.cas
+        if not self.group.check:
+            return
+        op = history_op(self.name, command, reply, called, returned, str(self.group.protocol))
+        if op is not None:
+            self.owner.record(op)
+
+    async def _watch_once(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Open a watcher, read its stream for a while, drop it."""
+        stream = await self._connect(loop)
+        if stream is None or stream.transport is None:
+            return
+        command = Command("watch", arg=self.group.watch)
+        tally = self.owner.tally(self.group, "watch")
+        called = time.monotonic_ns()
+        try:
+            stream.transport.write(self.codec.encode(command))
+            reply = await stream.reply(self.codec, command, loop.time() + GROUP_REPLY_TIMEOUT_S)
+            tally.answered(reply.status, (time.monotonic_ns() - called) // 1000)
+            self.owner.count(1)
+            low, high = self.group.hold_s
+            hold_until = loop.time() + self.rng.uniform(low, high)
+            while not stream.lost and loop.time() < hold_until:
+                stream.pos = len(stream.buf)  # the log lines are read and dropped
+                with contextlib.suppress(_Gone):
+                    await stream.wait(hold_until - loop.time())
+        except (_Gone, ProtocolError) as error:
+            tally.failed(error.why if isinstance(error, _Gone) else "protocol-error")
+        finally:
+            stream.transport.abort()
+
+
+def history_op(
+    client: str,
+    command: Command,
+    reply: Reply | None,
+    called: int,
+    returned: int | None,
+    protocol: str,
+) -> Op | None:
+    """The checker's record of one request (None for what it cannot judge)."""
+    kind = _OPS.get(command.name)
+    if kind is None:
+        return None
+    if command.name in ("bin_incr", "bin_decr") and command.initial is not None:
+        kind = OpKind.INCR_INIT if command.name == "bin_incr" else OpKind.DECR
+    if kind == OpKind.GET and reply is not None and reply.cas is not None:
+        kind = OpKind.GETS
+    key = command.key.decode()
+    value = command.value.decode() if kind in _WRITES else None
+    delta = command.delta if kind in (OpKind.INCR, OpKind.DECR, OpKind.INCR_INIT) else None
+    common = {"client": client, "key": key, "call_ns": called, "protocol": protocol}
+    if reply is None:  # indeterminate: may or may not have happened
+        return Op(kind=kind, return_ns=None, result=Result.UNKNOWN, value=value,
+                  cas=command.cas or None, delta=delta, initial=command.initial,
+                  **common)  # fmt: skip
+    result = _RESULTS.get(reply.status)
+    if result is None:
+        if reply.status == Status.SERVER_ERROR and kind in _WRITES:
+            # memcached unlinks the old item when a store fails to allocate: maybe deleted
+            return Op(kind=OpKind.DELETE, return_ns=None, result=Result.UNKNOWN, **common)
+        return None  # an error answer changed nothing the checker models
+    read = reply.value.decode(errors="replace") if reply.value is not None else None
+    return Op(
+        kind=kind,
+        return_ns=returned,
+        result=result,
+        value=read if result == Result.HIT else value,
+        cas=reply.cas if kind == OpKind.GETS else (command.cas or None),
+        delta=delta,
+        initial=command.initial if kind == OpKind.INCR_INIT else None,
+        number=reply.number,
+        **common,
+    )
