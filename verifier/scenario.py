@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,14 @@ from verifier.errors import BadInput
 from verifier.limits import CONFIRM_WINDOW_S, MAX_AMPLIFIER_DELAY_US
 from verifier.resources import recipes_dir
 from verifier.run.server import refuse_harness_options
+from verifier.stress.workload_file import (
+    Connection,
+    Group,
+    Protocol,
+    Workload,
+    load_workload,
+    parse_workload,
+)
 from verifier.vocabulary import AmplifierKind, HangClass
 
 DEFAULT_SCENARIO = "maxconns-deadlock"
@@ -40,7 +48,10 @@ _KEYS = {
     "flood",
     "amplify",
     "evidence",
+    "workload",
+    "exercise",
 }
+_CHURN_COMMANDS = frozenset({"get", "set", "stats"})
 
 
 @dataclass(frozen=True)
@@ -78,6 +89,15 @@ class FloodShape:
 
 
 @dataclass(frozen=True)
+class Exercise:
+    """What a clean soak must have done for its PASS to say anything: reached EMFILE (the
+    accept path's bugs), and had each of these commands answered without an error."""
+
+    emfile: bool = True
+    commands: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Scenario:
     name: str
     path: Path
@@ -93,6 +113,9 @@ class Scenario:
     interpose: tuple[InterposeSpec, ...] = field(default_factory=tuple)
     gdb: GdbHoldSpec | None = None
     variables: tuple[str, ...] = field(default_factory=tuple)  # read with gdb as evidence
+    workload: Workload | None = None  # client groups beside the churn (``flood``)
+    workload_name: str = ""  # the workload file the flood and the groups came from
+    exercise: Exercise = field(default_factory=Exercise)
 
     def amplifiers(self) -> tuple[AmplifierKind, ...]:
         """The amplifier kinds this scenario can use (auto and none always)."""
@@ -128,6 +151,57 @@ def _validate(scenario: Scenario) -> None:
         _check_delay(f"scenario {scenario.name} gdb hold", scenario.gdb.hold_ms * 1000)
     if scenario.amplify_default not in scenario.amplifiers():
         raise BadInput(f"scenario {scenario.name}: default amplifier is not defined in the file")
+
+
+def _churn_shape(group: Group) -> FloodShape | None:
+    """A group the churn flood's fast path runs as is (it keeps its figures): new
+    connection per ascii get/set/stats, nothing paced, checked, expiring or slow."""
+    plain = (
+        group.connection == Connection.CHURN
+        and group.protocol == Protocol.ASCII
+        and group.pipeline == 1
+        and not (group.check or group.rate or group.read_delay_ms or group.ttl != (0, 0))
+        and {c for c, _ in group.commands} <= _CHURN_COMMANDS
+    )
+    return FloodShape(group.clients, group.commands) if plain else None
+
+
+def with_workload(
+    scenario: Scenario, workload: Workload, exercise: Exercise | None = None
+) -> Scenario:
+    """The scenario driven by ``workload`` (``--workload`` replaces the scenario's own):
+    its first plain churn group becomes the churn flood, the rest run as client groups.
+    Without an explicit ``exercise``, a PASS needs EMFILE only when all there is is churn."""
+    churn, rest = FloodShape(concurrency=0), []
+    for group in workload.groups:
+        shape = _churn_shape(group) if churn.concurrency == 0 else None
+        if shape is not None:
+            churn = shape
+        else:
+            rest.append(group)
+    groups = replace(workload, groups=tuple(rest)) if rest else None
+    if exercise is None:
+        exercise = Exercise(emfile=churn.concurrency > 0 and not rest)
+    if not (churn.concurrency or rest):
+        raise BadInput(f"workload {workload.name} has no client group")
+    fits = scenario.maxconns - 8  # the held connection, probes and memcached's own fds
+    if groups is not None and groups.clients > fits:
+        raise BadInput(
+            f"workload {workload.name} keeps {groups.clients} connections open, but scenario "
+            f"{scenario.name} allows {scenario.maxconns} (-c): raise [server] maxconns"
+        )
+    return replace(
+        scenario, flood=churn, workload=groups, workload_name=workload.name, exercise=exercise
+    )
+
+
+def _workload_of(path: Path, value: Any) -> Workload:
+    if isinstance(value, str):
+        candidate = path.parent / value
+        return load_workload(str(candidate) if candidate.suffix == ".toml" else value)
+    if isinstance(value, dict):
+        return parse_workload(value, f"{path.stem} (inline)", path)
+    raise BadInput(f"bad scenario file {path.name}: workload must be a name or a table")
 
 
 def _load(path: Path) -> Scenario:
@@ -174,8 +248,27 @@ def _load(path: Path) -> Scenario:
             gdb=GdbHoldSpec(**gdb) if gdb else None,
             variables=tuple(data.get("evidence", {}).get("variables", [])),
         )
+        exercise = data.get("exercise")
+        wanted = (
+            Exercise(bool(exercise.get("emfile", False)), tuple(exercise.get("commands", [])))
+            if isinstance(exercise, dict)
+            else None
+        )
+        if "workload" in data:
+            if "flood" in data:
+                raise BadInput(
+                    f"bad scenario file {path.name}: give [flood] or workload, not both "
+                    "(a churn group in the workload is the flood)"
+                )
+            scenario = with_workload(scenario, _workload_of(path, data["workload"]), wanted)
+        elif wanted is not None:
+            scenario = replace(scenario, exercise=wanted)
     except (OSError, tomllib.TOMLDecodeError, KeyError, TypeError, ValueError) as exc:
         raise BadInput(f"bad scenario file {path.name}: {exc}") from None
+    except BadInput as exc:
+        if exc.message.startswith("bad scenario file"):
+            raise
+        raise BadInput(f"bad scenario file {path.name}: {exc.message}") from None
     _validate(scenario)
     return scenario
 

@@ -345,6 +345,8 @@ class VerifyCore:
                 confidence=options.confidence,
                 amplified=prepared.amplifier.kind != AmplifierKind.NONE,
                 pass_note=prepared.amplifier.pass_note(),
+                needs_emfile=options.scenario.exercise.emfile,
+                needs_commands=options.scenario.exercise.commands,
             )
             comparison = None
             if baseline is not None:

@@ -16,8 +16,9 @@ import click
 from verifier.build.builder import Builder, BuildRequest
 from verifier.paths import CACHE_ENV, CacheLayout, default_cache_dir
 from verifier.resources import resolve_patch
-from verifier.scenario import AMPLIFIERS, DEFAULT_SCENARIO, load_scenario
+from verifier.scenario import AMPLIFIERS, DEFAULT_SCENARIO, load_scenario, with_workload
 from verifier.source.select import SourceChoice, choose_source
+from verifier.stress.workload_file import load_workload
 from verifier.verify import VerifyOptions
 from verifier.vocabulary import AmplifierKind, HangClass, ProbeClient
 
@@ -163,6 +164,13 @@ def scenario_options(func):  # type: ignore[no-untyped-def]
                 help="Race to hunt: a name from `verifier scenarios` or a .toml file.",
             ),
             click.option(
+                "--workload",
+                metavar="NAME|FILE",
+                default=None,
+                help="What the clients do, instead of the scenario's own: a name from "
+                "`verifier workloads` or a .toml file.",
+            ),
+            click.option(
                 "--amplify",
                 type=click.Choice(AMPLIFIERS),
                 default=None,
@@ -222,11 +230,14 @@ def verify_options(
     concurrency: int | None,
     probe_client: str,
     hunt: HangClass | None = None,
+    workload: str | None = None,
     **extra: Any,
 ) -> VerifyOptions:
     """VerifyOptions from the shared scenario options (the rest passed through). ``hunt``
     (from ``--expect hang:CLASS``) names the class hunted when the scenario names none."""
     loaded = load_scenario(scenario)
+    if workload is not None:
+        loaded = with_workload(loaded, load_workload(workload))
     return VerifyOptions(
         scenario=loaded,
         amplify=None if amplify is None else AmplifierKind(amplify),

@@ -26,10 +26,14 @@ from verifier.report.table import table
 from verifier.report.verify_report import render, write_report
 from verifier.run.target import Target, shipped_binary
 from verifier.scenario import DEFAULT_SCENARIO, list_scenarios
+from verifier.stress.workload_file import list_workloads
 from verifier.verdict.verdict import Expectation
 from verifier.verify import VerifyOptions, VerifyOutcome, verify
 
-_SCENARIO_HEADERS = ["scenario", "targets", "hang class", "amplifiers", "server options", "symbols"]
+_SCENARIO_HEADERS = [
+    "scenario", "targets", "hang class", "workload", "amplifiers", "server options", "symbols"
+]  # fmt: skip
+_WORKLOAD_HEADERS = ["workload", "summary", "groups", "commands", "events", "server"]
 
 
 def verify_and_report(
@@ -57,6 +61,7 @@ def scenarios_command() -> ExitStatus:
             s.name + (" (default)" if s.name == DEFAULT_SCENARIO else ""),
             s.summary,
             s.hang_class or "any",
+            s.workload_name or "churn",
             ", ".join(s.amplifiers()),
             f"-c {s.maxconns} (fd limit {s.maxconns}) " + " ".join(s.server_args),
             ", ".join(s.requires_symbols),
@@ -66,6 +71,24 @@ def scenarios_command() -> ExitStatus:
     click.echo(table(rows, _SCENARIO_HEADERS))
     for s in known:
         click.echo(f"\n{s.name}: {s.targets}")
+    return ExitStatus.SUCCESS
+
+
+@click.command("workloads")
+def workloads_command() -> ExitStatus:
+    """List the workloads: what the clients of each do (recipes/workloads/)."""
+    rows = [
+        (
+            w.name,
+            w.summary,
+            ", ".join(f"{g.name} ({g.clients} {g.protocol} {g.connection})" for g in w.groups),
+            len(w.commands),
+            "; ".join(e.describe() for e in w.events),
+            " ".join(w.server.args()),
+        )
+        for w in list_workloads()
+    ]
+    click.echo(table(rows, _WORKLOAD_HEADERS))
     return ExitStatus.SUCCESS
 
 
@@ -160,4 +183,5 @@ def verify_command(
 
 def register(cli: click.Group) -> None:
     cli.add_command(scenarios_command)
+    cli.add_command(workloads_command)
     cli.add_command(verify_command)

@@ -6,7 +6,7 @@ import datetime as dt
 from pathlib import Path
 from typing import Any
 
-from verifier.report.table import key_value_table
+from verifier.report.table import key_value_table, table
 from verifier.run.result import TrialResult
 from verifier.run.timeline import EventKind
 from verifier.util.atomic import write_json
@@ -98,7 +98,19 @@ def _soak_rows(outcome: VerifyOutcome) -> Rows:
         )
     if outcome.comparison is not None:
         rows.append(("compared", outcome.comparison.sentence))
-    if trials:
+    scenario = outcome.scenario
+    if scenario.workload_name:
+        rows.append(("workload", scenario.workload_name))
+    left_out = sorted({item for t in trials if t.clients for item in t.clients.left_out})
+    if left_out:
+        rows.append(("left out", "; ".join(left_out)))
+    events = [f"trial {t.index}: {e}" for t in trials for e in t.events]
+    if events:
+        rows.append(("events", "; ".join(events[:12]) + (" ..." if len(events) > 12 else "")))
+    notes = [f"trial {t.index}: {n}" for t in trials for n in t.notes]
+    if notes:
+        rows.append(("notes", "; ".join(notes[:6])))
+    if trials and scenario.flood.concurrency:
         rows.append(
             (
                 "flood",
@@ -179,7 +191,43 @@ def write_report(outcome: VerifyOutcome, argv: list[str]) -> Path:
     return path
 
 
+def clients_table(trials: list[TrialResult]) -> str:
+    """What the clients saw, per group and command, over every trial (latency: the worst
+    trial's percentile)."""
+    merged: dict[tuple[str, str, str], list[Any]] = {}
+    for trial in trials:
+        for seen in trial.clients.commands if trial.clients else ():
+            row = merged.setdefault((seen.group, seen.command, seen.protocol), [0, 0, {}, 0, 0, 0])
+            row[0] += seen.sent
+            row[1] += seen.ok
+            for kind, n in seen.errors.items():
+                row[2][kind] = row[2].get(kind, 0) + n
+            row[3] = max(row[3], seen.p50_us)
+            row[4] = max(row[4], seen.p99_us)
+            row[5] = max(row[5], seen.max_us)
+    rows = [
+        (
+            group,
+            command,
+            protocol,
+            f"{sent:,}",
+            f"{ok:,}",
+            ", ".join(f"{n:,} {k}" for k, n in sorted(errors.items())) or "-",
+            f"{p50 / 1000:.2f}",
+            f"{p99 / 1000:.2f}",
+            f"{top / 1000:.1f}",
+        )
+        for (group, command, protocol), (sent, ok, errors, p50, p99, top) in merged.items()
+    ]
+    headers = ["group", "command", "protocol", "sent", "answered ok", "errors", "p50 ms",
+               "p99 ms", "max ms"]  # fmt: skip
+    return table(rows, headers) if rows else ""
+
+
 def render(outcome: VerifyOutcome) -> str:
     text = key_value_table(summary_rows(outcome))
+    clients = clients_table(outcome.trials)
+    if clients:
+        text += "\n\nwhat the clients saw:\n" + clients
     trace = hang_backtrace(outcome)
     return f"{text}\n\nhung thread:\n{trace}" if trace else text

@@ -7,6 +7,7 @@ from typing import Any
 
 from verifier.evidence.classify import Diagnosis
 from verifier.run.timeline import Timeline
+from verifier.stress.tally import ClientReport
 from verifier.vocabulary import HangClass, HangProof, Liveness, TrialOutcome
 
 
@@ -73,6 +74,8 @@ class TrialResult:
     flood_started_ns: int = 0  # CLOCK_MONOTONIC at flood start (the amplifier's timestamps)
     notes: list[str] = field(default_factory=list)  # what the trial could not do, and why
     error: str = ""
+    clients: ClientReport | None = None  # what the workload's client groups saw
+    events: list[str] = field(default_factory=list)  # the workload's events, as carried out
 
     @property
     def hang_class(self) -> HangClass | None:
@@ -112,6 +115,8 @@ class TrialResult:
             "flood_started_ns": self.flood_started_ns,
             "notes": self.notes,
             "error": self.error,
+            "clients": self.clients.to_json() if self.clients else None,
+            "events": self.events,
         }
 
     @classmethod
@@ -138,4 +143,6 @@ class TrialResult:
             flood_started_ns=int(data.get("flood_started_ns", 0)),
             notes=list(data.get("notes", [])),
             error=data.get("error", ""),
+            clients=ClientReport.from_json(data.get("clients")),
+            events=list(data.get("events", [])),
         )

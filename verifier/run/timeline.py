@@ -18,6 +18,8 @@ class EventKind(enum.StrEnum):
     HANG_PROVEN = "hang-proven"  # the verdict: by a cycle, the state, or timing
     CRASH = "crash"
     FLOOD_ENDED = "flood-ended"  # the flood stopped before the soak did (dead or spent)
+    EVENT = "event"  # the workload's schedule: a signal, a shutdown, a pause, a storm
+    EXITED = "exited"  # the server exited after it was asked to stop
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,14 @@ from verifier.evidence.procfs import fd_usage
 from verifier.limits import CONFIRM_WINDOW_S
 from verifier.probe.telnet import ProbeTimeout, TelnetSession, client_kind, probe_new_connection
 from verifier.run.amplifier import AmplifierPlan
+from verifier.run.events import (
+    SHUTDOWN_BOUND_S,
+    Due,
+    EventClock,
+    describe,
+    send_shutdown,
+    send_signal,
+)
 from verifier.run.gdb_hold import GdbHolder
 from verifier.run.proofs import CycleWatch, Prover
 from verifier.run.result import FloodSummary, TrialResult
@@ -45,8 +53,9 @@ from verifier.run.server import HOST, MemcachedServer, ServerConfig
 from verifier.run.timeline import EventKind, Sample
 from verifier.scenario import Scenario
 from verifier.stress import Flood, FloodConfig, FloodStats
+from verifier.stress.workload_file import Event, EventAction
 from verifier.util.atomic import write_json
-from verifier.vocabulary import HangClass, HangProof, TrialOutcome
+from verifier.vocabulary import HangClass, HangProof, Liveness, TrialOutcome
 
 Progress = Callable[[str], None]
 SEEN_BY_PROBE = "failed probe"
@@ -116,6 +125,7 @@ class _Soak:
         triggers: Callable[[], int],
         progress: Progress | None,
         pause_stretches: Callable[[bool], None],
+        events: tuple[Event, ...] = (),
     ) -> None:
         self.result = result
         self.server = server
@@ -131,6 +141,9 @@ class _Soak:
         self.clock = _Clock()
         self.proven: Diagnosis | None = None
         self.ended_early = ""  # why the flood stopped before the soak did
+        self.events = EventClock(events)
+        self.resume_at: float | None = None  # a pause event's end
+        self.stopped_by: Due | None = None  # the event that asked the server to stop
 
     # -- the loop --------------------------------------------------------------------------
     def run(self) -> None:
@@ -139,8 +152,37 @@ class _Soak:
             self._loop(watch)
         result = self.result
         result.soak_s = round(min(self.flood.snapshot().loaded_s, self.settings.soak_s), 3)
-        if result.outcome == TrialOutcome.CLEAN:
+        if self.stopped_by is not None:
+            self._judge_stop(self.stopped_by)
+        elif result.outcome == TrialOutcome.CLEAN:
             self._last_look()
+
+    def _judge_stop(self, due: Due) -> None:
+        """The server was asked to stop: it exits within the bound, or it is stuck."""
+        result = self.result
+        self.flood.stop()
+        asked = self.clock.now()
+        if self.await_exit():
+            took = self.clock.now() - asked
+            result.timeline.mark(self.clock.now(), EventKind.EXITED, f"in {took:.1f} s")
+            result.notes.append(
+                f"stopped as the workload asked ({describe(due)}): exited in {took:.1f} s"
+            )
+            return
+        result.outcome = TrialOutcome.HANG
+        result.time_to_hang_s = due.at_s
+        result.verdict_at_s = self.clock.now()
+        result.detection_latency_s = result.verdict_at_s - due.at_s
+        result.timeline.mark(due.at_s, EventKind.HANG_SUSPECTED, describe(due))
+        result.timeline.mark(result.verdict_at_s, EventKind.HANG_PROVEN, str(HangProof.EXIT))
+        self.proven = Diagnosis(
+            HangClass.STUCK_SHUTDOWN,
+            Liveness.UNKNOWN,
+            f"asked to stop ({describe(due)}), the server had not exited "
+            f"{SHUTDOWN_BOUND_S:.0f} s later",
+            {"stop": describe(due), "bound_s": SHUTDOWN_BOUND_S},
+            proof=HangProof.EXIT,
+        )
 
     def _loop(self, watch: CycleWatch) -> None:
         result, settings, flood = self.result, self.settings, self.flood
@@ -179,9 +221,58 @@ class _Soak:
                 break
             self._sample(probe.ok, probe.latency_s, stats.cycles_per_s)
             next_probe += settings.probe_interval_s
+            if self._run_events(next_probe):
+                break
             if watch.found.wait(max(0.0, next_probe - self.clock.now())):
                 self._proven_by_watch(watch)
                 break
+
+    def _run_events(self, until: float) -> bool:
+        """Carry out the workload's events due before ``until`` (waiting for each); True
+        once one asked the server to stop (the soak then ends)."""
+        while True:
+            upcoming = [t for t in (self.events.next_at(), self.resume_at) if t is not None]
+            if not upcoming or min(upcoming) >= until:
+                return False
+            time.sleep(max(0.0, min(upcoming) - self.clock.now()))
+            now = self.clock.now()
+            if self.resume_at is not None and self.resume_at <= now:
+                self.flood.resume()
+                self.resume_at = None
+            for due in self.events.due(now):
+                if self._event(due):
+                    return True
+
+    def _event(self, due: Due) -> bool:
+        event, result = due.event, self.result
+        answer = ""
+        if event.action == EventAction.SIGNAL:
+            send_signal(self.server.pid, event.signal)
+        elif event.action in (EventAction.SHUTDOWN, EventAction.SHUTDOWN_GRACEFUL):
+            graceful = event.action == EventAction.SHUTDOWN_GRACEFUL
+            answer = send_shutdown(HOST, self.server.port, graceful)
+        elif event.action == EventAction.PAUSE:
+            self.flood.pause(self.settings.drain_timeout_s)
+            self.resume_at = self.clock.now() + event.duration_s
+        elif event.action == EventAction.DISCONNECT_STORM:
+            self.flood.pause(self.settings.drain_timeout_s)
+            self.flood.resume()
+        text = describe(due, answer)
+        result.events.append(text)
+        result.timeline.mark(self.clock.now(), EventKind.EVENT, text)
+        if event.stops_server and not answer.startswith(("ERROR", "CLIENT_ERROR", "not sent")):
+            self.stopped_by = due
+            return True
+        return False
+
+    def await_exit(self) -> bool:
+        """After a stopping event: True if the server exited within the bound."""
+        deadline = time.monotonic() + SHUTDOWN_BOUND_S
+        while time.monotonic() < deadline:
+            if self.server.exited() is not None:
+                return True
+            time.sleep(0.05)
+        return self.server.exited() is not None
 
     def _proven_by_watch(self, watch: CycleWatch) -> None:
         """A lock cycle seen between probes: the hang is proven when it was seen."""
@@ -348,10 +439,11 @@ def run_trial(
             held = TelnetSession.open(HOST, server.port, 2.0, settings.probe_client)
             stack.callback(held.close)
             before = held.stats(2.0)
-            flood = Flood(flood_config(server.port, scenario, settings))
+            flood = Flood(flood_config(server.port, scenario, settings, trial_dir / "clients"))
             soak = _Soak(
                 result, server, flood, held, before, settings, prover, triggers, progress,
                 functools.partial(amplifier.pause, status_file),
+                scenario.workload.events if scenario.workload else (),
             )  # fmt: skip
             stack.callback(flood.stop)  # also when the summary below fails
             stack.callback(_summarise_flood, result, flood, soak)
@@ -377,26 +469,33 @@ def server_config(
     binary: Path, scenario: Scenario, settings: TrialSettings, env: dict[str, str]
 ) -> ServerConfig:
     """The server of a trial (also of the auto amplifier's discovery run)."""
+    workload = scenario.workload.server.args() if scenario.workload else ()
     return ServerConfig(
         binary=binary,
         threads=settings.threads,
         maxconns=scenario.maxconns,
-        extra_args=(*settings.server_args, *scenario.server_args),
+        extra_args=(*settings.server_args, *scenario.server_args, *workload),
         env=env,
     )
 
 
-def flood_config(port: int, scenario: Scenario, settings: TrialSettings) -> FloodConfig:
-    """The flood of a trial: the scenario's shape, bounded in time and in cycles."""
+def flood_config(
+    port: int, scenario: Scenario, settings: TrialSettings, report_dir: Path | None = None
+) -> FloodConfig:
+    """The flood of a trial: the scenario's churn and client groups, bounded in time and
+    in cycles; what the groups saw goes to ``report_dir``."""
     duration = settings.soak_s + FLOOD_BACKSTOP_S
+    churn = scenario.flood.concurrency
     return FloodConfig(
         port=port,
-        concurrency=settings.concurrency or scenario.flood.concurrency,
+        concurrency=(settings.concurrency or churn) if churn else 0,
         processes=settings.flood_processes,
         duration_s=duration,  # the trial stops it; this is a backstop
         max_cycles=max(1, math.ceil(duration * MAX_CYCLES_PER_S)),
         mix=scenario.flood.mix,
         start_method="spawn",  # children must not inherit the held connection
+        groups=scenario.workload.groups if scenario.workload else (),
+        report_dir=str(report_dir) if report_dir is not None else "",
     )
 
 
@@ -424,6 +523,9 @@ def _count_triggers(result: TrialResult, triggers: Callable[[], int]) -> None:
 
 def _summarise_flood(result: TrialResult, flood: Flood, soak: _Soak) -> None:
     stats = flood.stop()
+    result.clients = flood.client_report()
+    if result.clients is not None:
+        result.clients.events = list(result.events)
     result.flood = FloodSummary(
         cycles=stats.cycles,
         ops=stats.ops,

@@ -212,6 +212,27 @@ def is_this_bug(trial: TrialResult, hunted: HangClass | None) -> bool:
     )
 
 
+def clients_seen(trials: list[TrialResult]) -> dict[str, int]:
+    """Answers without an error, per command, over every trial's client groups (and the
+    workload's events, as "SIGHUP" or "pause")."""
+    seen: dict[str, int] = {}
+    for trial in trials:
+        for command in trial.clients.commands if trial.clients else ():
+            seen[command.command] = seen.get(command.command, 0) + command.ok
+        for event in trial.events:
+            name = event.split(" at ")[0]
+            seen[name] = seen.get(name, 0) + 1
+    return seen
+
+
+def describe_seen(seen: dict[str, int], limit: int = 10) -> str:
+    """ "12,400 incr, 3,100 slabs_reassign, 40 watch, 2 SIGUSR1" (most frequent first)."""
+    ranked = sorted(((n, c) for c, n in seen.items() if n), reverse=True)
+    parts = [f"{n:,} {c}" for n, c in ranked]
+    more = len(parts) - limit
+    return ", ".join(parts[:limit]) + (f" and {more} more" if more > 0 else "")
+
+
 def exposure_s(trial: TrialResult) -> float:
     """Seconds of full-strength flood the trial ran clean: up to the first failed probe."""
     if trial.outcome == TrialOutcome.HANG and trial.time_to_hang_s is not None:
@@ -226,9 +247,13 @@ def decide(
     confidence: float = 0.95,
     amplified: bool = False,
     pass_note: str = "",
+    needs_emfile: bool = True,
+    needs_commands: tuple[str, ...] = (),
 ) -> Verdict:
     """Combine trials (the run stops at the first crash or hang of this bug) into one
-    verdict. ``pass_note`` is added to a PASS (e.g. what the auto amplifier covered)."""
+    verdict. ``pass_note`` is added to a PASS (e.g. what the auto amplifier covered).
+    A clean soak says something only if it exercised what the scenario needs: EMFILE for
+    the accept path (``needs_emfile``), each of ``needs_commands`` answered at least once."""
     other_bugs = [OtherBug.from_trial(t) for t in trials if is_other_bug(t, hunted)]
     also = "".join(f"; but another bug hung: {b.describe()}" for b in other_bugs)
     soak = sum(exposure_s(t) for t in trials)
@@ -246,9 +271,14 @@ def decide(
         hang_class = proof.hang_class or HangClass.UNKNOWN
         note = f" (not the scenario's {hunted})" if hunted and hang_class != hunted else ""
         how = f", proven by {proof.proof}" if proof.proof else ""
+        state = (
+            "the process did not exit"
+            if hang_class == HangClass.STUCK_SHUTDOWN
+            else str(proof.liveness)
+        )
         return Verdict(
             VerdictKind.HANG,
-            f"HANG: {hang_class}{note}, {proof.liveness}; hung after "
+            f"HANG: {hang_class}{note}, {state}; hung after "
             f"{proof.time_to_hang_s or 0:.1f} s of flood (trial {proof.index}{how}){also}",
             hang_class=hang_class,
             proof=proof.proof,
@@ -267,7 +297,17 @@ def decide(
         if t.flood is not None and t.flood.ended_early
     ]
     caveats = "".join(f"; {text}" for text in ended)
-    if episodes == 0:
+    seen = clients_seen(trials)
+    missing = [c for c in needs_commands if seen.get(c, 0) == 0]
+    if missing:
+        return Verdict(
+            VerdictKind.INCONCLUSIVE,
+            f"INCONCLUSIVE: the clients never had {', '.join(missing)} answered, so this soak "
+            "did not exercise what the scenario needs" + caveats + also,
+            other_bugs=other_bugs,
+            **common,
+        )
+    if needs_emfile and episodes == 0:
         return Verdict(
             VerdictKind.INCONCLUSIVE,
             "INCONCLUSIVE: the flood never drove the server to EMFILE (listen_disabled_num "
@@ -285,9 +325,10 @@ def decide(
             **common,
         )
     bound = describe_bound(0, soak, len(trials), confidence)
-    extra = f"; {episodes:,} EMFILE episodes"
+    extra = f"; {episodes:,} EMFILE episodes" if needs_emfile or episodes else ""
     extra += f", {triggers:,} amplifier triggers" if amplified else ""
     extra += f"; {pass_note}" if pass_note else ""
+    extra += f"; the clients saw {describe_seen(seen)}" if seen else ""
     return Verdict(
         VerdictKind.PASS,
         f"PASS (bounded): {bound}{extra}{caveats}{also}",
