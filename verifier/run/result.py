@@ -76,6 +76,7 @@ class TrialResult:
     error: str = ""
     clients: ClientReport | None = None  # what the workload's client groups saw
     events: list[str] = field(default_factory=list)  # the workload's events, as carried out
+    server_counts: dict[str, int] = field(default_factory=dict)  # the server's own stats moved
 
     @property
     def hang_class(self) -> HangClass | None:
@@ -117,6 +118,7 @@ class TrialResult:
             "error": self.error,
             "clients": self.clients.to_json() if self.clients else None,
             "events": self.events,
+            "server_counts": self.server_counts,
         }
 
     @classmethod
@@ -145,4 +147,5 @@ class TrialResult:
             error=data.get("error", ""),
             clients=ClientReport.from_json(data.get("clients")),
             events=list(data.get("events", [])),
+            server_counts={k: int(v) for k, v in (data.get("server_counts") or {}).items()},
         )

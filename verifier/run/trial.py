@@ -137,6 +137,7 @@ class _Soak:
         self.progress = progress
         self.pause_stretches = pause_stretches
         self.disabled_at_start = int(before.get("listen_disabled_num", 0))
+        self.before = before
         self.last_stats = before
         self.clock = _Clock()
         self.proven: Diagnosis | None = None
@@ -385,6 +386,25 @@ class _Soak:
             result.emfile_episodes = (
                 int(stats.get("listen_disabled_num", 0)) - self.disabled_at_start
             )
+            result.server_counts = counts_moved(self.before, stats)
+
+
+# stats that are not counters of work done (they do not "move" with the workload)
+_NOT_COUNTERS = frozenset({"pid", "uptime", "time", "version", "libevent", "pointer_size",
+                           "rusage_user", "rusage_system", "max_connections", "threads",
+                           "limit_maxbytes", "hash_power_level", "hash_bytes"})  # fmt: skip
+
+
+def counts_moved(before: dict[str, str], after: dict[str, str]) -> dict[str, int]:
+    """How far each of the server's own integer counters moved over the soak (gauges such
+    as curr_items are differences too): what the server says it did, beside the clients'."""
+    moved: dict[str, int] = {}
+    for name, value in after.items():
+        if name in _NOT_COUNTERS or not value.isdigit():
+            continue
+        start = before.get(name, "0")
+        moved[name] = int(value) - (int(start) if start.isdigit() else 0)
+    return moved
 
 
 def run_trial(

@@ -1,0 +1,283 @@
+"""Workloads on Debian's real memcached: every command family and protocol really sent and
+really answered (counted from the server's own stats), slow readers really pin, events
+really happen, the churn keeps its fast path, bad workload files are one line and exit 2."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, run_cli
+
+from verifier.paths import CacheLayout
+from verifier.run.server import MemcachedServer, ServerConfig
+from verifier.scenario import FloodShape, load_scenario, with_workload
+from verifier.stress import Flood, FloodConfig
+from verifier.stress.workload_file import load_workload, parse_workload
+
+SHUTDOWN_FORGOTTEN = ROOT / "tests" / "fixtures" / "patches" / "forget-graceful-stop.diff"
+
+# Every command of every protocol, each in a group where it can succeed: counters hold
+# numbers, registers hold strings, admin commands run at a few per second.
+ALL_COMMANDS = """
+name = "all-commands"
+summary = "every command family of every protocol"
+[server]
+options = ["slab_reassign", "lru_crawler", "lru_maintainer"]
+[[group]]
+name = "ascii"
+clients = 3
+pipeline = 2
+keys = { count = 50, prefix = "a:" }
+values = { min = 5, max = 2000 }
+commands = { get = 5, gets = 3, mget = 2, mgets = 1, set = 5, add = 2, replace = 2, append = 1, prepend = 1, cas = 2, delete = 2, touch = 1, gat = 1, gats = 1 }
+[[group]]
+name = "counters"
+clients = 2
+keys = { count = 5, prefix = "c:" }
+values = { numbers = [9, 99] }
+commands = { incr = 5, decr = 2, set = 1 }
+[[group]]
+name = "admin"
+clients = 1
+rate = 30
+commands = { stats = 3, flush_all = 1, verbosity = 1, slabs_reassign = 1, slabs_automove = 1, lru_crawler_crawl = 1, lru_crawler_metadump = 1, lru_crawler_enable = 1, lru_crawler_disable = 1, version = 1 }
+arg = { flush_all = ["30"], slabs_automove = ["1"] }
+[[group]]
+name = "binary"
+protocol = "binary"
+clients = 2
+pipeline = 2
+keys = { count = 50, prefix = "b:" }
+values = { numbers = [5, 77] }
+commands = { bin_get = 4, bin_getk = 2, bin_getq = 1, bin_getkq = 1, bin_set = 4, bin_add = 1, bin_replace = 1, bin_setq = 1, bin_incr = 2, bin_decr = 1, bin_delete = 1, bin_noop = 1, bin_touch = 1, bin_gat = 1, bin_version = 1, bin_stats = 1 }
+[[group]]
+name = "meta"
+protocol = "meta"
+clients = 2
+keys = { count = 50, prefix = "m:" }
+values = { numbers = [3, 40] }
+commands = { mg = 4, ms = 3, md = 1, ma = 2, mn = 1 }
+[[group]]
+name = "watchers"
+kind = "watch"
+clients = 2
+watch = "fetchers mutations"
+hold_s = [0.2, 0.5]
+"""
+
+SCENARIO = """
+name = "{name}"
+summary = "test scenario"
+requires_symbols = []
+workload = "{workload}"
+[server]
+maxconns = 256
+[exercise]
+emfile = false
+[amplify]
+default = "none"
+"""
+
+
+def _write(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def _report(stdout: str) -> dict:
+    line = next(x for x in stdout.splitlines() if x.startswith("report"))
+    return json.loads(Path(line.split(None, 1)[1]).read_text())
+
+
+def _verify(
+    cache_layout: CacheLayout, *args: str, timeout: float = 300
+) -> tuple[int, str, dict | None]:
+    done = run_cli("verify", "--source", "debian", *args, cache=cache_layout, timeout=timeout)
+    report = _report(done.stdout) if "report " in done.stdout else None
+    return done.returncode, done.stdout + done.stderr, report
+
+
+def test_every_command_family_is_sent_and_answered(
+    tmp_path: Path, cache_layout: CacheLayout, pristine
+) -> None:  # type: ignore[no-untyped-def]
+    workload = _write(tmp_path, "all.toml", ALL_COMMANDS)
+    code, out, report = _verify(
+        cache_layout, "--scenario", str(_write(tmp_path, "s.toml", SCENARIO.format(
+            name="all", workload=workload))), "--soak", "6", "--trials", "1",
+    )  # fmt: skip
+    assert code == 0, out
+    assert report is not None
+    trial = report["trials"][0]
+    seen: dict[str, dict[str, int]] = {}
+    for row in trial["clients"]["commands"]:
+        seen.setdefault(row["command"], {}).update(row["counts"])
+    wanted = {c for g in load_workload(str(workload)).groups for c in g.command_names}
+    errors = ("error", "client-error", "server-error", "timeout", "closed", "protocol-error")
+    for command in sorted(wanted):
+        counts = seen.get(command, {})
+        good = sum(n for k, n in counts.items() if k not in errors)
+        assert good > 0, f"{command} was never answered without an error: {counts}"
+    server = trial["server_counts"]
+
+    def answered(*commands: str, statuses: tuple[str, ...]) -> int:
+        return sum(seen.get(c, {}).get(s, 0) for c in commands for s in statuses)
+
+    # exact: each of these requests moves exactly one server counter
+    assert server["incr_hits"] + server["incr_misses"] == answered(
+        "incr", "bin_incr", "ma", statuses=("number", "not-found")
+    )
+    assert server["decr_hits"] + server["decr_misses"] == answered(
+        "decr", "bin_decr", statuses=("number", "not-found")
+    )
+    assert server["delete_hits"] + server["delete_misses"] == answered(
+        "delete", "bin_delete", "md", statuses=("deleted", "not-found")
+    )
+    assert server["cas_hits"] + server["cas_badval"] + server["cas_misses"] == answered(
+        "cas", statuses=("stored", "exists", "not-found")
+    )
+    # at least: a multi-get or a quiet batch counts once per key on the server
+    gets = ("get", "gets", "bin_get", "bin_getk", "mg", "gat", "gats", "bin_gat")
+    assert server["cmd_get"] >= answered(*gets, statuses=("hit", "miss"))
+    assert server["cmd_flush"] >= answered("flush_all", statuses=("ok",)) > 0
+    assert server["lru_crawler_starts"] >= 1
+
+
+def test_slow_readers_really_pin_their_items(tmp_path: Path, pristine) -> None:  # type: ignore[no-untyped-def]
+    """A client that asks for a big multi-get of one key and reads nothing for a while
+    leaves the server writing: `stats conns` shows its connection in conn_mwrite."""
+    workload = parse_workload(
+        {
+            "group": [
+                {"name": "writer", "clients": 1, "rate": 5, "keys": {"count": 1, "prefix": "p:"},
+                 "values": {"size": 200_000}, "commands": {"set": 1}},
+                {"name": "slow", "clients": 2, "rate": 2, "keys": {"count": 1, "prefix": "p:"},
+                 "commands": {"mget": 1}, "mget_keys": 100, "mget_repeat": True,
+                 "read_delay_ms": 3000},
+            ]
+        },
+        "pin",
+        None,
+    )  # fmt: skip
+    config = ServerConfig(pristine.binary, threads=2, maxconns=64)
+    with MemcachedServer(config, tmp_path / "server.log") as server:
+        flood = FloodConfig(
+            port=server.port, concurrency=0, processes=1, duration_s=8.0, groups=workload.groups,
+            report_dir=str(tmp_path / "clients"), start_method="spawn",
+        )  # fmt: skip
+        states: list[str] = []
+        with Flood(flood), socket.create_connection(("127.0.0.1", server.port), 2) as side:
+            deadline = time.monotonic() + 6.0
+            while time.monotonic() < deadline and "conn_mwrite" not in states:
+                time.sleep(0.5)
+                side.sendall(b"stats conns\r\n")
+                text = b""
+                while not text.endswith(b"END\r\n"):
+                    text += side.recv(65536)
+                states = [
+                    line.split()[-1]
+                    for line in text.decode().splitlines()
+                    if line.endswith(("conn_mwrite", "conn_new_cmd", "conn_read", "conn_parse_cmd"))
+                ]
+    assert "conn_mwrite" in states, f"no connection left writing: {states}"
+
+
+def test_a_graceful_stop_exits_and_a_forgotten_one_is_a_stuck_shutdown(
+    cache_layout: CacheLayout, build_debian
+) -> None:  # type: ignore[no-untyped-def]
+    code, out, report = _verify(cache_layout, "--scenario", "shutdown", "--soak", "10")
+    assert code == 0, out
+    assert report is not None
+    trial = report["trials"][0]
+    assert trial["events"] and trial["events"][0].startswith("SIGUSR1 at 3")
+    assert any("exited in" in note for note in trial["notes"]), trial["notes"]
+    log = (Path(trial["run_dir"]) / "server.log").read_text()
+    assert "Gracefully stopping" in log  # the server itself saw the signal
+    code, out, report = _verify(
+        cache_layout, "--scenario", "shutdown", "--soak", "10", "--patch", str(SHUTDOWN_FORGOTTEN)
+    )
+    assert code == 1, out
+    assert report is not None
+    assert report["verdict"]["hang_class"] == "stuck-shutdown"
+    assert report["verdict"]["proof"] == "exit"
+    assert "did not exit" in report["verdict"]["headline"]
+
+
+def test_a_disconnect_storm_and_a_pause_happen(
+    tmp_path: Path, cache_layout: CacheLayout, pristine
+) -> None:  # type: ignore[no-untyped-def]
+    workload = _write(tmp_path, "storm.toml", """
+name = "storm"
+[[group]]
+name = "long"
+clients = 20
+rate = 400
+commands = { get = 1 }
+[[event]]
+at_s = 2
+action = "disconnect-storm"
+[[event]]
+at_s = 4
+action = "pause"
+duration_s = 1.5
+""")  # fmt: skip
+    scenario = _write(tmp_path, "s.toml", SCENARIO.format(name="storm", workload=workload))
+    code, out, report = _verify(cache_layout, "--scenario", str(scenario), "--soak", "7")
+    assert code == 0, out
+    assert report is not None
+    trial = report["trials"][0]
+    assert [e.split(" at ")[0] for e in trial["events"]] == ["disconnect-storm", "pause"]
+    # every long-lived client connected once, then again after the storm and the pause
+    assert trial["server_counts"]["total_connections"] >= 3 * 20
+    kinds = [e["kind"] for e in trial["timeline"]["events"]]
+    assert kinds.count("event") == 2
+
+
+def test_the_churn_workload_is_the_flood_and_keeps_its_fast_path() -> None:
+    flood = load_scenario("flood")
+    churned = with_workload(flood, load_workload("churn"))
+    assert churned.workload is None  # nothing left for the slower group clients
+    assert churned.flood == FloodShape(400, (("get", 8.0), ("set", 1.0), ("stats", 1.0)))
+    assert churned.exercise.emfile
+    everything = load_scenario("everything")
+    assert everything.flood.concurrency == 200
+    assert everything.workload is not None and len(everything.workload.groups) == 8
+
+
+BAD_WORKLOADS = {
+    "unknown command": '[[group]]\nname = "g"\ncommands = { gte = 1 }\n',
+    "command of another protocol": '[[group]]\nname = "g"\ncommands = { mg = 1 }\n',
+    "unknown protocol": '[[group]]\nname = "g"\nprotocol = "udp"\n',
+    "unknown key": '[[group]]\nname = "g"\nclinets = 3\n',
+    "unknown distribution": '[[group]]\nname = "g"\nkeys = { popularity = "pareto" }\n',
+    "rate out of range": '[[group]]\nname = "g"\nrate = -5\n',
+    "key too long": f'[[group]]\nname = "g"\nkeys = {{ prefix = "{"k" * 260}" }}\n',
+    "key with a space": '[[group]]\nname = "g"\nkeys = { prefix = "a b" }\n',
+    "value above the item size": '[[group]]\nname = "g"\nvalues = { size = 2000000 }\n',
+    "binary-only server": '[server]\nprotocol = "binary"\n[[group]]\nname = "g"\n',
+    "option naming a file": '[server]\noptions = ["ext_path=/tmp/x:64m"]\n[[group]]\nname = "g"\n',
+    "option smuggling an argument": '[server]\nitem_size_max = "1m -l 0.0.0.0"\n[[group]]\nname = "g"\n',
+    "a signal that fakes a hang": '[[group]]\nname = "g"\n[[event]]\nat_s = 1\naction = "signal"\nsignal = "SIGSTOP"\n',
+    "unjudgeable check": '[[group]]\nname = "g"\ncheck = true\ncommands = { stats = 1 }\n',
+    "not toml": "[[group\n",
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(BAD_WORKLOADS))
+def test_bad_workload_files_are_one_line_and_exit_2_before_any_build(
+    case: str, tmp_path: Path
+) -> None:
+    path = _write(tmp_path, "bad.toml", 'name = "bad"\n' + BAD_WORKLOADS[case])
+    cache = CacheLayout(tmp_path / "cache")
+    done = run_cli("verify", "--source", "debian", "--workload", str(path), cache=cache)
+    assert done.returncode == 2, done.stdout + done.stderr
+    lines = [x for x in done.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1 and "bad.toml" in lines[0], done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "cache" / "builds").exists() or not any(
+        (tmp_path / "cache" / "builds").iterdir()
+    )
