@@ -1,0 +1,366 @@
+"""The wire codecs against the real memcached 1.6.18: every command is sent and answered,
+and the server's own ``stats`` counters show it did what the command says; replies split at
+every byte, pipelined and in quiet batches parse the same."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from verifier.run.server import HOST, MemcachedServer, ServerConfig
+from verifier.stress.protocol.ascii import AsciiCodec
+from verifier.stress.protocol.base import Codec, Command, Reply, Status
+
+
+class Client:
+    """A blocking client: one command, its whole reply (the codec decides where it ends)."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection((HOST, port), timeout=10)
+        self.buf = b""
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def read_replies(self, codec: Codec, commands: Sequence[Command]) -> list[Reply]:
+        replies: list[Reply] = []
+        pos = 0
+        for command in commands:
+            while True:
+                reply, end = codec.parse(command, self.buf, pos)
+                if reply is not None:
+                    replies.append(reply)
+                    pos = end
+                    break
+                data = self.sock.recv(65536)
+                if not data:
+                    eof = getattr(codec, "eof_reply", lambda c: None)(command)
+                    assert eof is not None, f"connection closed during {command}"
+                    replies.append(eof)
+                    break
+                self.buf += data
+        self.buf = self.buf[pos:]
+        return replies
+
+    def call(self, codec: Codec, command: Command) -> Reply:
+        self.sock.sendall(codec.encode(command))
+        return self.read_replies(codec, [command])[0]
+
+    def pipeline(self, codec: Codec, commands: Sequence[Command]) -> list[Reply]:
+        self.sock.sendall(b"".join(codec.encode(c) for c in commands))
+        return self.read_replies(codec, commands)
+
+    def stats(self, arg: str = "") -> dict[str, str]:
+        return self.call(ASCII, Command("stats", arg=arg)).stats
+
+
+ASCII = AsciiCodec()
+
+
+def _start(binary: Path, tmp_path: Path, *args: str) -> MemcachedServer:
+    config = ServerConfig(binary=binary, threads=2, maxconns=64, extra_args=args)
+    server = MemcachedServer(config, tmp_path / "memcached.log")
+    server.start()
+    return server
+
+
+@pytest.fixture
+def server(pristine, tmp_path: Path) -> Iterator[MemcachedServer]:  # type: ignore[no-untyped-def]
+    srv = _start(pristine.binary, tmp_path, "-A")
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture
+def client(server: MemcachedServer) -> Iterator[Client]:
+    c = Client(server.port)
+    try:
+        yield c
+    finally:
+        c.close()
+
+
+def _grew(before: dict[str, str], after: dict[str, str]) -> dict[str, int]:
+    return {
+        k: int(after[k]) - int(before[k])
+        for k in after
+        if k in before and before[k].isdigit() and after[k].isdigit() and after[k] != before[k]
+    }
+
+
+def _counted(client: Client, codec: Codec, commands: Sequence[Command]) -> tuple[list[Reply], dict]:
+    before = client.stats()
+    replies = [client.call(codec, c) for c in commands]
+    return replies, _grew(before, client.stats())
+
+
+# -- ascii --------------------------------------------------------------------------------
+
+
+def test_ascii_storage_and_retrieval_counted_by_server(client: Client) -> None:
+    n = 5
+    sets = [Command("set", key=b"k%d" % i, value=b"v%d" % i, flags=7) for i in range(n)]
+    replies, grew = _counted(client, ASCII, sets)
+    assert [r.status for r in replies] == [Status.STORED] * n and grew["cmd_set"] == n
+
+    replies, grew = _counted(client, ASCII, [Command("get", key=b"k1"), Command("get", key=b"no")])
+    assert replies[0].status is Status.HIT and replies[0].value == b"v1"
+    assert replies[1].status is Status.MISS
+    assert grew["get_hits"] == 1 and grew["get_misses"] == 1
+
+    mget = Command("mget", keys=(b"k0", b"k1", b"k0", b"absent", b"k4"))
+    (reply,), grew = _counted(client, ASCII, [mget])
+    assert [(k, v) for k, v, _ in reply.values] == [
+        (b"k0", b"v0"),
+        (b"k1", b"v1"),
+        (b"k0", b"v0"),
+        (b"k4", b"v4"),
+    ]
+    assert grew["cmd_get"] == 5 and grew["get_hits"] == 4 and grew["get_misses"] == 1
+
+    (reply,) = client.call(ASCII, Command("mgets", keys=(b"k2", b"k3"))).values[:1]
+    assert reply[2] is not None
+
+    verbs = [
+        (Command("add", key=b"k0", value=b"x"), Status.NOT_STORED),
+        (Command("add", key=b"new", value=b"x"), Status.STORED),
+        (Command("replace", key=b"absent", value=b"x"), Status.NOT_STORED),
+        (Command("replace", key=b"k0", value=b"r"), Status.STORED),
+        (Command("append", key=b"k0", value=b"A"), Status.STORED),
+        (Command("prepend", key=b"k0", value=b"P"), Status.STORED),
+        (Command("append", key=b"absent", value=b"A"), Status.NOT_STORED),
+    ]
+    replies, grew = _counted(client, ASCII, [c for c, _ in verbs])
+    assert [r.status for r in replies] == [s for _, s in verbs]
+    assert grew["cmd_set"] == len(verbs)
+    assert client.call(ASCII, Command("get", key=b"k0")).value == b"PrA"
+
+
+def test_ascii_cas_with_own_gets_token(client: Client) -> None:
+    client.call(ASCII, Command("set", key=b"c", value=b"1"))
+    token = client.call(ASCII, Command("gets", key=b"c")).cas
+    assert token
+    replies, grew = _counted(
+        client,
+        ASCII,
+        [
+            Command("cas", key=b"c", value=b"2", cas=token),
+            Command("cas", key=b"c", value=b"3", cas=token),  # stale now
+            Command("cas", key=b"absent", value=b"3", cas=token),
+        ],
+    )
+    assert [r.status for r in replies] == [Status.STORED, Status.EXISTS, Status.NOT_FOUND]
+    assert grew["cas_hits"] == 1 and grew["cas_badval"] == 1 and grew["cas_misses"] == 1
+    assert client.call(ASCII, Command("gets", key=b"c")).cas != token
+
+
+def test_ascii_arithmetic_delete_touch_gat_counted(client: Client) -> None:
+    client.call(ASCII, Command("set", key=b"n", value=b"10"))
+    cmds = [Command("incr", key=b"n", delta=5)] * 3 + [Command("decr", key=b"n", delta=2)] * 2
+    cmds += [Command("incr", key=b"absent"), Command("decr", key=b"absent")]
+    replies, grew = _counted(client, ASCII, cmds)
+    assert [r.number for r in replies[:5]] == [15, 20, 25, 23, 21]
+    assert replies[5].status is replies[6].status is Status.NOT_FOUND
+    assert grew["incr_hits"] == 3 and grew["decr_hits"] == 2
+    assert grew["incr_misses"] == 1 and grew["decr_misses"] == 1
+
+    cmds = [
+        Command("touch", key=b"n", exptime=100),
+        Command("touch", key=b"absent", exptime=100),
+        Command("gat", key=b"n", exptime=100),
+        Command("gats", key=b"n", exptime=100),
+        Command("gat", key=b"absent", exptime=100),
+    ]
+    replies, grew = _counted(client, ASCII, cmds)
+    assert [r.status for r in replies] == [
+        Status.TOUCHED,
+        Status.NOT_FOUND,
+        Status.HIT,
+        Status.HIT,
+        Status.MISS,
+    ]
+    assert replies[2].value == b"21" and replies[3].cas is not None
+    assert grew["cmd_touch"] == 5 and grew["touch_hits"] == 3 and grew["touch_misses"] == 2
+
+    replies, grew = _counted(
+        client, ASCII, [Command("delete", key=b"n"), Command("delete", key=b"n")]
+    )
+    assert [r.status for r in replies] == [Status.DELETED, Status.NOT_FOUND]
+    assert grew["delete_hits"] == 1 and grew["delete_misses"] == 1
+
+
+def test_ascii_noreply_closed_by_mn_and_by_version(client: Client) -> None:
+    for codec in (ASCII, AsciiCodec(closer="version")):
+        cmds = [Command("set", key=b"q%d" % i, value=b"x", noreply=True) for i in range(4)]
+        cmds += [Command("incr", key=b"absent", noreply=True)]
+        replies, grew = _counted(client, codec, cmds)
+        assert {r.status for r in replies} == {Status.OK}
+        assert grew["cmd_set"] == 4 and grew["incr_misses"] == 1
+
+
+def test_ascii_flush_verbosity_version(client: Client) -> None:
+    client.call(ASCII, Command("set", key=b"f", value=b"x"))
+    replies, grew = _counted(
+        client,
+        ASCII,
+        [Command("flush_all"), Command("get", key=b"f"), Command("flush_all", arg="3")],
+    )
+    assert [r.status for r in replies] == [Status.OK, Status.MISS, Status.OK]
+    assert grew["cmd_flush"] == 2 and grew["get_flushed"] == 1
+    assert client.call(ASCII, Command("verbosity", arg="1")).status is Status.OK
+    version = client.call(ASCII, Command("version"))
+    assert version.status is Status.OK and version.text == "VERSION 1.6.18"
+
+
+def test_ascii_stats_subcommands(client: Client) -> None:
+    client.call(ASCII, Command("set", key=b"s", value=b"x"))
+    assert "items:1:number" in client.stats("items")
+    assert "active_slabs" in client.stats("slabs")
+    assert "sizes_status" in client.stats("sizes")
+    assert any(k.endswith(":state") for k in client.stats("conns"))
+    assert client.stats("settings")["maxconns"] == "64"
+    assert client.call(ASCII, Command("stats", arg="detail on")).status is Status.OK
+    client.call(ASCII, Command("get", key=b"s:1"))
+    dump = client.call(ASCII, Command("stats", arg="detail dump"))
+    assert dump.status is Status.STATS and "s" in dump.stats  # "PREFIX s get 1 hit 0 ..."
+    assert client.call(ASCII, Command("stats", arg="detail off")).status is Status.OK
+    bad = client.call(ASCII, Command("stats", arg="detail bogus"))
+    assert bad.status is Status.CLIENT_ERROR
+
+
+def test_ascii_admin_slabs_crawler_metadump(client: Client) -> None:
+    for i in range(20):
+        client.call(ASCII, Command("set", key=b"m%d" % i, value=b"x" * 10))
+    reassign = client.call(ASCII, Command("slabs_reassign", arg="1 2"))
+    assert reassign.status in (Status.OK, Status.BUSY, Status.OTHER)  # NOSPARE on a new server
+    assert reassign.status is not Status.OTHER or reassign.text.startswith("NOSPARE")
+    assert client.call(ASCII, Command("slabs_automove", arg="1")).status is Status.OK
+    assert client.call(ASCII, Command("lru_crawler_disable")).status is Status.OK
+    assert client.call(ASCII, Command("lru_crawler_enable")).status is Status.OK
+    before = client.stats()
+    crawl = client.call(ASCII, Command("lru_crawler_crawl", arg="all"))
+    assert crawl.status in (Status.OK, Status.BUSY)
+    deadline = time.monotonic() + 10
+    while True:  # the crawl just started may hold the crawler: BUSY, then the dump
+        dump = client.call(ASCII, Command("lru_crawler_metadump", arg="all"))
+        if dump.status is not Status.BUSY or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert dump.status is Status.OK and dump.number == 20
+    assert dump.value is not None and dump.value.count(b"key=m") == 20
+    assert int(client.stats()["lru_crawler_starts"]) > int(before["lru_crawler_starts"])
+
+
+def test_ascii_watch_ok_then_stream(server: MemcachedServer, client: Client) -> None:
+    watcher = Client(server.port)
+    try:
+        reply = watcher.call(ASCII, Command("watch", arg="mutations"))
+        assert reply.status is Status.OK
+        client.call(ASCII, Command("set", key=b"watched", value=b"x"))
+        while b"watched" not in watcher.buf:  # the stream the engine reads itself
+            watcher.buf += watcher.sock.recv(65536)
+        assert b"key=watched" in watcher.buf
+    finally:
+        watcher.close()
+
+
+@pytest.mark.parametrize("arg", ["", "graceful"])
+def test_ascii_shutdown_closes_the_connection(server: MemcachedServer, arg: str) -> None:
+    c = Client(server.port)
+    try:
+        reply = c.call(ASCII, Command("shutdown", arg=arg))
+    finally:
+        c.close()
+    assert reply.status is Status.OK and reply.text.startswith("connection closed")
+    assert server.proc is not None
+    assert server.proc.wait(timeout=10) is not None
+
+
+def test_ascii_shutdown_refused_without_A(pristine, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    srv = _start(pristine.binary, tmp_path)
+    try:
+        c = Client(srv.port)
+        reply = c.call(ASCII, Command("shutdown"))
+        c.close()
+        assert reply.status is Status.ERROR and "not enabled" in reply.text
+        assert srv.exited() is None
+    finally:
+        srv.stop()
+
+
+# -- every codec: byte splits and pipelining ----------------------------------------------
+
+
+def _parse_stream(codec: Codec, commands: Sequence[Command], chunks: Sequence[bytes]) -> list:
+    """Feed ``chunks`` as reads arrive, parse replies in order, like the engine does."""
+    buf = b""
+    pos = 0
+    replies: list[Reply] = []
+    todo = list(commands)
+    for chunk in chunks:
+        buf += chunk
+        while todo:
+            reply, end = codec.parse(todo[0], buf, pos)
+            if reply is None:
+                assert end == pos
+                break
+            replies.append(reply)
+            todo.pop(0)
+            pos = end
+    assert pos == len(buf), "bytes left over"
+    return replies
+
+
+def _recorded(client: Client, codec: Codec, commands: Sequence[Command]) -> bytes:
+    """The raw bytes the server answers to ``commands`` pipelined in one write."""
+    client.sock.sendall(b"".join(codec.encode(c) for c in commands))
+    stream = b""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            if len(_parse_stream(codec, commands, [stream])) == len(commands):
+                return stream
+        except AssertionError:
+            pass
+        stream += client.sock.recv(65536)
+    raise AssertionError("no complete answer")
+
+
+ASCII_PIPELINE = [
+    Command("set", key=b"p1", value=b"hello\r\nworld", flags=3),
+    Command("set", key=b"p2", value=b""),
+    Command("get", key=b"p1"),
+    Command("mgets", keys=(b"p1", b"p2", b"p1", b"nope")),
+    Command("incr", key=b"nope"),
+    Command("set", key=b"n", value=b"1"),
+    Command("incr", key=b"n", delta=41),
+    Command("set", key=b"q", value=b"x", noreply=True),
+    Command("delete", key=b"p2"),
+    Command("stats", arg="settings"),
+    Command("get", key=b"p2"),
+    Command("version"),
+]
+
+
+def test_ascii_split_at_every_byte_and_pipelined(client: Client) -> None:
+    stream = _recorded(client, ASCII, ASCII_PIPELINE)
+    whole = _parse_stream(ASCII, ASCII_PIPELINE, [stream])
+    assert whole[2].value == b"hello\r\nworld" and whole[6].number == 42
+    assert [r.status for r in whole][:5] == [
+        Status.STORED,
+        Status.STORED,
+        Status.HIT,
+        Status.HIT,
+        Status.NOT_FOUND,
+    ]
+    assert len(whole[3].values) == 3 and whole[-2].status is Status.MISS
+    for cut in range(len(stream) + 1):
+        assert _parse_stream(ASCII, ASCII_PIPELINE, [stream[:cut], stream[cut:]]) == whole
+    one_byte = [stream[i : i + 1] for i in range(len(stream))]
+    assert _parse_stream(ASCII, ASCII_PIPELINE, one_byte) == whole
