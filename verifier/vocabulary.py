@@ -74,6 +74,14 @@ class WrongClass(enum.StrEnum):
     NOT_LINEARIZABLE = "not-linearizable"  # no order explains the answers (no simpler name)
 
 
+class CheckOutcome(enum.StrEnum):
+    """What the linearizability checker concludes for one key or a whole history."""
+
+    OK = "ok"  # some order of the operations explains every answer
+    VIOLATION = "violation"  # proven: no order does (a witness is given)
+    UNKNOWN = "unknown"  # the time budget ran out before either was shown
+
+
 class AmplifierKind(enum.StrEnum):
     WATCH = "watch"
     INTERPOSE = "interpose"

@@ -1,0 +1,263 @@
+"""Judge a history: cheap witnesses first, then the WGL search per key, within a budget.
+
+Keys are independent (memcached's ops each touch one key, and linearizability is local:
+a history is linearizable iff each key's is), so each key is judged alone. A key the
+budget did not cover is UNKNOWN and the others are still judged; the whole history is
+VIOLATION if any key is, else UNKNOWN if any key is, else OK.
+
+Budget: first pass, each remaining key gets an equal share of the time left; keys that ran
+out get a second try with what the fast ones left over.
+
+The model starts every key missing: the workload must use keys nothing stored before the
+history began.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from verifier.check.cheap import cheap_witnesses
+from verifier.check.history import Op, OpKind, Result, read_history
+from verifier.check.models import ALLOWED, MemcachedKey, encode
+from verifier.check.search import SearchResult, StuckPoint, search
+from verifier.check.witness import Witness, brief, make_witness
+from verifier.errors import BadInput
+from verifier.vocabulary import CheckOutcome, VerdictKind, WrongClass
+
+DEFAULT_BUDGET_S = 60.0
+MAX_WITNESS_OPS = 6
+
+
+@dataclass
+class CheckReport:
+    verdict: CheckOutcome
+    keys: int
+    ops: int
+    seconds: float
+    violations: list[Witness] = field(default_factory=list)
+    unknown_keys: list[str] = field(default_factory=list)
+    searched_keys: int = 0  # keys that needed the search (no cheap witness)
+    steps: int = 0  # search steps over all keys
+    may_vanish: bool = False
+
+    @property
+    def verdict_kind(self) -> VerdictKind | None:
+        """WRONG RESULT when a violation is proven; None otherwise (not a verdict alone)."""
+        return VerdictKind.WRONG if self.verdict is CheckOutcome.VIOLATION else None
+
+    def describe(self) -> list[str]:
+        rate = self.ops / self.seconds if self.seconds > 0 else float("inf")
+        head = (
+            f"checker: {self.verdict} - {self.ops} ops over {self.keys} keys in "
+            f"{self.seconds:.2f} s ({rate:,.0f} ops/s)"
+        )
+        lines = [head]
+        if self.may_vanish:
+            lines.append("  keys may vanish (evictions/expiry/flush): MISS answers not judged")
+        for w in self.violations:
+            lines += [
+                f"  WRONG RESULT {line}" if i == 0 else f"  {line}"
+                for i, line in enumerate(w.describe())
+            ]
+        if self.unknown_keys:
+            shown = ", ".join(self.unknown_keys[:10])
+            more = f" (+{len(self.unknown_keys) - 10})" if len(self.unknown_keys) > 10 else ""
+            lines.append(f"  unknown (budget spent): {shown}{more}")
+        return lines
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "verdict": str(self.verdict),
+            "keys": self.keys,
+            "ops": self.ops,
+            "seconds": self.seconds,
+            "violations": [w.to_json() for w in self.violations],
+            "unknown_keys": list(self.unknown_keys),
+            "searched_keys": self.searched_keys,
+            "steps": self.steps,
+            "may_vanish": self.may_vanish,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> CheckReport:
+        return cls(
+            verdict=CheckOutcome(data["verdict"]),
+            keys=int(data["keys"]),
+            ops=int(data["ops"]),
+            seconds=float(data["seconds"]),
+            violations=[Witness.from_json(w) for w in data.get("violations", [])],
+            unknown_keys=list(data.get("unknown_keys", [])),
+            searched_keys=int(data.get("searched_keys", 0)),
+            steps=int(data.get("steps", 0)),
+            may_vanish=bool(data.get("may_vanish", False)),
+        )
+
+
+_NEEDS: dict[OpKind, tuple[str, ...]] = {
+    OpKind.SET: ("value",),
+    OpKind.ADD: ("value",),
+    OpKind.REPLACE: ("value",),
+    OpKind.APPEND: ("value",),
+    OpKind.PREPEND: ("value",),
+    OpKind.CAS: ("value", "cas"),
+    OpKind.INCR: ("delta",),
+    OpKind.DECR: ("delta",),
+    OpKind.INCR_INIT: ("delta", "initial"),
+}
+
+
+def validate(op: Op) -> None:
+    """Refuse an op the model cannot read (one line, BadInput)."""
+    where = f"history: {op.client} {op.kind} {op.key}"
+    if op.result is not Result.UNKNOWN and op.result not in ALLOWED[op.kind]:
+        raise BadInput(f"{where}: {op.kind} cannot answer {op.result}")
+    if op.return_ns is None and op.result is not Result.UNKNOWN:
+        raise BadInput(f"{where}: no return time but an answer ({op.result})")
+    if op.return_ns is not None and op.return_ns < op.call_ns:
+        raise BadInput(f"{where}: returned before it was called")
+    for name in _NEEDS.get(op.kind, ()):
+        if getattr(op, name) is None:
+            raise BadInput(f"{where}: missing {name}")
+    if op.result is Result.HIT and op.value is None:
+        raise BadInput(f"{where}: a hit without its value")
+    if op.kind is OpKind.GETS and op.result is Result.HIT and op.cas is None:
+        raise BadInput(f"{where}: a gets hit without its cas token")
+    if op.result is Result.NUMBER and op.number is None:
+        raise BadInput(f"{where}: a number answer without its number")
+
+
+def _normalise(op: Op) -> Op:
+    """An UNKNOWN answer with a return time is indeterminate all the same."""
+    if op.result is Result.UNKNOWN and op.return_ns is not None:
+        return dataclasses.replace(op, return_ns=None)
+    return op
+
+
+def _search_key(ops: Sequence[Op], model: MemcachedKey, deadline: float) -> SearchResult:
+    return search(
+        [o.call_ns for o in ops],
+        [o.return_ns for o in ops],
+        [encode(o) for o in ops],
+        model,
+        deadline,
+    )
+
+
+def _search_witness(
+    key: str, ops: Sequence[Op], stuck: StuckPoint, model: MemcachedKey, origin: int
+) -> Witness:
+    """The ops around the deepest dead end, with the state there, in one sentence."""
+    blocking = ops[stuck.blocking]
+    picked: list[int] = []
+    for i in (*stuck.last, stuck.blocking, *stuck.pending):
+        if i not in picked and len(picked) < MAX_WITNESS_OPS:
+            picked.append(i)
+    state = model.describe_state(stuck.state)
+    wrong = WrongClass.NOT_LINEARIZABLE
+    if (
+        blocking.kind is OpKind.GETS
+        and blocking.result is Result.HIT
+        and stuck.state[0] is not None
+        and (blocking.value or "").rstrip(" ") == stuck.state[0].rstrip(" ")
+    ):
+        wrong = WrongClass.CAS_CHANGED
+    after = (
+        f"after {stuck.linearized} ops in some valid order the key was {state}"
+        if stuck.linearized
+        else f"from the start (key {state})"
+    )
+    others = [ops[i] for i in stuck.pending if i != stuck.blocking]
+    tail = (
+        "; none of the ops pending then ("
+        + "; ".join(brief(o, origin) for o in others)
+        + ") could go first either"
+        if others
+        else ""
+    )
+    sentence = (
+        f"no order explains the answers: {after}, and {brief(blocking, origin)} "
+        f"could not be ordered before it returned{tail}"
+    )
+    notes = [f"last ordered: {brief(ops[i], origin)}" for i in stuck.last]
+    return make_witness(
+        wrong, key, (ops[i] for i in picked), sentence, origin, found_by="search", notes=notes
+    )
+
+
+def check_history(
+    ops: Iterable[Op], *, may_vanish: bool = False, budget_s: float = DEFAULT_BUDGET_S
+) -> CheckReport:
+    """Judge ``ops`` (any order, any keys): OK, VIOLATION with witnesses, or UNKNOWN."""
+    if budget_s <= 0:
+        raise BadInput(f"checker budget must be positive, not {budget_s}")
+    start = time.monotonic()
+    deadline = start + budget_s
+    per_key: dict[str, list[Op]] = defaultdict(list)
+    count = 0
+    for op in ops:
+        validate(op)
+        per_key[op.key].append(_normalise(op))
+        count += 1
+    origin = min((o.call_ns for key_ops in per_key.values() for o in key_ops), default=0)
+    model = MemcachedKey(may_vanish=may_vanish)
+    violations: list[Witness] = []
+    to_search: list[str] = []
+    for key in sorted(per_key):
+        key_ops = per_key[key]
+        key_ops.sort(key=lambda o: o.call_ns)
+        found = cheap_witnesses(key_ops, origin, may_vanish=may_vanish)
+        if found:
+            violations += found
+        else:
+            to_search.append(key)
+    steps = 0
+    unknown: list[str] = []
+    for attempt in range(2):
+        pending, unknown = to_search if attempt == 0 else unknown, []
+        for n, key in enumerate(pending):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                unknown += pending[n:]
+                break
+            key_deadline = time.monotonic() + left / (len(pending) - n)
+            result = _search_key(per_key[key], model, key_deadline)
+            steps += result.steps
+            if result.outcome is CheckOutcome.UNKNOWN:
+                unknown.append(key)
+            elif result.outcome is CheckOutcome.VIOLATION and result.stuck is not None:
+                violations.append(_search_witness(key, per_key[key], result.stuck, model, origin))
+        if not unknown or deadline - time.monotonic() <= 0:
+            break
+    if violations:
+        verdict = CheckOutcome.VIOLATION
+    elif unknown:
+        verdict = CheckOutcome.UNKNOWN
+    else:
+        verdict = CheckOutcome.OK
+    return CheckReport(
+        verdict=verdict,
+        keys=len(per_key),
+        ops=count,
+        seconds=time.monotonic() - start,
+        violations=violations,
+        unknown_keys=sorted(unknown),
+        searched_keys=len(to_search),
+        steps=steps,
+        may_vanish=may_vanish,
+    )
+
+
+def check_files(
+    paths: Iterable[Path], *, may_vanish: bool = False, budget_s: float = DEFAULT_BUDGET_S
+) -> CheckReport:
+    """Judge the histories in ``paths`` (JSON lines, see history.py) as one history."""
+    try:
+        return check_history(read_history(paths), may_vanish=may_vanish, budget_s=budget_s)
+    except (OSError, ValueError, KeyError) as exc:
+        raise BadInput(f"history unreadable: {exc}") from exc
