@@ -21,6 +21,7 @@ class TrialOutcome(enum.StrEnum):
     HANG = "hang"
     CRASH = "crash"
     CLEAN = "clean"
+    WRONG = "wrong"  # the checker proved an answer no order of the operations explains
     ERROR = "error"  # the harness could not run the trial (no verdict)
 
 

@@ -104,7 +104,13 @@ class CommitTester:
         if trial.outcome == TrialOutcome.ERROR:
             raise HarnessError(f"trial on {sha[:12]} failed: {trial.error}")
         return observation_of(
-            sha, trial, self.options.hunted, reference_bug_key, build_seconds=build_s, cached=cached
+            sha,
+            trial,
+            self.options.hunted,
+            reference_bug_key,
+            build_seconds=build_s,
+            cached=cached,
+            needs_emfile=self.options.scenario.exercise.emfile,
         )
 
 
@@ -116,6 +122,7 @@ def observation_of(
     *,
     build_seconds: float,
     cached: bool,
+    needs_emfile: bool = True,
 ) -> Observation:
     """What one soak of ``sha`` tells the bisector (pure). Before the bad end has hung, the
     hunted class is the reference (any hang when nothing is hunted); after, the bad end's
@@ -131,14 +138,21 @@ def observation_of(
         other = OtherBug.from_trial(trial, sha=sha, reason=reason)
         kind = ObservationKind.OTHER_BUG
         return Observation(sha, kind, trial.soak_s, reason, other_bug=other, **common)
-    if trial.outcome == TrialOutcome.HANG:
-        assert trial.diagnosis is not None
-        key = trial.diagnosis.bug_key
-        if reference_bug_key is None:
+    if trial.outcome in (TrialOutcome.HANG, TrialOutcome.WRONG):
+        witness = trial.witness
+        if trial.outcome == TrialOutcome.WRONG:
+            assert witness is not None
+            key = f"wrong:{witness.wrong}"
+        else:
+            assert trial.diagnosis is not None
+            key = trial.diagnosis.bug_key
+        if trial.outcome == TrialOutcome.WRONG and reference_bug_key is None:
+            same = hunted is None
+        elif reference_bug_key is None:
             same = hunted is None or trial.hang_class == hunted
         else:
             same = key == reference_bug_key
-        reason = "" if same else f"different bug: {trial.hang_class}"
+        reason = "" if same else f"different bug: {trial.hang_class or key}"
         at = trial.time_to_hang_s if trial.time_to_hang_s is not None else trial.soak_s
         return Observation(
             sha,
@@ -150,7 +164,7 @@ def observation_of(
             other_bug=None if same else OtherBug.from_trial(trial, sha=sha, reason=reason),
             **common,
         )
-    if trial.emfile_episodes == 0:
+    if needs_emfile and trial.emfile_episodes == 0:
         reason = "the flood never reached EMFILE (no evidence)"
         kind, cause = ObservationKind.SKIP, SkipCause.NO_EXPOSURE
         return Observation(sha, kind, trial.soak_s, reason, cause=cause, **common)

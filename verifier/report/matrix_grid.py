@@ -19,6 +19,8 @@ def deciding_trial(result: CellResult) -> TrialResult | None:
     for trial in result.trials:
         if verdict.kind == VerdictKind.CRASH and trial.outcome == TrialOutcome.CRASH:
             return trial
+        if verdict.kind == VerdictKind.WRONG and trial.outcome == TrialOutcome.WRONG:
+            return trial
         if (
             verdict.kind == VerdictKind.HANG
             and trial.outcome == TrialOutcome.HANG
@@ -50,6 +52,9 @@ def verdict_text(result: CellResult) -> str:
         signal = f" {trial.crash_signal}" if trial and trial.crash_signal else ""
         at = f" at {trial.soak_s:.1f} s" if trial else ""
         return f"CRASH{signal}{at}"
+    if verdict.kind == VerdictKind.WRONG:
+        at = f" at {trial.time_to_hang_s:.1f} s" if trial and trial.time_to_hang_s else ""
+        return f"WRONG {verdict.wrong_class}{at}"
     if verdict.kind == VerdictKind.NOT_APPLICABLE:
         return "N/A"
     return str(verdict.kind)

@@ -41,7 +41,8 @@ Rows = list[tuple[str, str]]
 
 def summary_rows(outcome: VerifyOutcome) -> Rows:
     hunted = outcome.prepared.options.hunted
-    stopped = [t for t in outcome.trials if t.outcome in (TrialOutcome.HANG, TrialOutcome.CRASH)]
+    ends = (TrialOutcome.HANG, TrialOutcome.CRASH, TrialOutcome.WRONG)
+    stopped = [t for t in outcome.trials if t.outcome in ends]
     hang_trial = next((t for t in stopped if is_this_bug(t, hunted)), None)
     hang_trial = hang_trial or next(iter(stopped), None)
     rows = _what_rows(outcome) + _soak_rows(outcome)
@@ -107,6 +108,10 @@ def _soak_rows(outcome: VerifyOutcome) -> Rows:
     events = [f"trial {t.index}: {e}" for t in trials for e in t.events]
     if events:
         rows.append(("events", "; ".join(events[:12]) + (" ..." if len(events) > 12 else "")))
+    checked = [t.check for t in trials if t.check is not None]
+    if checked and not any(c.violations for c in checked):
+        rows.append(("checker", "; ".join(c.describe()[0].removeprefix("checker: ")
+                                          for c in checked)))  # fmt: skip
     notes = [f"trial {t.index}: {n}" for t in trials for n in t.notes]
     if notes:
         rows.append(("notes", "; ".join(notes[:6])))
@@ -128,6 +133,8 @@ def _stop_rows(trial: TrialResult) -> Rows:
     if trial.outcome == TrialOutcome.CRASH:
         text = trial.crash_backtrace.replace("\n", " <- ")[:300]
         return [("backtrace", text)] if text else []
+    if trial.outcome == TrialOutcome.WRONG and trial.check is not None:
+        return [("checker", "\n".join(trial.check.describe())), ("evidence", trial.run_dir)]
     rows = [
         (
             "time to hang",

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from verifier.check.checker import CheckReport
+from verifier.check.witness import Witness
 from verifier.evidence.classify import Diagnosis
 from verifier.run.timeline import Timeline
 from verifier.stress.tally import ClientReport
@@ -77,6 +79,12 @@ class TrialResult:
     clients: ClientReport | None = None  # what the workload's client groups saw
     events: list[str] = field(default_factory=list)  # the workload's events, as carried out
     server_counts: dict[str, int] = field(default_factory=dict)  # the server's own stats moved
+    check: CheckReport | None = None  # the checker's judgement of the clients' history
+
+    @property
+    def witness(self) -> Witness | None:
+        """The first proven wrong answer (a WRONG trial)."""
+        return self.check.violations[0] if self.check and self.check.violations else None
 
     @property
     def hang_class(self) -> HangClass | None:
@@ -119,6 +127,7 @@ class TrialResult:
             "clients": self.clients.to_json() if self.clients else None,
             "events": self.events,
             "server_counts": self.server_counts,
+            "check": self.check.to_json() if self.check else None,
         }
 
     @classmethod
@@ -148,4 +157,5 @@ class TrialResult:
             clients=ClientReport.from_json(data.get("clients")),
             events=list(data.get("events", [])),
             server_counts={k: int(v) for k, v in (data.get("server_counts") or {}).items()},
+            check=CheckReport.from_json(data["check"]) if data.get("check") else None,
         )

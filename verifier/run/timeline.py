@@ -20,6 +20,7 @@ class EventKind(enum.StrEnum):
     FLOOD_ENDED = "flood-ended"  # the flood stopped before the soak did (dead or spent)
     EVENT = "event"  # the workload's schedule: a signal, a shutdown, a pause, a storm
     EXITED = "exited"  # the server exited after it was asked to stop
+    WRONG = "wrong"  # the first operation of a proven wrong answer
 
 
 @dataclass(frozen=True)

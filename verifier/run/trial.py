@@ -31,6 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from verifier.check.checker import check_files
 from verifier.errors import EnvironmentMissing, VerifierError
 from verifier.evidence.classify import Diagnosis
 from verifier.evidence.collect import collect_hang, symbolise_crash
@@ -468,6 +469,8 @@ def run_trial(
             stack.callback(flood.stop)  # also when the summary below fails
             stack.callback(_summarise_flood, result, flood, soak)
             soak.run()
+            if result.outcome == TrialOutcome.CLEAN and scenario.workload is not None:
+                _judge_history(result, flood, scenario.workload.may_vanish, settings.soak_s)
             if result.outcome == TrialOutcome.HANG:
                 _freeze_status(status_file)
                 flood.stop()
@@ -556,6 +559,26 @@ def _summarise_flood(result: TrialResult, flood: Flood, soak: _Soak) -> None:
         loaded_s=stats.loaded_s,
         ended_early=soak.ended_early,
     )
+
+
+CHECK_BUDGET_SHARE = 0.25  # of the soak's time, at least CHECK_BUDGET_MIN_S
+CHECK_BUDGET_MIN_S = 5.0
+
+
+def _judge_history(result: TrialResult, flood: Flood, may_vanish: bool, soak_s: float) -> None:
+    """The checked groups' history, judged: a proven violation makes the trial WRONG."""
+    files = flood.history_files()
+    if not files:
+        return
+    flood.stop()  # every process has flushed its history
+    budget = max(CHECK_BUDGET_MIN_S, CHECK_BUDGET_SHARE * soak_s)
+    report = check_files(files, may_vanish=may_vanish, budget_s=budget)
+    result.check = report
+    witness = result.witness
+    if witness is not None:
+        result.outcome = TrialOutcome.WRONG
+        result.time_to_hang_s = witness.ops[0].call_s if witness.ops else None
+        result.timeline.mark(result.time_to_hang_s or 0.0, EventKind.WRONG, witness.sentence)
 
 
 def _separate(binary: Path, symbols: Path | None) -> Path | None:

@@ -28,11 +28,12 @@ from typing import Any
 from verifier.errors import BadInput, ExitStatus
 from verifier.run.result import TrialResult
 from verifier.verdict.stats import describe_bound, rate_upper_bound
-from verifier.vocabulary import HangClass, HangProof, TrialOutcome, VerdictKind
+from verifier.vocabulary import HangClass, HangProof, TrialOutcome, VerdictKind, WrongClass
 
 _STATUS = {
     VerdictKind.HANG: ExitStatus.BUG_SEEN,
     VerdictKind.CRASH: ExitStatus.BUG_SEEN,
+    VerdictKind.WRONG: ExitStatus.BUG_SEEN,
     VerdictKind.PASS: ExitStatus.SUCCESS,
     VerdictKind.INCONCLUSIVE: ExitStatus.INCONCLUSIVE,
     VerdictKind.NOT_APPLICABLE: ExitStatus.NOT_APPLICABLE,
@@ -114,6 +115,7 @@ class Verdict:
     total_soak_s: float = 0.0
     trials: int = 0
     other_bugs: list[OtherBug] = field(default_factory=list)
+    wrong_class: WrongClass | None = None  # WRONG RESULT: what the witness shows
 
     @property
     def status(self) -> ExitStatus:
@@ -134,6 +136,7 @@ class Verdict:
             "total_soak_s": self.total_soak_s,
             "trials": self.trials,
             "other_bugs": [b.to_json() for b in self.other_bugs],
+            "wrong_class": None if self.wrong_class is None else str(self.wrong_class),
         }
 
     @classmethod
@@ -148,6 +151,7 @@ class Verdict:
             float(data.get("total_soak_s", 0.0)),
             int(data.get("trials", 0)),
             [OtherBug.from_json(b) for b in data.get("other_bugs", [])],
+            WrongClass(data["wrong_class"]) if data.get("wrong_class") else None,
         )
 
 
@@ -155,6 +159,7 @@ class ExpectKind(enum.StrEnum):
     PASS = "pass"
     HANG = "hang"
     CRASH = "crash"
+    WRONG = "wrong"
 
 
 @dataclass(frozen=True)
@@ -163,23 +168,33 @@ class Expectation:
 
     kind: ExpectKind
     hang_class: HangClass | None = None
+    wrong_class: WrongClass | None = None
 
     @classmethod
     def parse(cls, text: str) -> Expectation:
         kind, sep, wanted = text.strip().partition(":")
+        usage = "pass, crash, hang, hang:CLASS, wrong or wrong:CLASS"
         try:
-            parsed = cls(ExpectKind(kind), HangClass(wanted) if wanted else None)
+            expect = ExpectKind(kind)
+            if expect == ExpectKind.WRONG:
+                parsed = cls(expect, None, WrongClass(wanted) if wanted else None)
+            else:
+                parsed = cls(expect, HangClass(wanted) if wanted else None)
         except ValueError:
-            classes = ", ".join(c.value for c in HangClass)
+            hangs = ", ".join(c.value for c in HangClass)
+            wrongs = ", ".join(c.value for c in WrongClass)
             raise BadInput(
-                f"bad --expect {text!r} (pass, crash, hang or hang:CLASS; classes: {classes})"
+                f"bad --expect {text!r} ({usage}; hang classes: {hangs}; wrong: {wrongs})"
             ) from None
-        if (sep and not wanted) or (parsed.hang_class and parsed.kind != ExpectKind.HANG):
-            raise BadInput(f"bad --expect {text!r} (pass, crash, hang or hang:CLASS)")
+        if (sep and not wanted) or (
+            wanted and parsed.kind not in (ExpectKind.HANG, ExpectKind.WRONG)
+        ):
+            raise BadInput(f"bad --expect {text!r} ({usage})")
         return parsed
 
     def __str__(self) -> str:
-        return f"{self.kind}:{self.hang_class}" if self.hang_class else str(self.kind)
+        detail = self.hang_class or self.wrong_class
+        return f"{self.kind}:{detail}" if detail else str(self.kind)
 
     def met_by(self, verdict: Verdict) -> bool:
         """``pass``: the hunted bug did not show (other bugs are reported, not counted);
@@ -188,6 +203,11 @@ class Expectation:
             return verdict.kind == VerdictKind.PASS
         if self.kind == ExpectKind.CRASH:
             return verdict.kind == VerdictKind.CRASH
+        if self.kind == ExpectKind.WRONG:
+            return verdict.kind == VerdictKind.WRONG and self.wrong_class in (
+                None,
+                verdict.wrong_class,
+            )
         if verdict.kind == VerdictKind.HANG and self.hang_class in (None, verdict.hang_class):
             return True
         return self.hang_class is not None and any(
@@ -206,8 +226,8 @@ def is_other_bug(trial: TrialResult, hunted: HangClass | None) -> bool:
 
 
 def is_this_bug(trial: TrialResult, hunted: HangClass | None) -> bool:
-    """A crash, or a hang that is not another bug's: proof of the hunted bug."""
-    return trial.outcome == TrialOutcome.CRASH or (
+    """A crash, a wrong answer, or a hang that is not another bug's: proof of the bug."""
+    return trial.outcome in (TrialOutcome.CRASH, TrialOutcome.WRONG) or (
         trial.outcome == TrialOutcome.HANG and not is_other_bug(trial, hunted)
     )
 
@@ -259,6 +279,16 @@ def decide(
     soak = sum(exposure_s(t) for t in trials)
     common: dict[str, Any] = {"total_soak_s": soak, "trials": len(trials)}
     proof = next((t for t in trials if is_this_bug(t, hunted)), None)
+    if proof is not None and proof.outcome == TrialOutcome.WRONG and proof.witness is not None:
+        witness = proof.witness
+        return Verdict(
+            VerdictKind.WRONG,
+            f"WRONG RESULT: {witness.wrong} on key {witness.key} (trial {proof.index}, "
+            f"{proof.time_to_hang_s or 0:.1f} s into the flood): {witness.sentence}{also}",
+            wrong_class=witness.wrong,
+            other_bugs=other_bugs,
+            **common,
+        )
     if proof is not None and proof.outcome == TrialOutcome.CRASH:
         return Verdict(
             VerdictKind.CRASH,
@@ -329,6 +359,11 @@ def decide(
     extra += f", {triggers:,} amplifier triggers" if amplified else ""
     extra += f"; {pass_note}" if pass_note else ""
     extra += f"; the clients saw {describe_seen(seen)}" if seen else ""
+    checks = [t.check for t in trials if t.check is not None]
+    if checks:
+        ops, unknown = sum(c.ops for c in checks), sum(len(c.unknown_keys) for c in checks)
+        extra += f"; no wrong answer in {ops:,} checked operations"
+        extra += f" ({unknown} keys not judged: checker budget spent)" if unknown else ""
     return Verdict(
         VerdictKind.PASS,
         f"PASS (bounded): {bound}{extra}{caveats}{also}",
