@@ -82,9 +82,7 @@ class BugClass:
             pass
         hangs = ", ".join(c.value for c in HangClass)
         wrongs = ", ".join(c.value for c in WrongClass)
-        raise BadInput(
-            f"class {text!r}: hang[:CLASS] ({hangs}), wrong[:CLASS] ({wrongs}) or crash"
-        )
+        raise BadInput(f"class {text!r}: hang[:CLASS] ({hangs}), wrong[:CLASS] ({wrongs}) or crash")
 
     def __str__(self) -> str:
         named = self.hang_class or self.wrong_class
