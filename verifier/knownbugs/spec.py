@@ -257,9 +257,13 @@ def parse_known_bug(path: Path, text: str) -> KnownBug:
         raise reader.fail("first_fixed must be a later release than first_bad")
     if bug.scenario is None and bug.workload is None:
         raise reader.fail("give a scenario, a workload, or both: what reaches the bug")
-    if bug.amplify is not None and bug.scenario is not None:
-        if bug.amplify not in bug.scenario.amplifiers():
-            raise reader.fail(f"amplify {bug.amplify!r}: scenario {bug.scenario.name} lacks it")
+    scenario = bug.scenario
+    if (
+        bug.amplify is not None
+        and scenario is not None
+        and bug.amplify not in scenario.amplifiers()
+    ):
+        raise reader.fail(f"amplify {bug.amplify!r}: scenario {bug.scenario.name} lacks it")
     return bug
 
 
