@@ -5,8 +5,11 @@ fixture brings the self-deadlock back, JUnit read by junitparser."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+import socket
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +21,11 @@ from verifier.knownbugs.applicability import BuildFacts, changed_lines, decide
 from verifier.knownbugs.spec import BugClass, load_known_bugs, parse_known_bug
 from verifier.paths import CacheLayout
 from verifier.resources import recipes_dir
+from verifier.run.server import HOST, MemcachedServer, ServerConfig
 from verifier.source.select import SourceChoice
 from verifier.vocabulary import BugApplicability, HangClass, VerdictKind, WrongClass
 
-from conftest import RACE_FIXTURE, run_cli
+from conftest import FIXTURES, RACE_FIXTURE, run_cli
 
 GOOD = """
 id = "x-bug"
@@ -195,3 +199,59 @@ def test_the_reintroduced_1_4_6_race_shows_as_present(
     assert row["cell"]["verdict"]["kind"] == "HANG", row["cell"]["verdict"]["headline"]
     assert row["cell"]["verdict"]["hang_class"] == "self-deadlock"
     assert row["cell"]["patch_set"] == "with-patches"
+
+
+def _binary_incr_pairs(port: int, attempts: int, stop_at_first: bool) -> dict[str, int]:
+    """Up to ``attempts`` times (over four pairs of connections, so the pairs land on several
+    worker threads): delete the key, then one binary INCR (delta 1, initial 100) on each
+    connection of a pair at once. Both answering 100 is a double create."""
+
+    def request(opcode: int, extras: bytes = b"") -> bytes:
+        body = len(extras) + 1
+        header = struct.pack(">BBHBBHIIQ", 0x80, opcode, 1, len(extras), 0, 0, body, 0, 0)
+        return header + extras + b"k"
+
+    def answer(stream: Any) -> tuple[int, int | None]:
+        status, length = struct.unpack(">6xHI12x", stream.read(24))
+        body = stream.read(length)
+        return status, struct.unpack(">Q", body[:8])[0] if status == 0 and length == 8 else None
+
+    incr, delete = request(0x05, struct.pack(">QQI", 1, 100, 0)), request(0x04)
+    counts = {"attempts": 0, "double create": 0}
+    with contextlib.ExitStack() as stack:
+        pairs = []
+        for _ in range(4):
+            a, b = (stack.enter_context(socket.create_connection((HOST, port))) for _ in "ab")
+            for conn in (a, b):
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            pairs.append((a, a.makefile("rb"), b, b.makefile("rb")))
+        while counts["attempts"] < attempts:
+            for a, read_a, b, read_b in pairs:
+                a.sendall(delete)
+                answer(read_a)
+                a.sendall(incr)
+                b.sendall(incr)
+                both = (answer(read_a), answer(read_b))
+                counts["attempts"] += 1
+                counts["double create"] += both == ((0, 100), (0, 100))
+            if stop_at_first and counts["double create"]:
+                break
+    return counts
+
+
+@pytest.mark.timeout(300)
+def test_bin_incr_double_create_fixture(build_debian, pristine, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The fixture's race shows within a bounded number of pairs; pristine, where the loser
+    answers NOT_STORED, shows none in as many. Measured by hand: 1,850 double creates in 45,024
+    pairs (5 s) with the fixture, none in 42,900 on pristine 1.6.18 (25 NOT_STORED)."""
+    results: dict[str, dict[str, int]] = {}
+    for name, build in (
+        ("fixture", build_debian(FIXTURES / "reintroduce-bin-incr-double-create.diff")),
+        ("pristine", pristine),
+    ):
+        config = ServerConfig(binary=build.binary, threads=4, maxconns=64)
+        with MemcachedServer(config, tmp_path / f"{name}.log") as server:
+            budget = max(20_000, results["fixture"]["attempts"]) if results else 200_000
+            results[name] = _binary_incr_pairs(server.port, budget, name == "fixture")
+    assert results["fixture"]["double create"] > 0, results
+    assert results["pristine"]["double create"] == 0, results

@@ -112,6 +112,13 @@ def decide(bug: KnownBug, facts: BuildFacts) -> Decision:
             return Decision(
                 bug, BugApplicability.PATCHED, f"{why}, but a patch changes {touched[0]}"
             )
+        if touched:  # a patch may bring it back, and nothing here can soak it yet
+            return Decision(
+                bug,
+                BugApplicability.NO_RUNNER,
+                f"{why}, but a patch changes {touched[0]}; workload {bug.workload} needs the "
+                "workload runner (issue 16)",
+            )
         return Decision(bug, state, why)
     for feature in bug.needs:
         if feature == "tls":
