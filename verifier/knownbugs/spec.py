@@ -15,6 +15,7 @@ amplify = "watch"                     # optional hint: the told amplifier
 code = ["maxconns_handler"]           # functions the fix changed: a patch naming one is soaked
 needs = ["binary"]                    # tls | extstore | binary | meta
 reintroduce = "reintroduce-maxconns-race.diff"   # fixture patch over Debian's source
+candidate_fix = "listener-lost-wakeup-fix.diff"  # patches/: a fix not (yet) upstream
 control = false                       # a negative control: a stall that ends by itself
 ```
 
@@ -32,7 +33,7 @@ from typing import Any
 
 from verifier.build.versions import Version, parse_version
 from verifier.errors import BadInput, VerifierError
-from verifier.resources import fixtures_dir, recipes_dir
+from verifier.resources import fixtures_dir, patches_dir, recipes_dir
 from verifier.scenario import AMPLIFIERS, Scenario, load_scenario
 from verifier.vocabulary import HangClass, VerdictKind, WrongClass
 
@@ -52,6 +53,7 @@ _KEYS = {
     "code",
     "needs",
     "reintroduce",
+    "candidate_fix",
     "control",
     "notes",
 }
@@ -107,6 +109,7 @@ class KnownBug:
     code: tuple[str, ...]
     needs: tuple[str, ...]
     reintroduce: Path | None
+    candidate_fix: Path | None
     control: bool
     notes: str
 
@@ -206,6 +209,16 @@ def _reintroduce(reader: _Reader) -> Path | None:
     return path
 
 
+def _candidate_fix(reader: _Reader) -> Path | None:
+    name = reader.text("candidate_fix")
+    if not name:
+        return None
+    path = patches_dir() / name
+    if not path.is_file():
+        raise reader.fail(f"candidate_fix: no patch {name} in patches/")
+    return path
+
+
 def parse_known_bug(path: Path, text: str) -> KnownBug:
     try:
         data = tomllib.loads(text)
@@ -248,6 +261,7 @@ def parse_known_bug(path: Path, text: str) -> KnownBug:
         code=reader.strings("code", _IDENTIFIER),
         needs=needs,
         reintroduce=_reintroduce(reader),
+        candidate_fix=_candidate_fix(reader),
         control=control,
         notes=reader.text("notes"),
     )
