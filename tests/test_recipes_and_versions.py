@@ -39,7 +39,12 @@ def test_ranges() -> None:
     [
         ((1, 4, 5), "memcached-1.4.toml", "AUTOMAKE=automake"),
         ((1, 4, 7), "memcached-1.4.toml", "AUTOMAKE=automake"),
+        ((1, 4, 21), "memcached-1.4.toml", "AUTOMAKE=automake"),
+        ((1, 4, 38), "memcached-1.4.toml", "AUTOMAKE=automake"),
+        ((1, 5, 7), "memcached-1.5-1.6.toml", "./autogen.sh"),
+        ((1, 5, 20), "memcached-1.5-1.6.toml", "./autogen.sh"),
         ((1, 6, 18), "memcached-1.5-1.6.toml", "./autogen.sh"),
+        ((1, 6, 45), "memcached-1.5-1.6.toml", "./autogen.sh"),
     ],
 )
 def test_shipped_recipes_cover_each_version_once(
@@ -49,6 +54,19 @@ def test_shipped_recipes_cover_each_version_once(
     assert chosen.path.name == recipe
     assert autogen in " ".join(chosen.autogen[0])
     assert any("-Werror" in " ".join(cmd) for cmd in chosen.post_configure)
+    # 1.4.16+ and 1.5.x define globals in headers: gcc >= 10 links them only with -fcommon
+    assert any("-fcommon" in " ".join(cmd) for cmd in chosen.post_configure)
+
+
+def test_every_release_the_known_bugs_touch_has_a_recipe() -> None:
+    """First bad and first fixed release of every known bug: one recipe each."""
+    from verifier.knownbugs.spec import load_known_bugs
+
+    recipes = load_recipes(recipes_dir() / "build")
+    for bug in load_known_bugs():
+        for version in (bug.first_bad, bug.first_fixed):
+            if version is not None and version >= (1, 4, 0):
+                select_recipe(recipes, version, bug.id)
 
 
 def test_no_recipe_and_overlap_are_clear_errors(tmp_path: Path) -> None:

@@ -112,3 +112,14 @@ class ProbeClient(enum.StrEnum):
     AUTO = "auto"
     TELNET = "telnet"
     SOCKET = "socket"
+
+
+class BugApplicability(enum.StrEnum):
+    """Whether a known bug can be in a build, decided before soaking (``verifier known-bugs``)."""
+
+    APPLICABLE = "applicable"  # the build is in the bug's range: soaked
+    PATCHED = "patched code"  # the version has the fix, but a given patch touches its code: soaked
+    FIXED = "fixed in this version"  # the fix commit is an ancestor, or the version is past it
+    NOT_YET = "not yet introduced"  # older than the commit (or release) that brought the bug
+    NO_FEATURE = "feature not built"  # needs TLS, extstore, ... which this build lacks
+    NO_RUNNER = "no runner yet"  # its workload needs the workload runner (not on this branch)

@@ -22,6 +22,7 @@ from verifier.cli import (
     cache_cmd,
     demo_cmd,
     export_cmd,
+    known_bugs_cmd,
     matrix_cmd,
     verify_cmd,
 )
@@ -71,6 +72,7 @@ for module in (
     cache_cmd,
     matrix_cmd,
     export_cmd,
+    known_bugs_cmd,
 ):
     module.register(cli)
 

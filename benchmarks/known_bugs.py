@@ -1,0 +1,220 @@
+"""memcached's known concurrency bugs, each on its last bad and its first fixed release.
+
+    .venv/bin/python benchmarks/known_bugs.py --repo PATH [--bug ID ...] [--runs 5]
+        [--budget 600] [--told-soak 60] [--none-runs 1] [--no-bisect] [--cache-dir DIR]
+
+PATH is a local clone of upstream memcached (with its tags). Per runnable bug (one with a
+scenario; the ones that need the workload runner are listed as such), side by side:
+
+  told     its own scenario and amplifier hints, ``--runs`` times; each run stops at the
+           first HANG/CRASH or after ``--budget`` seconds of soak (trials of ``--told-soak``)
+  untold   ``--scenario flood --amplify auto`` hunting the bug's class, from an empty memory,
+           ``--runs`` times under the same budget (``everything`` is not on this branch yet)
+  none     its scenario with no amplifier, ``--none-runs`` times, one trial of the budget
+  fixed    the first fixed release under the told scenario, the same budget: a bounded PASS
+           (any HANG/CRASH is a false verdict)
+  bisect   ``verifier bisect --find-fix --bad LAST_BAD --good FIRST_FIXED``: the commit named,
+           whether it is one of the bug's upstream fixes, and the wall time
+
+Time to expose is wall seconds from verify's start (build cached; auto: discovery included)
+to the verdict, median over the runs that exposed it. Figures taken on a shared machine are
+skewed by its load: compare the columns of one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tabulate import tabulate
+
+from verifier.build.builder import Builder, BuildRequest
+from verifier.build.versions import Version, parse_version
+from verifier.knownbugs.spec import KnownBug, load_known_bugs
+from verifier.paths import CacheLayout, default_cache_dir
+from verifier.scenario import load_scenario
+from verifier.source.select import choose_source
+from verifier.verify import VerifyCore, VerifyOptions
+from verifier.vocabulary import AmplifierKind, VerdictKind
+
+ROOT = Path(__file__).resolve().parent.parent
+AUTO_SOAK_S = 15.0  # per auto trial, as auto_figures.py
+
+
+@dataclass(frozen=True)
+class Run:
+    seconds: float
+    exposed: bool
+    headline: str
+
+
+def release_before(tags: list[str], version: Version) -> str | None:
+    """The last release tag (x.y.z, no -rc) older than ``version``."""
+    releases = []
+    for tag in tags:
+        parsed = parse_version(tag)
+        if parsed and tag == ".".join(map(str, parsed)) and parsed < version:
+            releases.append((parsed, tag))
+    return max(releases)[1] if releases else None
+
+
+def exposed_by(bug: KnownBug, kind: VerdictKind, hang_class: object) -> bool:
+    """Does a verdict show this bug (its kind, and its class when the bug names one)?"""
+    wanted = bug.bug_class
+    if kind != wanted.kind:
+        return False
+    return wanted.hang_class is None or hang_class == wanted.hang_class
+
+
+def verify_once(
+    core: VerifyCore, request: BuildRequest, options: VerifyOptions, work: Path, bug: KnownBug
+) -> Run:
+    started = time.monotonic()
+    outcome = core.verify(request, options, work)
+    seconds = time.monotonic() - started
+    verdict = outcome.verdict
+    run = Run(seconds, exposed_by(bug, verdict.kind, verdict.hang_class), verdict.headline)
+    mode = options.amplify or "told"
+    print(f"  {bug.id} {mode}: {verdict.headline[:70]} in {seconds:.1f} s", flush=True)
+    return run
+
+
+def summary(runs: list[Run]) -> str:
+    if not runs:
+        return "-"
+    hit = [r.seconds for r in runs if r.exposed]
+    if not hit:
+        return f"0/{len(runs)}"
+    return f"{len(hit)}/{len(runs)}, median {statistics.median(hit):.1f} s"
+
+
+def bisect_fix(repo: Path, bug: KnownBug, bad: str, good: str, cache: Path) -> list[str]:
+    assert bug.scenario is not None
+    argv = [sys.executable, "-m", "verifier", "bisect", "--repo", str(repo), "--find-fix"]
+    argv += ["--bad", bad, "--good", good, "--scenario", bug.scenario.name]
+    argv += ["--cache-dir", str(cache)]
+    started = time.monotonic()
+    done = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT)
+    wall = time.monotonic() - started
+    report = next(
+        (
+            line[len("report: ") :]
+            for line in done.stdout.splitlines()
+            if line.startswith("report:")
+        ),
+        None,
+    )
+    if report is None:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-1:]
+        return ["-", "-", f"{wall:.0f} s (exit {done.returncode}: {' '.join(tail)[:60]})"]
+    document = json.loads(Path(report).read_text())
+    answer = document.get("answer") or {}
+    sha = answer.get("sha", "")
+    upstream = any(sha.startswith(fix) for fix in bug.fixed_by) if sha else False
+    named = f"{sha[:9]} {answer.get('subject', '')[:40]}" if sha else "none"
+    return [named, "yes" if upstream else "no", f"{wall:.0f} s"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repo", type=Path, required=True, help="a local clone of upstream")
+    parser.add_argument("--bug", action="append", default=[], help="only this bug (repeatable)")
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--none-runs", type=int, default=1)
+    parser.add_argument("--budget", type=float, default=600.0, help="seconds of soak per run")
+    parser.add_argument("--told-soak", type=float, default=60.0, help="seconds per told trial")
+    parser.add_argument("--no-bisect", action="store_true")
+    parser.add_argument("--cache-dir", type=Path, default=None)
+    args = parser.parse_args()
+    cache = CacheLayout((args.cache_dir or default_cache_dir()).expanduser().resolve())
+    source = choose_source(str(args.repo.resolve()), None, cache)
+    builder = Builder(cache.builds, cache.locks)
+    tags = source.git.tags()
+    flood = load_scenario("flood")
+    rows, waiting = [], []
+    with tempfile.TemporaryDirectory(prefix="known-bugs-") as tmp:
+        work = Path(tmp)
+        for bug in load_known_bugs(only=tuple(args.bug)):
+            if bug.control:
+                continue
+            if bug.scenario is None:
+                waiting.append(f"{bug.id}: workload {bug.workload} needs the workload runner")
+                continue
+            if bug.first_fixed is not None:
+                fixed = ".".join(map(str, bug.first_fixed))
+                bad = release_before(tags, bug.first_fixed)
+                fixed_request = BuildRequest(source, fixed, ())
+            elif bug.candidate_fix is not None:  # not fixed upstream: newest release + the fix
+                bad = release_before(tags, (99, 0, 0))
+                fixed = f"{bad} + {bug.candidate_fix.name}"
+                fixed_request = BuildRequest(source, bad or "", (bug.candidate_fix,))
+            else:
+                waiting.append(f"{bug.id}: no fix upstream and no candidate fix")
+                continue
+            if bad is None:
+                waiting.append(f"{bug.id}: no release before {fixed}")
+                continue
+            bad_request = BuildRequest(source, bad, ())
+            told_trials = max(1, int(args.budget // args.told_soak))
+            told = VerifyOptions(bug.scenario, trials=told_trials, soak_s=args.told_soak)
+            untold = VerifyOptions(
+                flood,
+                amplify=AmplifierKind.AUTO,
+                hunt=bug.bug_class.hang_class,
+                trials=max(1, int(args.budget // AUTO_SOAK_S)),
+                soak_s=AUTO_SOAK_S,
+            )
+            none = VerifyOptions(
+                bug.scenario, amplify=AmplifierKind.NONE, trials=1, soak_s=args.budget
+            )
+            results: dict[str, list[Run]] = {"told": [], "untold": [], "none": []}
+            for i in range(args.runs):
+                core = VerifyCore(builder, cache.tools)
+                results["told"].append(verify_once(core, bad_request, told, work / f"t{i}", bug))
+                fresh = VerifyCore(builder, cache.tools, auto_dir=work / f"auto-{bug.id}-{i}")
+                results["untold"].append(
+                    verify_once(fresh, bad_request, untold, work / f"u{i}", bug)
+                )
+            for i in range(args.none_runs):
+                core = VerifyCore(builder, cache.tools)
+                results["none"].append(verify_once(core, bad_request, none, work / f"n{i}", bug))
+            core = VerifyCore(builder, cache.tools)
+            fixed_run = core.verify(fixed_request, told, work / "fixed")
+            false_verdict = fixed_run.verdict.kind in (VerdictKind.HANG, VerdictKind.CRASH)
+            if args.no_bisect or bug.first_fixed is None:
+                found = ["not run", "-", "-"]
+            else:
+                found = bisect_fix(args.repo.resolve(), bug, bad, fixed, cache.root)
+            rows.append(
+                [
+                    bug.id,
+                    f"{bad} / {fixed}",
+                    str(bug.bug_class),
+                    summary(results["told"]),
+                    summary(results["untold"]),
+                    summary(results["none"]),
+                    ("FALSE " if false_verdict else "") + fixed_run.verdict.headline[:48],
+                    *found,
+                ]
+            )
+    print(
+        f"\nper bug: last bad / first fixed release; exposed runs and median wall seconds to the "
+        f"verdict; {args.runs} told and untold runs, {args.none_runs} without amplifier, "
+        f"budget {args.budget:.0f} s of soak each"
+    )
+    headers = ["bug", "releases", "class", "told", "untold (auto)", "none", "fixed release"]
+    headers += ["find-fix names", "upstream fix?", "bisect wall"]
+    print(tabulate(rows, headers=headers))
+    for line in waiting:
+        print(f"not run: {line}")
+
+
+if __name__ == "__main__":
+    main()
