@@ -26,6 +26,7 @@ import contextlib
 import functools
 import math
 import signal
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -428,7 +429,9 @@ def run_trial(
         run_dir=str(trial_dir),
         probe_client=client_kind(settings.probe_client),
     )
-    config = server_config(binary, scenario, settings, amplifier.env(binary, status_file))
+    config = server_config(
+        binary, scenario, settings, amplifier.env(binary, status_file), trial_dir / "scratch"
+    )
     server = MemcachedServer(config, trial_dir / "server.log")
 
     def triggers() -> int:
@@ -489,10 +492,21 @@ def run_trial(
 
 
 def server_config(
-    binary: Path, scenario: Scenario, settings: TrialSettings, env: dict[str, str]
+    binary: Path,
+    scenario: Scenario,
+    settings: TrialSettings,
+    env: dict[str, str],
+    scratch: Path | None = None,
 ) -> ServerConfig:
-    """The server of a trial (also of the auto amplifier's discovery run)."""
-    workload = scenario.workload.server.args() if scenario.workload else ()
+    """The server of a trial (also of the auto amplifier's discovery run); ``scratch`` is
+    a folder the server may write (an extstore file)."""
+    workload: tuple[str, ...] = ()
+    if scenario.workload is not None:
+        if scenario.workload.server.extstore_mb is not None:
+            scratch = scratch or Path(tempfile.mkdtemp(prefix="verifier-scratch-"))
+            scratch.mkdir(parents=True, exist_ok=True)
+            scratch.chmod(0o1777)  # the server runs as nobody
+        workload = scenario.workload.server.args(scratch=scratch)
     return ServerConfig(
         binary=binary,
         threads=settings.threads,

@@ -229,11 +229,18 @@ class ServerNeeds:
     reqs_per_event: int | None = None  # -R
     protocol: str | None = None  # -B auto|ascii (binary alone would silence the probes)
     enable_shutdown: bool = False  # -A (set by shutdown events too)
+    extstore_mb: int | None = None  # -o ext_path=<a file the harness makes>:<N>m
 
-    def args(self, options: tuple[str, ...] | None = None) -> tuple[str, ...]:
-        """memcached arguments; ``options`` replaces the -o list (those the build has)."""
+    def args(
+        self, options: tuple[str, ...] | None = None, scratch: Path | None = None
+    ) -> tuple[str, ...]:
+        """memcached arguments; ``options`` replaces the -o list (those the build has);
+        ``scratch``: the trial's folder, where the extstore file goes."""
         out: list[str] = []
-        chosen = self.options if options is None else options
+        chosen = list(self.options if options is None else options)
+        if self.extstore_mb is not None:
+            folder = scratch if scratch is not None else Path("extstore")
+            chosen.append(f"ext_path={folder / 'extstore'}:{self.extstore_mb}m")
         if chosen:
             out += ["-o", ",".join(chosen)]
         if self.memory_mb is not None:
@@ -297,7 +304,7 @@ class Workload:
 
 _TOP = {"name", "summary", "server", "group", "event"}
 _SERVER = {"options", "memory_mb", "item_size_max", "reqs_per_event", "protocol",
-           "enable_shutdown"}  # fmt: skip
+           "enable_shutdown", "extstore_mb"}  # fmt: skip
 _GROUP = {"name", "protocol", "kind", "clients", "connection", "pipeline", "rate", "check",
           "keys", "values", "ttl", "commands", "arg", "mget_keys", "mget_repeat",
           "read_delay_ms", "watch", "hold_s"}  # fmt: skip
@@ -512,6 +519,7 @@ def _server(table: Any) -> ServerNeeds:
         else None,
         protocol=protocol,
         enable_shutdown=r.get("enable_shutdown", bool, False),
+        extstore_mb=r.number("extstore_mb", 64, 8, 65_536) if "extstore_mb" in table else None,
     )
 
 
