@@ -1,6 +1,13 @@
-"""Throughput of the embedded connection-churn flood against a local memcached.
+"""Throughput of the embedded flood against a local memcached, and beside memaslap.
 
     .venv/bin/python benchmarks/stress_throughput.py --memcached /path/to/memcached [--seconds 5]
+    .venv/bin/python benchmarks/stress_throughput.py --memcached PATH --vs-memaslap [--repeat 3]
+
+The second form runs, side by side against the same server build, the verifier's workload
+clients and libmemcached's memaslap (Debian: libmemcached-tools, binary ``memcaslap``) on a
+get/set 9:1 mix of 64-byte values, then on a mix close to ``everything`` (gets, multi-gets
+and sets of 64 to 4,000 bytes); its last line is ``flood/memcaslap ops ratio: R`` for the
+get/set mix (our best setting over memaslap's best, the settings named in the table).
 
 For each setting (worker processes 1/2, uvloop on/off, RST/FIN close) a fresh memcached is
 started on a free loopback port, flooded for --seconds, and stopped. The table shows
@@ -131,6 +138,100 @@ def run_one(args: argparse.Namespace, processes: int, uvloop: bool, linger: bool
     ]
 
 
+MEMASLAP_MIXES = {
+    # name: (memaslap -F config text, memaslap extra args, our workload as TOML data)
+    "get/set 9:1": (
+        "key\n64 64 1\nvalue\n64 64 1\ncmd\n0 0.1\n1 0.9\n",
+        [],
+        {"keys": {"count": 100_000, "prefix": "bench:"}, "values": {"size": 64},
+         "commands": {"get": 9, "set": 1}},
+    ),
+    "everything-like": (
+        "key\n32 64 1\nvalue\n64 4000 1\ncmd\n0 0.3\n1 0.7\n",
+        ["-d", "10"],
+        {"keys": {"count": 100_000, "prefix": "bench:", "popularity": "zipf"},
+         "values": {"min": 64, "max": 4000},
+         "commands": {"get": 50, "mget": 20, "set": 30}, "mget_keys": 10},
+    ),
+}  # fmt: skip
+
+
+def run_memaslap(args: argparse.Namespace, mix: str, concurrency: int) -> list[object]:
+    config, extra, _ = MEMASLAP_MIXES[mix]
+    with memcached(args.memcached, args.server_conns, args.server_threads) as (port, pid):
+        cfg = Path(args.scratch) / "memaslap.cfg"
+        cfg.write_text(config)
+        server_cpu = _cpu_s(pid)
+        started = time.monotonic()
+        done = subprocess.run(
+            ["memcaslap", "-s", f"127.0.0.1:{port}", "-F", str(cfg), "-T", "2",
+             "-c", str(concurrency), "-t", f"{int(args.seconds)}s", *extra],
+            capture_output=True, text=True, timeout=args.seconds + 60,
+        )  # fmt: skip
+        span = time.monotonic() - started
+        server_cpu = _cpu_s(pid) - server_cpu
+    tps = 0
+    for line in done.stdout.splitlines():
+        if line.startswith("Run time:") and "TPS:" in line:
+            tps = int(line.split("TPS:")[1].split()[0])
+    return [mix, "memaslap", f"-T 2 -c {concurrency}", tps, "-", round(server_cpu / span, 2)]
+
+
+def run_workload(
+    args: argparse.Namespace, mix: str, processes: int, clients: int, pipeline: int
+) -> list[object]:
+    from verifier.stress.workload_file import parse_workload
+
+    group = {"name": "bench", "clients": clients, "pipeline": pipeline, **MEMASLAP_MIXES[mix][2]}
+    workload = parse_workload({"group": [group]}, "bench", None)
+    with memcached(args.memcached, args.server_conns, args.server_threads) as (port, pid):
+        config = FloodConfig(
+            port=port, concurrency=0, processes=processes, duration_s=args.seconds,
+            groups=workload.groups, report_dir=str(Path(args.scratch) / "clients"),
+        )  # fmt: skip
+        server_cpu = _cpu_s(pid)
+        with Flood(config) as flood:
+            flood.wait(timeout_s=args.seconds + 30)
+            stats = flood.stop()
+        server_cpu = _cpu_s(pid) - server_cpu
+        report = flood.client_report()
+    span = stats.active_s or 1.0
+    errors = sum(sum(c.errors.values()) for c in report.commands) if report else 0
+    setting = f"{processes} proc x {clients} conns, pipeline {pipeline}"
+    return [mix, "verifier", setting, round(stats.mean_ops_per_s), errors,
+            round(server_cpu / span, 2)]  # fmt: skip
+
+
+def vs_memaslap(args: argparse.Namespace) -> int:
+    import tempfile
+
+    args.scratch = tempfile.mkdtemp(prefix="vs-memaslap-")
+    rows: list[list[object]] = []
+    best: dict[tuple[str, str], int] = {}
+    for mix in MEMASLAP_MIXES:
+        trials = [("memaslap", c, 0, 0) for c in (32, 128)]
+        trials += [("verifier", c, p, pipe) for p in (1, 2) for c, pipe in ((32, 1), (32, 8))]
+        for tool, clients, processes, pipeline in trials:
+            for _ in range(args.repeat):
+                row = (
+                    run_memaslap(args, mix, clients)
+                    if tool == "memaslap"
+                    else run_workload(args, mix, processes, clients, pipeline)
+                )
+                print("  ".join(str(c) for c in row), file=sys.stderr, flush=True)
+                rows.append(row)
+                best[(mix, tool)] = max(best.get((mix, tool), 0), int(row[3]))  # type: ignore[call-overload]
+    headers = ["mix", "client", "setting", "ops/s", "errors", "server CPU"]
+    print(tabulate(rows, headers=headers, intfmt=","))
+    for mix in MEMASLAP_MIXES:
+        ours, theirs = best.get((mix, "verifier"), 0), best.get((mix, "memaslap"), 0)
+        print(f"{mix}: best verifier {ours:,} ops/s, best memaslap {theirs:,} ops/s")
+    mix = "get/set 9:1"
+    ratio = best.get((mix, "verifier"), 0) / max(1, best.get((mix, "memaslap"), 0))
+    print(f"flood/memcaslap ops ratio: {ratio:.2f}")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--memcached", default=os.environ.get("VERIFIER_TEST_MEMCACHED"))
@@ -141,9 +242,12 @@ def main() -> int:
     parser.add_argument("--processes", default="1,2", help="comma-separated, e.g. 1,2")
     parser.add_argument("--quick", action="store_true", help="uvloop + RST only")
     parser.add_argument("--repeat", type=int, default=1, help="runs per setting; the best shown")
+    parser.add_argument("--vs-memaslap", action="store_true", help="beside memaslap (above)")
     args = parser.parse_args()
     if not args.memcached:
         parser.error("give --memcached PATH or set VERIFIER_TEST_MEMCACHED")
+    if args.vs_memaslap:
+        return vs_memaslap(args)
     process_counts = [int(p) for p in args.processes.split(",")]
     loops, lingers = ((True,), (True,)) if args.quick else ((True, False), (True, False))
     print(
