@@ -210,7 +210,9 @@ def vs_memaslap(args: argparse.Namespace) -> int:
     best: dict[tuple[str, str], int] = {}
     for mix in MEMASLAP_MIXES:
         trials = [("memaslap", c, 0, 0) for c in (32, 128)]
-        trials += [("verifier", c, p, pipe) for p in (1, 2) for c, pipe in ((32, 1), (32, 8))]
+        trials += [
+            ("verifier", c, p, pipe) for p in (1, 2) for c, pipe in ((32, 1), (32, 8), (32, 32))
+        ]
         for tool, clients, processes, pipeline in trials:
             for _ in range(args.repeat):
                 row = (

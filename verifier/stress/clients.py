@@ -30,6 +30,7 @@ GROUP_REPLY_TIMEOUT_S = 5.0  # longer than the churn's 1 s: metadump and flush_a
 CONNECT_TIMEOUT_S = 1.0
 RECONNECT_BACKOFF_S = 0.05  # a refused or full server is retried this much later
 HISTORY_FLUSH_S = 1.0
+SWEEP_S = 0.05  # reply timeouts are seen this late at most
 
 # command -> (OpKind, writes a value)
 _OPS: dict[str, OpKind] = {
@@ -72,6 +73,8 @@ class _Stream(asyncio.Protocol):
         self.received = 0
         self.transport: asyncio.Transport | None = None
         self._waiter: asyncio.Future[None] | None = None
+        self.deadline = 0.0
+        self.timed_out = False
 
     def __call__(self) -> _Stream:
         return self
@@ -97,19 +100,28 @@ class _Stream(asyncio.Protocol):
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
-    async def wait(self, timeout_s: float) -> None:
-        loop = asyncio.get_running_loop()
+    async def wait(self, loop: asyncio.AbstractEventLoop, deadline: float) -> None:
+        """Until more bytes, the end, or ``deadline`` (loop time). No timer per wait: the
+        owner's sweep wakes waiters past their deadline (a timer per reply cost about a
+        tenth of a request's CPU here)."""
+        self.deadline = deadline
         self._waiter = loop.create_future()
         try:
-            async with asyncio.timeout(timeout_s):
-                await self._waiter
-        except TimeoutError:
-            raise _Gone(TIMEOUT) from None
+            await self._waiter
         finally:
             self._waiter = None
+        if self.timed_out:
+            self.timed_out = False
+            raise _Gone(TIMEOUT)
 
-    async def reply(self, codec: Codec, command: Command, deadline: float) -> Reply:
-        loop = asyncio.get_running_loop()
+    def sweep(self, now: float) -> None:
+        if self._waiter is not None and not self._waiter.done() and self.deadline <= now:
+            self.timed_out = True
+            self._waiter.set_result(None)
+
+    async def reply(
+        self, loop: asyncio.AbstractEventLoop, codec: Codec, command: Command, deadline: float
+    ) -> Reply:
         while True:
             reply, end = codec.parse(command, self.buf, self.pos)
             if reply is not None:
@@ -117,10 +129,9 @@ class _Stream(asyncio.Protocol):
                 return reply
             if self.lost:
                 raise _Gone(CLOSED)
-            remaining = deadline - loop.time()
-            if remaining <= 0:
+            if deadline <= loop.time():
                 raise _Gone(TIMEOUT)
-            await self.wait(remaining)
+            await self.wait(loop, deadline)
 
 
 class GroupProcess:
@@ -148,6 +159,7 @@ class GroupProcess:
         self.history_ops = 0
         self.last_flush = time.monotonic()
         self.clients: list[_Client] = []
+        self.sweeper: asyncio.Task[None] | None = None
         for gi, group in enumerate(groups):
             mine = group.clients // processes + (1 if index < group.clients % processes else 0)
             codec = codec_for(str(group.protocol))
@@ -155,6 +167,16 @@ class GroupProcess:
                 rng = random.Random(seed * 7919 + index * 104_729 + gi * 1009 + ci)
                 name = f"p{index}.{group.name}.{ci}"
                 self.clients.append(_Client(self, group, codec, name, rng))
+
+    async def sweep(self) -> None:
+        """Wake every wait past its deadline, every SWEEP_S (the churn flood's way too)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(SWEEP_S)
+            now = loop.time()
+            for client in self.clients:
+                if client.stream is not None:
+                    client.stream.sweep(now)
 
     def tally(self, group: Group, command: str) -> Tally:
         key = (group.name, command, str(group.protocol))
@@ -196,6 +218,8 @@ class _Client:
         self.interval = 1.0 / share if share else 0.0
         self.next_at = 0.0
         self.values: dict[int, bytes] = {}
+        self.stream: _Stream | None = None  # the open connection (the sweep looks at it)
+        self.tallies: dict[str, Tally] = {}  # this client's view of the owner's tallies
 
     # -- building requests -------------------------------------------------------------
     def _value(self, pick: Pick) -> bytes:
@@ -279,6 +303,7 @@ class _Client:
             self.owner.tally(self.group, "connect").failed(CONNECT_FAILED)
             await asyncio.sleep(RECONNECT_BACKOFF_S * (1 + self.rng.random()))
             return None
+        self.stream = stream
         return stream
 
     async def _exchange(
@@ -294,22 +319,28 @@ class _Client:
             await asyncio.sleep(delay)
             stream.transport.resume_reading()
         deadline = loop.time() + GROUP_REPLY_TIMEOUT_S
+        tallies, check = self.tallies, self.group.check
         for done, command in enumerate(batch):
             try:
-                reply = await stream.reply(self.codec, command, deadline)
+                reply = await stream.reply(loop, self.codec, command, deadline)
             except (_Gone, ProtocolError) as error:
                 why = error.why if isinstance(error, _Gone) else "protocol-error"
                 for lost in batch[done:]:
-                    self.owner.tally(self.group, lost.name).failed(why)
+                    self._tally(lost.name).failed(why)
                     self._record(lost, None, called, None)
+                self.owner.count(done)
                 return False
             returned = time.monotonic_ns()
-            self.owner.tally(self.group, command.name).answered(
-                reply.status, (returned - called) // 1000
-            )
-            self.owner.count(1)
-            self._record(command, reply, called, returned)
+            tally = tallies.get(command.name) or self._tally(command.name)
+            tally.answered(reply.status, (returned - called) // 1000)
+            if check or reply.cas is not None:
+                self._record(command, reply, called, returned)
+        self.owner.count(len(batch))
         return True
+
+    def _tally(self, command: str) -> Tally:
+        found = self.tallies[command] = self.owner.tally(self.group, command)
+        return found
 
     def _record(
         self, command: Command, reply: Reply | None, called: int, returned: int | None
@@ -332,7 +363,8 @@ class _Client:
         called = time.monotonic_ns()
         try:
             stream.transport.write(self.codec.encode(command))
-            reply = await stream.reply(self.codec, command, loop.time() + GROUP_REPLY_TIMEOUT_S)
+            deadline = loop.time() + GROUP_REPLY_TIMEOUT_S
+            reply = await stream.reply(loop, self.codec, command, deadline)
             tally.answered(reply.status, (time.monotonic_ns() - called) // 1000)
             self.owner.count(1)
             low, high = self.group.hold_s
@@ -340,7 +372,7 @@ class _Client:
             while not stream.lost and loop.time() < hold_until:
                 stream.pos = len(stream.buf)  # the log lines are read and dropped
                 with contextlib.suppress(_Gone):
-                    await stream.wait(hold_until - loop.time())
+                    await stream.wait(loop, hold_until)
         except (_Gone, ProtocolError) as error:
             tally.failed(error.why if isinstance(error, _Gone) else "protocol-error")
         finally:

@@ -265,6 +265,8 @@ class Runner:
             slot.phase, slot.expired = _IDLE, False
             slot.task = self.loop.create_task(self._worker(slot, (j * 7919) % n))
             self.live += 1  # here, not in the coroutine: the tick may look before it runs
+        if self.groups is not None and self.groups.clients:
+            self.group_tasks.append(self.loop.create_task(self.groups.sweep()))
         for client in self.groups.clients if self.groups is not None else ():
             self.group_tasks.append(self.loop.create_task(self._group_client(client.run)))
             self.live += 1
