@@ -46,7 +46,26 @@ def _extra_cases() -> list[Case]:
     return found
 
 
-_EXTRA: list[Callable[[], list[Case]]] = []
+def _binary_cases() -> list[Case]:
+    from verifier.stress.protocol import binary as b
+
+    codec = b.BinaryCodec()
+    value = b"x" * 32
+
+    def res(opcode: int, extras: bytes = b"", body: bytes = b"", status: int = 0) -> bytes:
+        n = len(extras) + len(body)
+        return b.HEADER.pack(b.RES, opcode, 0, len(extras), 0, status, n, 0, 7) + extras + body
+
+    return [
+        ("binary get hit", codec, Command("bin_get", key=b"key:000123"),
+         res(b.GET, b"\0\0\0\0", value)),
+        ("binary set", codec, Command("bin_set", key=b"key:000123", value=value), res(b.SET)),
+        ("binary incr", codec, Command("bin_incr", key=b"key:000123", initial=0),
+         res(b.INCR, b"", (12345).to_bytes(8, "big"))),
+    ]  # fmt: skip
+
+
+_EXTRA: list[Callable[[], list[Case]]] = [_binary_cases]
 
 
 def _rate(codec: Codec, command: Command, reply: bytes, ops: int) -> float:

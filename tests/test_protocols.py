@@ -14,12 +14,14 @@ import pytest
 from verifier.run.server import HOST, MemcachedServer, ServerConfig
 from verifier.stress.protocol.ascii import AsciiCodec
 from verifier.stress.protocol.base import Codec, Command, Reply, Status
+from verifier.stress.protocol.binary import BinaryCodec
 
 
 class Client:
     """A blocking client: one command, its whole reply (the codec decides where it ends)."""
 
     def __init__(self, port: int) -> None:
+        self.port = port
         self.sock = socket.create_connection((HOST, port), timeout=10)
         self.buf = b""
 
@@ -55,10 +57,17 @@ class Client:
         return self.read_replies(codec, commands)
 
     def stats(self, arg: str = "") -> dict[str, str]:
-        return self.call(ASCII, Command("stats", arg=arg)).stats
+        """On a connection of its own: memcached fixes a connection's protocol by its
+        first byte, so ascii stats never share the binary or meta client's."""
+        other = Client(self.port)
+        try:
+            return other.call(ASCII, Command("stats", arg=arg)).stats
+        finally:
+            other.close()
 
 
 ASCII = AsciiCodec()
+BINARY = BinaryCodec()
 
 
 def _start(binary: Path, tmp_path: Path, *args: str) -> MemcachedServer:
@@ -364,3 +373,137 @@ def test_ascii_split_at_every_byte_and_pipelined(client: Client) -> None:
         assert _parse_stream(ASCII, ASCII_PIPELINE, [stream[:cut], stream[cut:]]) == whole
     one_byte = [stream[i : i + 1] for i in range(len(stream))]
     assert _parse_stream(ASCII, ASCII_PIPELINE, one_byte) == whole
+
+
+# -- binary -------------------------------------------------------------------------------
+
+
+def test_binary_storage_and_gets_counted_by_server(client: Client) -> None:
+    n = 4
+    sets = [Command("bin_set", key=b"b%d" % i, value=b"v%d" % i, flags=9) for i in range(n)]
+    replies, grew = _counted(client, BINARY, sets)
+    assert [r.status for r in replies] == [Status.STORED] * n and grew["cmd_set"] == n
+    cmds = [
+        Command("bin_get", key=b"b0"),
+        Command("bin_getk", key=b"b1"),
+        Command("bin_get", key=b"absent"),
+        Command("bin_getk", key=b"absent"),
+    ]
+    replies, grew = _counted(client, BINARY, cmds)
+    assert [r.status for r in replies] == [Status.HIT, Status.HIT, Status.MISS, Status.MISS]
+    assert replies[0].value == b"v0" and replies[1].values[0][:2] == (b"b1", b"v1")
+    assert grew["get_hits"] == 2 and grew["get_misses"] == 2
+    token = replies[0].cas
+    cmds = [
+        Command("bin_add", key=b"b0", value=b"x"),
+        Command("bin_add", key=b"bnew", value=b"x"),
+        Command("bin_replace", key=b"absent", value=b"x"),
+        Command("bin_replace", key=b"b2", value=b"r"),
+        Command("bin_set", key=b"b0", value=b"c1", cas=token or 0),
+        Command("bin_set", key=b"b0", value=b"c2", cas=token or 0),  # stale now
+        Command("bin_set", key=b"absent", value=b"c2", cas=token or 0),
+    ]
+    replies, grew = _counted(client, BINARY, cmds)
+    assert [r.status for r in replies] == [
+        Status.NOT_STORED,
+        Status.STORED,
+        Status.NOT_STORED,
+        Status.STORED,
+        Status.STORED,
+        Status.EXISTS,
+        Status.NOT_FOUND,
+    ]
+    assert grew["cas_hits"] == 1 and grew["cas_badval"] == 1 and grew["cas_misses"] == 1
+
+
+def test_binary_arithmetic_with_initial_delete_touch_gat(client: Client) -> None:
+    cmds = [
+        Command("bin_incr", key=b"ctr", delta=3, initial=None),  # no create: miss
+        Command("bin_incr", key=b"ctr", delta=3, initial=100),  # creates with 100
+        Command("bin_incr", key=b"ctr", delta=3, initial=100),
+        Command("bin_decr", key=b"ctr", delta=50, initial=None),
+        Command("bin_decr", key=b"other", delta=1, initial=None),
+    ]
+    replies, grew = _counted(client, BINARY, cmds)
+    assert [r.number for r in replies] == [None, 100, 103, 53, None]
+    assert replies[0].status is replies[4].status is Status.NOT_FOUND
+    # 1.6.18 counts the refused create as a miss, the autovivify as neither (measured)
+    assert grew["incr_hits"] == 1 and grew["incr_misses"] == 1 and grew["decr_misses"] == 1
+    assert grew["decr_hits"] == 1
+    cmds = [
+        Command("bin_touch", key=b"ctr", exptime=100),
+        Command("bin_touch", key=b"absent", exptime=100),
+        Command("bin_gat", key=b"ctr", exptime=100),
+        Command("bin_gat", key=b"absent", exptime=100),
+        Command("bin_delete", key=b"ctr"),
+        Command("bin_delete", key=b"ctr"),
+        Command("bin_noop"),
+    ]
+    replies, grew = _counted(client, BINARY, cmds)
+    assert [r.status for r in replies] == [
+        Status.TOUCHED,
+        Status.NOT_FOUND,
+        Status.HIT,
+        Status.MISS,
+        Status.DELETED,
+        Status.NOT_FOUND,
+        Status.OK,
+    ]
+    assert replies[2].value == b"53 "  # decr shrinks in place, padded with a space
+    assert grew["cmd_touch"] == 4 and grew["touch_hits"] == 2 and grew["touch_misses"] == 2
+    assert grew["delete_hits"] == 1 and grew["delete_misses"] == 1
+
+
+def test_binary_quiet_batches_version_stats(client: Client) -> None:
+    keys = tuple(b"q%d" % i for i in range(6))
+    (stored,), grew = _counted(client, BINARY, [Command("bin_setq", keys=keys, value=b"qv")])
+    assert stored.status is Status.STORED and stored.number == 0 and grew["cmd_set"] == 6
+    batch = (b"q0", b"absent", b"q5", b"q0")
+    replies, grew = _counted(
+        client, BINARY, [Command("bin_getkq", keys=batch), Command("bin_getq", keys=batch)]
+    )
+    for reply in replies:
+        assert reply.status is Status.HIT
+        assert [(k, v) for k, v, _ in reply.values] == [
+            (b"q0", b"qv"),
+            (b"q5", b"qv"),
+            (b"q0", b"qv"),
+        ]
+    assert grew["get_hits"] == 6 and grew["get_misses"] == 2
+    (miss,) = [client.call(BINARY, Command("bin_getq", keys=(b"absent",)))]
+    assert miss.status is Status.MISS
+    version = client.call(BINARY, Command("bin_version"))
+    assert version.status is Status.OK and version.text == "1.6.18"
+    stats = client.call(BINARY, Command("bin_stats"))
+    assert stats.status is Status.STATS and int(stats.stats["cmd_get"]) >= 8
+    assert client.call(BINARY, Command("bin_stats", arg="settings")).stats["maxconns"] == "64"
+
+
+BINARY_PIPELINE = [
+    Command("bin_set", key=b"p1", value=b"\x81" * 30),
+    Command("bin_get", key=b"p1"),
+    Command("bin_getkq", keys=(b"p1", b"nope", b"p1")),
+    Command("bin_incr", key=b"n", initial=7),
+    Command("bin_setq", keys=(b"a", b"b"), value=b"x"),
+    Command("bin_stats", arg="slabs"),
+    Command("bin_delete", key=b"nope"),
+    Command("bin_version"),
+]
+
+
+def test_binary_split_at_every_byte_and_pipelined(client: Client) -> None:
+    stream = _recorded(client, BINARY, BINARY_PIPELINE)
+    whole = _parse_stream(BINARY, BINARY_PIPELINE, [stream])
+    assert [r.status for r in whole] == [
+        Status.STORED,
+        Status.HIT,
+        Status.HIT,
+        Status.NUMBER,
+        Status.STORED,
+        Status.STATS,
+        Status.NOT_FOUND,
+        Status.OK,
+    ]
+    assert whole[1].value == b"\x81" * 30 and len(whole[2].values) == 2 and whole[3].number == 7
+    for cut in range(len(stream) + 1):
+        assert _parse_stream(BINARY, BINARY_PIPELINE, [stream[:cut], stream[cut:]]) == whole

@@ -83,3 +83,8 @@ class Codec(Protocol):
         """The reply to ``command`` beginning at ``buf[start:]``, and the offset after
         it; ``(None, start)`` while it is incomplete. ProtocolError if it cannot be."""
         ...
+
+    def eof_reply(self, command: Command) -> Reply | None:
+        """The reply when the server closes the stream instead of answering (ascii
+        ``shutdown`` obeyed); None when the end of stream is an error."""
+        ...
