@@ -3,13 +3,13 @@
     .venv/bin/python benchmarks/protocol_codecs.py [--ops 200000] [--runs 3]
 
 One op = encode one command and parse its whole reply from a buffer holding 64 pipelined
-replies (the flood's hot path, no socket). Prints ops/s per codec and mix, median of runs.
+replies (the flood's hot path, no socket). Prints ops/s per codec and mix, best of runs
+(the run least slowed by other jobs).
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 from collections.abc import Callable
 
@@ -65,7 +65,20 @@ def _binary_cases() -> list[Case]:
     ]  # fmt: skip
 
 
-_EXTRA: list[Callable[[], list[Case]]] = [_binary_cases]
+def _meta_cases() -> list[Case]:
+    from verifier.stress.protocol.meta import MetaCodec
+
+    codec = MetaCodec()
+    value = b"x" * 32
+    return [
+        ("meta mg hit", codec, Command("mg", key=b"key:000123"),
+         b"VA 32 c7 t-1\r\n" + value + b"\r\n"),
+        ("meta ms", codec, Command("ms", key=b"key:000123", value=value), b"HD\r\n"),
+        ("meta ma", codec, Command("ma", key=b"key:000123", initial=0), b"VA 5\r\n12345\r\n"),
+    ]  # fmt: skip
+
+
+_EXTRA: list[Callable[[], list[Case]]] = [_binary_cases, _meta_cases]
 
 
 def _rate(codec: Codec, command: Command, reply: bytes, ops: int) -> float:
@@ -90,7 +103,7 @@ def main() -> None:
     args = parser.parse_args()
     for name, codec, command, reply in _cases():
         rates = [_rate(codec, command, reply, args.ops) for _ in range(args.runs)]
-        print(f"{name:24} {statistics.median(rates):>12,.0f} ops/s  (median of {args.runs})")
+        print(f"{name:24} {max(rates):>12,.0f} ops/s  (best of {args.runs})")
 
 
 if __name__ == "__main__":

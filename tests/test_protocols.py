@@ -15,6 +15,7 @@ from verifier.run.server import HOST, MemcachedServer, ServerConfig
 from verifier.stress.protocol.ascii import AsciiCodec
 from verifier.stress.protocol.base import Codec, Command, Reply, Status
 from verifier.stress.protocol.binary import BinaryCodec
+from verifier.stress.protocol.meta import MetaCodec
 
 
 class Client:
@@ -68,6 +69,7 @@ class Client:
 
 ASCII = AsciiCodec()
 BINARY = BinaryCodec()
+META = MetaCodec()
 
 
 def _start(binary: Path, tmp_path: Path, *args: str) -> MemcachedServer:
@@ -507,3 +509,108 @@ def test_binary_split_at_every_byte_and_pipelined(client: Client) -> None:
     assert whole[1].value == b"\x81" * 30 and len(whole[2].values) == 2 and whole[3].number == 7
     for cut in range(len(stream) + 1):
         assert _parse_stream(BINARY, BINARY_PIPELINE, [stream[:cut], stream[cut:]]) == whole
+
+
+# -- meta ---------------------------------------------------------------------------------
+
+
+def test_meta_commands_counted_by_server(client: Client) -> None:
+    cmds = [
+        Command("ms", key=b"m1", value=b"one", exptime=100, flags=5),
+        Command("ms", key=b"m2", value=b"two"),
+        Command("ms", key=b"m1", value=b"x", arg="ME"),  # add mode on an existing key
+        Command("mg", key=b"m1"),
+        Command("mg", key=b"m2", arg="v k s"),
+        Command("mg", key=b"absent"),
+        Command("mn"),
+    ]
+    replies, grew = _counted(client, META, cmds)
+    assert [r.status for r in replies] == [
+        Status.STORED,
+        Status.STORED,
+        Status.NOT_STORED,
+        Status.HIT,
+        Status.HIT,
+        Status.MISS,
+        Status.OK,
+    ]
+    hit = replies[3]
+    assert hit.value == b"one" and hit.cas and hit.ttl is not None and 0 < hit.ttl <= 100
+    assert replies[4].value == b"two" and replies[4].ttl is None
+    assert grew["cmd_set"] == 3 and grew["get_hits"] == 2 and grew["get_misses"] == 1
+
+    token = hit.cas
+    cmds = [
+        Command("ms", key=b"m1", value=b"c1", cas=token or 0),
+        Command("ms", key=b"m1", value=b"c2", cas=token or 0),  # stale now
+        Command("md", key=b"m2"),
+        Command("md", key=b"m2"),
+        Command("ma", key=b"ctr"),  # no initial: a miss
+        Command("ma", key=b"ctr", delta=5, initial=10),  # autovivify with 10
+        Command("ma", key=b"ctr", delta=5),
+        Command("ma", key=b"ctr", delta=3, arg="MD"),
+    ]
+    replies, grew = _counted(client, META, cmds)
+    assert [r.status for r in replies] == [
+        Status.STORED,
+        Status.EXISTS,
+        Status.DELETED,
+        Status.NOT_FOUND,
+        Status.NOT_FOUND,
+        Status.NUMBER,
+        Status.NUMBER,
+        Status.NUMBER,
+    ]
+    assert [r.number for r in replies[5:]] == [10, 15, 12]
+    assert grew["cas_hits"] == 1 and grew["cas_badval"] == 1
+    assert grew["delete_hits"] == 1 and grew["delete_misses"] == 1
+    assert grew["incr_hits"] == 1 and grew["decr_hits"] == 1 and grew["incr_misses"] >= 1
+    bad = client.call(META, Command("mg", key=b"m1", arg="v Z"))
+    assert bad.status is Status.CLIENT_ERROR
+
+
+def test_meta_quiet_batches_closed_by_mn(client: Client) -> None:
+    keys = tuple(b"b%d" % i for i in range(5))
+    (stored,), grew = _counted(client, META, [Command("ms", keys=keys, value=b"bv")])
+    assert stored.status is Status.STORED and stored.number == 0 and grew["cmd_set"] == 5
+    batch = (b"b0", b"absent", b"b4", b"b0")
+    (got,), grew = _counted(client, META, [Command("mg", keys=batch)])
+    assert got.status is Status.HIT
+    assert [(k, v) for k, v, _ in got.values] == [(b"b0", b"bv"), (b"b4", b"bv"), (b"b0", b"bv")]
+    assert grew["get_hits"] == 3 and grew["get_misses"] == 1
+    assert client.call(META, Command("mg", keys=(b"absent",))).status is Status.MISS
+    (deleted,), grew = _counted(client, META, [Command("md", keys=(b"b1", b"absent", b"b2"))])
+    assert deleted.status is Status.NOT_FOUND and deleted.number == 1
+    assert grew["delete_hits"] == 2 and grew["delete_misses"] == 1
+    added = client.call(META, Command("ms", keys=(b"b0", b"fresh"), value=b"x", arg="ME"))
+    assert added.status is Status.NOT_STORED and added.number == 1
+    (counted,), grew = _counted(client, META, [Command("ma", keys=(b"n1", b"n2"), initial=1)])
+    assert counted.status is Status.NUMBER and counted.number == 0
+
+
+META_PIPELINE = [
+    Command("ms", key=b"p1", value=b"VA 3\r\nEN\r\n"),
+    Command("mg", key=b"p1"),
+    Command("mg", keys=(b"p1", b"nope", b"p1")),
+    Command("ma", key=b"n", initial=7),
+    Command("md", key=b"nope"),
+    Command("mn"),
+    Command("mg", key=b"nope"),
+]
+
+
+def test_meta_split_at_every_byte_and_pipelined(client: Client) -> None:
+    stream = _recorded(client, META, META_PIPELINE)
+    whole = _parse_stream(META, META_PIPELINE, [stream])
+    assert [r.status for r in whole] == [
+        Status.STORED,
+        Status.HIT,
+        Status.HIT,
+        Status.NUMBER,
+        Status.NOT_FOUND,
+        Status.OK,
+        Status.MISS,
+    ]
+    assert whole[1].value == b"VA 3\r\nEN\r\n" and len(whole[2].values) == 2
+    for cut in range(len(stream) + 1):
+        assert _parse_stream(META, META_PIPELINE, [stream[:cut], stream[cut:]]) == whole

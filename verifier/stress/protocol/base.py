@@ -64,6 +64,7 @@ class Reply:
     values: list[tuple[bytes, bytes, int | None]] = field(default_factory=list)  # mget
     stats: dict[str, str] = field(default_factory=dict)  # STAT name value
     text: str = ""  # the error line, or the raw first line of an OTHER reply
+    ttl: int | None = None  # meta mg ``t``: seconds left, -1 for none
 
 
 class ProtocolError(Exception):

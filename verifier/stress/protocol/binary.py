@@ -22,9 +22,10 @@ Command names:
 Status mapping: 0x81 unknown command -> ERROR, 0x03/0x04/0x06 (too big, invalid, non-numeric
 delta) -> CLIENT_ERROR, 0x82..0x86 -> SERVER_ERROR, anything else unknown -> OTHER.
 
-Measured (``benchmarks/protocol_codecs.py``, encode + parse from a buffer of 64 pipelined
-replies, median of 3 runs, same load as the ascii figures of that run: ascii get 113 k): get
-hit 102 k ops/s, set 105 k, incr 116 k. One precompiled ``struct`` per header; bodies are
+Measured (``benchmarks/protocol_codecs.py --runs 5``, encode + parse from a buffer of 64 pipelined
+replies, best of 5, on this 2-core box at load average 15-19 from other jobs: figures are a
+floor): get hit 105 k ops/s, set 110 k, incr 129 k.
+One precompiled ``struct`` per header; bodies are
 sliced by the header's lengths, never scanned.
 """
 
