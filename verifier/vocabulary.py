@@ -103,3 +103,11 @@ class ProbeClient(enum.StrEnum):
     AUTO = "auto"
     TELNET = "telnet"
     SOCKET = "socket"
+
+
+class FeaturePresence(enum.StrEnum):
+    """Whether a build has a command family or option (verifier/stress/features.py)."""
+
+    PRESENT = "present"
+    ABSENT = "absent"
+    UNKNOWN = "unknown"  # its only evidence is unreadable (a stripped binary's symbols)
