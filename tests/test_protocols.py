@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from verifier.run.server import HOST, MemcachedServer, ServerConfig
+from verifier.stress.protocol import ProtocolError, codec_for
 from verifier.stress.protocol.ascii import AsciiCodec
 from verifier.stress.protocol.base import Codec, Command, Reply, Status
 from verifier.stress.protocol.binary import BinaryCodec
@@ -509,6 +510,8 @@ def test_binary_split_at_every_byte_and_pipelined(client: Client) -> None:
     assert whole[1].value == b"\x81" * 30 and len(whole[2].values) == 2 and whole[3].number == 7
     for cut in range(len(stream) + 1):
         assert _parse_stream(BINARY, BINARY_PIPELINE, [stream[:cut], stream[cut:]]) == whole
+    one_byte = [stream[i : i + 1] for i in range(len(stream))]
+    assert _parse_stream(BINARY, BINARY_PIPELINE, one_byte) == whole
 
 
 # -- meta ---------------------------------------------------------------------------------
@@ -614,3 +617,29 @@ def test_meta_split_at_every_byte_and_pipelined(client: Client) -> None:
     assert whole[1].value == b"VA 3\r\nEN\r\n" and len(whole[2].values) == 2
     for cut in range(len(stream) + 1):
         assert _parse_stream(META, META_PIPELINE, [stream[:cut], stream[cut:]]) == whole
+    one_byte = [stream[i : i + 1] for i in range(len(stream))]
+    assert _parse_stream(META, META_PIPELINE, one_byte) == whole
+
+
+# -- desynchronised streams and unknown names (no server needed) ---------------------------
+
+
+def test_desync_raises_protocol_error_and_unknown_names_value_error() -> None:
+    set_ = Command("set", key=b"k", value=b"v")
+    with pytest.raises(ProtocolError):
+        ASCII.parse(set_, b"VALUE k 0 1\r\nv\r\nEND\r\n", 0)  # a get's answer to a set
+    with pytest.raises(ProtocolError):
+        ASCII.parse(Command("get", key=b"k"), b"VALUE k 0 1\r\nvXX", 0)  # block overruns
+    with pytest.raises(ProtocolError):
+        ASCII.parse(set_, b"x" * 9000, 0)  # no line end where one was due
+    with pytest.raises(ProtocolError):
+        BINARY.parse(Command("bin_get", key=b"k"), b"\x80" + b"\0" * 23, 0)  # request magic
+    reply = BINARY.encode(Command("bin_set", key=b"k"))  # a set's header answering a get
+    with pytest.raises(ProtocolError):
+        BINARY.parse(Command("bin_get", key=b"k"), b"\x81" + reply[1:], 0)
+    with pytest.raises(ProtocolError):
+        META.parse(Command("ms", key=b"k", value=b"v"), b"EN\r\n", 0)  # an mg's miss
+    for codec, name in ((ASCII, "mg"), (BINARY, "get"), (META, "bin_get")):
+        with pytest.raises(ValueError):
+            codec.encode(Command(name, key=b"k"))
+    assert [codec_for(n) for n in ("mgets", "bin_getkq", "ma")] == ["ascii", "binary", "meta"]
