@@ -12,14 +12,18 @@ from pathlib import Path
 import pytest
 
 from verifier.run.server import HOST, MemcachedServer, ServerConfig
+from verifier.stress.protocol import ProtocolError, codec_for
 from verifier.stress.protocol.ascii import AsciiCodec
 from verifier.stress.protocol.base import Codec, Command, Reply, Status
+from verifier.stress.protocol.binary import BinaryCodec
+from verifier.stress.protocol.meta import MetaCodec
 
 
 class Client:
     """A blocking client: one command, its whole reply (the codec decides where it ends)."""
 
     def __init__(self, port: int) -> None:
+        self.port = port
         self.sock = socket.create_connection((HOST, port), timeout=10)
         self.buf = b""
 
@@ -55,10 +59,18 @@ class Client:
         return self.read_replies(codec, commands)
 
     def stats(self, arg: str = "") -> dict[str, str]:
-        return self.call(ASCII, Command("stats", arg=arg)).stats
+        """On a connection of its own: memcached fixes a connection's protocol by its
+        first byte, so ascii stats never share the binary or meta client's."""
+        other = Client(self.port)
+        try:
+            return other.call(ASCII, Command("stats", arg=arg)).stats
+        finally:
+            other.close()
 
 
 ASCII = AsciiCodec()
+BINARY = BinaryCodec()
+META = MetaCodec()
 
 
 def _start(binary: Path, tmp_path: Path, *args: str) -> MemcachedServer:
@@ -364,3 +376,270 @@ def test_ascii_split_at_every_byte_and_pipelined(client: Client) -> None:
         assert _parse_stream(ASCII, ASCII_PIPELINE, [stream[:cut], stream[cut:]]) == whole
     one_byte = [stream[i : i + 1] for i in range(len(stream))]
     assert _parse_stream(ASCII, ASCII_PIPELINE, one_byte) == whole
+
+
+# -- binary -------------------------------------------------------------------------------
+
+
+def test_binary_storage_and_gets_counted_by_server(client: Client) -> None:
+    n = 4
+    sets = [Command("bin_set", key=b"b%d" % i, value=b"v%d" % i, flags=9) for i in range(n)]
+    replies, grew = _counted(client, BINARY, sets)
+    assert [r.status for r in replies] == [Status.STORED] * n and grew["cmd_set"] == n
+    cmds = [
+        Command("bin_get", key=b"b0"),
+        Command("bin_getk", key=b"b1"),
+        Command("bin_get", key=b"absent"),
+        Command("bin_getk", key=b"absent"),
+    ]
+    replies, grew = _counted(client, BINARY, cmds)
+    assert [r.status for r in replies] == [Status.HIT, Status.HIT, Status.MISS, Status.MISS]
+    assert replies[0].value == b"v0" and replies[1].values[0][:2] == (b"b1", b"v1")
+    assert grew["get_hits"] == 2 and grew["get_misses"] == 2
+    token = replies[0].cas
+    cmds = [
+        Command("bin_add", key=b"b0", value=b"x"),
+        Command("bin_add", key=b"bnew", value=b"x"),
+        Command("bin_replace", key=b"absent", value=b"x"),
+        Command("bin_replace", key=b"b2", value=b"r"),
+        Command("bin_set", key=b"b0", value=b"c1", cas=token or 0),
+        Command("bin_set", key=b"b0", value=b"c2", cas=token or 0),  # stale now
+        Command("bin_set", key=b"absent", value=b"c2", cas=token or 0),
+    ]
+    replies, grew = _counted(client, BINARY, cmds)
+    assert [r.status for r in replies] == [
+        Status.NOT_STORED,
+        Status.STORED,
+        Status.NOT_STORED,
+        Status.STORED,
+        Status.STORED,
+        Status.EXISTS,
+        Status.NOT_FOUND,
+    ]
+    assert grew["cas_hits"] == 1 and grew["cas_badval"] == 1 and grew["cas_misses"] == 1
+
+
+def test_binary_arithmetic_with_initial_delete_touch_gat(client: Client) -> None:
+    cmds = [
+        Command("bin_incr", key=b"ctr", delta=3, initial=None),  # no create: miss
+        Command("bin_incr", key=b"ctr", delta=3, initial=100),  # creates with 100
+        Command("bin_incr", key=b"ctr", delta=3, initial=100),
+        Command("bin_decr", key=b"ctr", delta=50, initial=None),
+        Command("bin_decr", key=b"other", delta=1, initial=None),
+    ]
+    replies, grew = _counted(client, BINARY, cmds)
+    assert [r.number for r in replies] == [None, 100, 103, 53, None]
+    assert replies[0].status is replies[4].status is Status.NOT_FOUND
+    # 1.6.18 counts the refused create as a miss, the autovivify as neither (measured)
+    assert grew["incr_hits"] == 1 and grew["incr_misses"] == 1 and grew["decr_misses"] == 1
+    assert grew["decr_hits"] == 1
+    cmds = [
+        Command("bin_touch", key=b"ctr", exptime=100),
+        Command("bin_touch", key=b"absent", exptime=100),
+        Command("bin_gat", key=b"ctr", exptime=100),
+        Command("bin_gat", key=b"absent", exptime=100),
+        Command("bin_delete", key=b"ctr"),
+        Command("bin_delete", key=b"ctr"),
+        Command("bin_noop"),
+    ]
+    replies, grew = _counted(client, BINARY, cmds)
+    assert [r.status for r in replies] == [
+        Status.TOUCHED,
+        Status.NOT_FOUND,
+        Status.HIT,
+        Status.MISS,
+        Status.DELETED,
+        Status.NOT_FOUND,
+        Status.OK,
+    ]
+    assert replies[2].value == b"53 "  # decr shrinks in place, padded with a space
+    assert grew["cmd_touch"] == 4 and grew["touch_hits"] == 2 and grew["touch_misses"] == 2
+    assert grew["delete_hits"] == 1 and grew["delete_misses"] == 1
+
+
+def test_binary_quiet_batches_version_stats(client: Client) -> None:
+    keys = tuple(b"q%d" % i for i in range(6))
+    (stored,), grew = _counted(client, BINARY, [Command("bin_setq", keys=keys, value=b"qv")])
+    assert stored.status is Status.STORED and stored.number == 0 and grew["cmd_set"] == 6
+    batch = (b"q0", b"absent", b"q5", b"q0")
+    replies, grew = _counted(
+        client, BINARY, [Command("bin_getkq", keys=batch), Command("bin_getq", keys=batch)]
+    )
+    for reply in replies:
+        assert reply.status is Status.HIT
+        assert [(k, v) for k, v, _ in reply.values] == [
+            (b"q0", b"qv"),
+            (b"q5", b"qv"),
+            (b"q0", b"qv"),
+        ]
+    assert grew["get_hits"] == 6 and grew["get_misses"] == 2
+    (miss,) = [client.call(BINARY, Command("bin_getq", keys=(b"absent",)))]
+    assert miss.status is Status.MISS
+    version = client.call(BINARY, Command("bin_version"))
+    assert version.status is Status.OK and version.text == "1.6.18"
+    stats = client.call(BINARY, Command("bin_stats"))
+    assert stats.status is Status.STATS and int(stats.stats["cmd_get"]) >= 8
+    assert client.call(BINARY, Command("bin_stats", arg="settings")).stats["maxconns"] == "64"
+
+
+BINARY_PIPELINE = [
+    Command("bin_set", key=b"p1", value=b"\x81" * 30),
+    Command("bin_get", key=b"p1"),
+    Command("bin_getkq", keys=(b"p1", b"nope", b"p1")),
+    Command("bin_incr", key=b"n", initial=7),
+    Command("bin_setq", keys=(b"a", b"b"), value=b"x"),
+    Command("bin_stats", arg="slabs"),
+    Command("bin_delete", key=b"nope"),
+    Command("bin_version"),
+]
+
+
+def test_binary_split_at_every_byte_and_pipelined(client: Client) -> None:
+    stream = _recorded(client, BINARY, BINARY_PIPELINE)
+    whole = _parse_stream(BINARY, BINARY_PIPELINE, [stream])
+    assert [r.status for r in whole] == [
+        Status.STORED,
+        Status.HIT,
+        Status.HIT,
+        Status.NUMBER,
+        Status.STORED,
+        Status.STATS,
+        Status.NOT_FOUND,
+        Status.OK,
+    ]
+    assert whole[1].value == b"\x81" * 30 and len(whole[2].values) == 2 and whole[3].number == 7
+    for cut in range(len(stream) + 1):
+        assert _parse_stream(BINARY, BINARY_PIPELINE, [stream[:cut], stream[cut:]]) == whole
+    one_byte = [stream[i : i + 1] for i in range(len(stream))]
+    assert _parse_stream(BINARY, BINARY_PIPELINE, one_byte) == whole
+
+
+# -- meta ---------------------------------------------------------------------------------
+
+
+def test_meta_commands_counted_by_server(client: Client) -> None:
+    cmds = [
+        Command("ms", key=b"m1", value=b"one", exptime=100, flags=5),
+        Command("ms", key=b"m2", value=b"two"),
+        Command("ms", key=b"m1", value=b"x", arg="ME"),  # add mode on an existing key
+        Command("mg", key=b"m1"),
+        Command("mg", key=b"m2", arg="v k s"),
+        Command("mg", key=b"absent"),
+        Command("mn"),
+    ]
+    replies, grew = _counted(client, META, cmds)
+    assert [r.status for r in replies] == [
+        Status.STORED,
+        Status.STORED,
+        Status.NOT_STORED,
+        Status.HIT,
+        Status.HIT,
+        Status.MISS,
+        Status.OK,
+    ]
+    hit = replies[3]
+    assert hit.value == b"one" and hit.cas and hit.ttl is not None and 0 < hit.ttl <= 100
+    assert replies[4].value == b"two" and replies[4].ttl is None
+    assert grew["cmd_set"] == 3 and grew["get_hits"] == 2 and grew["get_misses"] == 1
+
+    token = hit.cas
+    cmds = [
+        Command("ms", key=b"m1", value=b"c1", cas=token or 0),
+        Command("ms", key=b"m1", value=b"c2", cas=token or 0),  # stale now
+        Command("md", key=b"m2"),
+        Command("md", key=b"m2"),
+        Command("ma", key=b"ctr"),  # no initial: a miss
+        Command("ma", key=b"ctr", delta=5, initial=10),  # autovivify with 10
+        Command("ma", key=b"ctr", delta=5),
+        Command("ma", key=b"ctr", delta=3, arg="MD"),
+    ]
+    replies, grew = _counted(client, META, cmds)
+    assert [r.status for r in replies] == [
+        Status.STORED,
+        Status.EXISTS,
+        Status.DELETED,
+        Status.NOT_FOUND,
+        Status.NOT_FOUND,
+        Status.NUMBER,
+        Status.NUMBER,
+        Status.NUMBER,
+    ]
+    assert [r.number for r in replies[5:]] == [10, 15, 12]
+    assert grew["cas_hits"] == 1 and grew["cas_badval"] == 1
+    assert grew["delete_hits"] == 1 and grew["delete_misses"] == 1
+    assert grew["incr_hits"] == 1 and grew["decr_hits"] == 1 and grew["incr_misses"] >= 1
+    bad = client.call(META, Command("mg", key=b"m1", arg="v Z"))
+    assert bad.status is Status.CLIENT_ERROR
+
+
+def test_meta_quiet_batches_closed_by_mn(client: Client) -> None:
+    keys = tuple(b"b%d" % i for i in range(5))
+    (stored,), grew = _counted(client, META, [Command("ms", keys=keys, value=b"bv")])
+    assert stored.status is Status.STORED and stored.number == 0 and grew["cmd_set"] == 5
+    batch = (b"b0", b"absent", b"b4", b"b0")
+    (got,), grew = _counted(client, META, [Command("mg", keys=batch)])
+    assert got.status is Status.HIT
+    assert [(k, v) for k, v, _ in got.values] == [(b"b0", b"bv"), (b"b4", b"bv"), (b"b0", b"bv")]
+    assert grew["get_hits"] == 3 and grew["get_misses"] == 1
+    assert client.call(META, Command("mg", keys=(b"absent",))).status is Status.MISS
+    (deleted,), grew = _counted(client, META, [Command("md", keys=(b"b1", b"absent", b"b2"))])
+    assert deleted.status is Status.NOT_FOUND and deleted.number == 1
+    assert grew["delete_hits"] == 2 and grew["delete_misses"] == 1
+    added = client.call(META, Command("ms", keys=(b"b0", b"fresh"), value=b"x", arg="ME"))
+    assert added.status is Status.NOT_STORED and added.number == 1
+    (counted,), grew = _counted(client, META, [Command("ma", keys=(b"n1", b"n2"), initial=1)])
+    assert counted.status is Status.NUMBER and counted.number == 0
+
+
+META_PIPELINE = [
+    Command("ms", key=b"p1", value=b"VA 3\r\nEN\r\n"),
+    Command("mg", key=b"p1"),
+    Command("mg", keys=(b"p1", b"nope", b"p1")),
+    Command("ma", key=b"n", initial=7),
+    Command("md", key=b"nope"),
+    Command("mn"),
+    Command("mg", key=b"nope"),
+]
+
+
+def test_meta_split_at_every_byte_and_pipelined(client: Client) -> None:
+    stream = _recorded(client, META, META_PIPELINE)
+    whole = _parse_stream(META, META_PIPELINE, [stream])
+    assert [r.status for r in whole] == [
+        Status.STORED,
+        Status.HIT,
+        Status.HIT,
+        Status.NUMBER,
+        Status.NOT_FOUND,
+        Status.OK,
+        Status.MISS,
+    ]
+    assert whole[1].value == b"VA 3\r\nEN\r\n" and len(whole[2].values) == 2
+    for cut in range(len(stream) + 1):
+        assert _parse_stream(META, META_PIPELINE, [stream[:cut], stream[cut:]]) == whole
+    one_byte = [stream[i : i + 1] for i in range(len(stream))]
+    assert _parse_stream(META, META_PIPELINE, one_byte) == whole
+
+
+# -- desynchronised streams and unknown names (no server needed) ---------------------------
+
+
+def test_desync_raises_protocol_error_and_unknown_names_value_error() -> None:
+    set_ = Command("set", key=b"k", value=b"v")
+    with pytest.raises(ProtocolError):
+        ASCII.parse(set_, b"VALUE k 0 1\r\nv\r\nEND\r\n", 0)  # a get's answer to a set
+    with pytest.raises(ProtocolError):
+        ASCII.parse(Command("get", key=b"k"), b"VALUE k 0 1\r\nvXX", 0)  # block overruns
+    with pytest.raises(ProtocolError):
+        ASCII.parse(set_, b"x" * 9000, 0)  # no line end where one was due
+    with pytest.raises(ProtocolError):
+        BINARY.parse(Command("bin_get", key=b"k"), b"\x80" + b"\0" * 23, 0)  # request magic
+    reply = BINARY.encode(Command("bin_set", key=b"k"))  # a set's header answering a get
+    with pytest.raises(ProtocolError):
+        BINARY.parse(Command("bin_get", key=b"k"), b"\x81" + reply[1:], 0)
+    with pytest.raises(ProtocolError):
+        META.parse(Command("ms", key=b"k", value=b"v"), b"EN\r\n", 0)  # an mg's miss
+    for codec, name in ((ASCII, "mg"), (BINARY, "get"), (META, "bin_get")):
+        with pytest.raises(ValueError):
+            codec.encode(Command(name, key=b"k"))
+    assert [codec_for(n) for n in ("mgets", "bin_getkq", "ma")] == ["ascii", "binary", "meta"]

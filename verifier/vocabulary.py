@@ -123,3 +123,11 @@ class BugApplicability(enum.StrEnum):
     NOT_YET = "not yet introduced"  # older than the commit (or release) that brought the bug
     NO_FEATURE = "feature not built"  # needs TLS, extstore, ... which this build lacks
     NO_RUNNER = "no runner yet"  # its workload needs the workload runner (not on this branch)
+
+
+class FeaturePresence(enum.StrEnum):
+    """Whether a build has a command family or option (verifier/stress/features.py)."""
+
+    PRESENT = "present"
+    ABSENT = "absent"
+    UNKNOWN = "unknown"  # its only evidence is unreadable (a stripped binary's symbols)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
+from verifier.build.help import help_text
 from verifier.errors import BadInput, HarnessError
 from verifier.util import pidlog
 from verifier.util.proc import die_with_parent, kill_group
@@ -201,14 +202,9 @@ def server_options_for(binary: Path, options: Sequence[tuple[tuple[str, ...], st
     """Recipe server options whose condition (a word in ``memcached -h``) holds."""
     if not options:
         return []
-    try:
-        help_text = subprocess.run(
-            [str(binary), "-h"], capture_output=True, text=True, timeout=10, errors="replace"
-        ).stdout
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise HarnessError(f"cannot run {binary} -h: {exc}") from None
+    text = help_text(binary)
     args: list[str] = []
     for option_args, mentions in options:
-        if not mentions or mentions in help_text:
+        if not mentions or mentions in text:
             args += option_args
     return args

@@ -24,9 +24,10 @@ Command names (the workload file's vocabulary) and what each sends:
 ``mn`` by default (1.6+) or ``version`` (``AsciiCodec(closer="version")``, every release),
 and the reply is that closer's answer: OK, or the first error line met before it.
 
-Measured (``benchmarks/protocol_codecs.py``, encode + parse from a buffer of 64 pipelined
-replies, median of 3 runs on this shared 2-core box): get hit of 32 bytes 157 k ops/s, set
-268 k, incr 234 k. Single-line replies are one ``find(b"\\r\\n")`` and one dict lookup;
+Measured (``benchmarks/protocol_codecs.py --runs 5``, encode + parse from a buffer of 64 pipelined
+replies, best of 5, on this 2-core box at load average 15-19 from other jobs: figures are a
+floor): get hit of 32 bytes 96 k ops/s, set 144 k, incr 173 k.
+Single-line replies are one ``find(b"\\r\\n")`` and one dict lookup;
 VALUE blocks are taken by their byte count, never scanned.
 """
 

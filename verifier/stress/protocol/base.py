@@ -64,6 +64,7 @@ class Reply:
     values: list[tuple[bytes, bytes, int | None]] = field(default_factory=list)  # mget
     stats: dict[str, str] = field(default_factory=dict)  # STAT name value
     text: str = ""  # the error line, or the raw first line of an OTHER reply
+    ttl: int | None = None  # meta mg ``t``: seconds left, -1 for none
 
 
 class ProtocolError(Exception):
@@ -82,4 +83,9 @@ class Codec(Protocol):
     def parse(self, command: Command, buf: bytes, start: int) -> tuple[Reply | None, int]:
         """The reply to ``command`` beginning at ``buf[start:]``, and the offset after
         it; ``(None, start)`` while it is incomplete. ProtocolError if it cannot be."""
+        ...
+
+    def eof_reply(self, command: Command) -> Reply | None:
+        """The reply when the server closes the stream instead of answering (ascii
+        ``shutdown`` obeyed); None when the end of stream is an error."""
         ...
