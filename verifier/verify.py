@@ -32,7 +32,9 @@ from verifier.run.result import TrialResult
 from verifier.run.server import server_options_for
 from verifier.run.target import Target
 from verifier.run.trial import Progress, TrialSettings, flood_config, run_trial, server_config
+from verifier.run.workload_fit import fit_workload
 from verifier.scenario import Scenario
+from verifier.stress.features import detect
 from verifier.verdict.compare import Comparison, SoakSummary, compare, summarize
 from verifier.verdict.stats import rate_lower_bound, soak_for_fix
 from verifier.verdict.verdict import Verdict, decide, is_this_bug
@@ -78,6 +80,7 @@ class Prepared:
     amplifier: Amplifier | None = None
     missing: list[str] = field(default_factory=list)
     why_not: str = ""
+    left_out: list[str] = field(default_factory=list)  # workload parts this build lacks
 
     @property
     def applicable(self) -> bool:
@@ -241,6 +244,17 @@ class VerifyCore:
                 "which this build does not define"
             )
             return prepared
+        if scenario.workload is not None:
+            fitted, prepared.left_out = fit_workload(
+                scenario, detect(target.binary, target.symbols)
+            )
+            if fitted.workload is None and fitted.flood.concurrency == 0:
+                prepared.why_not = (
+                    f"this build has no part of workload {scenario.workload_name}: "
+                    + "; ".join(prepared.left_out[:4])
+                )
+                return prepared
+            prepared.options = options = replace(options, scenario=fitted)
         try:
             prepared.amplifier = self._amplifier(target, options)
         except NotApplicable as error:
@@ -299,6 +313,8 @@ class VerifyCore:
                 self.progress,
             )
             amplifier.observe(trial)
+            if trial.clients is not None:
+                trial.clients.left_out = list(prepared.left_out)
             trials.append(trial)
             spent += trial.soak_s
             if trial.outcome == TrialOutcome.ERROR:

@@ -110,5 +110,7 @@ def read_history(paths: Iterable[Path]) -> Iterator[Op]:
     for path in paths:
         with path.open(encoding="utf-8") as f:
             for line in f:
+                if not line.endswith("\n"):
+                    break  # a process killed mid-write: its last line is cut
                 if line.strip():
                     yield Op.from_json(json.loads(line))

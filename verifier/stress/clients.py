@@ -189,7 +189,8 @@ class GroupProcess:
         self.history.append(op)
 
     def flush(self, force: bool = False) -> None:
-        """History to its file (every second, and at the end)."""
+        """History and tallies to their files, every second and at the end: a process
+        killed while it stops (SIGTERM after the grace) still leaves what it saw."""
         now = time.monotonic()
         if self.report_dir is None or not (force or now - self.last_flush >= HISTORY_FLUSH_S):
             return
@@ -198,11 +199,10 @@ class GroupProcess:
             path = self.report_dir / f"history-{self.index}.jsonl"
             self.history_ops += write_history(path, self.history)
             self.history.clear()
+        write_tallies(tally_path(self.report_dir, self.index), self.tallies, self.history_ops)
 
     def close(self) -> None:
         self.flush(force=True)
-        if self.report_dir is not None:
-            write_tallies(tally_path(self.report_dir, self.index), self.tallies, self.history_ops)
 
 
 class _Client:

@@ -118,7 +118,10 @@ class Flood:
             time.sleep(_POLL_S)
 
     def stop(self, grace_s: float = 2.0) -> FloodStats:
-        """Stop and reap every worker process; the final stats. Safe to call twice."""
+        """Stop and reap every worker process; the final stats. Safe to call twice. Client
+        groups get at least 5 s to drain and write what they saw."""
+        if self.config.groups:
+            grace_s = max(grace_s, 5.0)
         with self._lock:
             if self._final is not None:
                 return self._final
