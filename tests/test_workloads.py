@@ -281,3 +281,39 @@ def test_bad_workload_files_are_one_line_and_exit_2_before_any_build(
     assert not (tmp_path / "cache" / "builds").exists() or not any(
         (tmp_path / "cache" / "builds").iterdir()
     )
+
+
+def test_what_the_build_lacks_is_left_out_and_listed_never_sent(
+    tmp_path: Path, cache_layout: CacheLayout, pristine
+) -> None:  # type: ignore[no-untyped-def]
+    """Debian's 1.6.18 has no debugtime (a MEMCACHED_DEBUG build's command) and no -o
+    made_up_option: both are left out and listed; with nothing else the scenario is NOT
+    APPLICABLE (exit 7); beside a group it has, the soak runs without them."""
+    only_missing = _write(tmp_path, "missing.toml", """
+name = "missing"
+[server]
+options = ["made_up_option=3"]
+[[group]]
+name = "debug"
+rate = 5
+commands = { debugtime = 1 }
+""")  # fmt: skip
+    scenario = _write(tmp_path, "s1.toml", SCENARIO.format(name="m1", workload=only_missing))
+    code, out, _ = _verify(cache_layout, "--scenario", str(scenario), "--soak", "3")
+    assert code == 7, out
+    assert "debugtime" in out and "NOT APPLICABLE" in out
+    both = _write(tmp_path, "both.toml", only_missing.read_text() + """
+[[group]]
+name = "plain"
+rate = 200
+commands = { get = 1, set = 1 }
+""")  # fmt: skip
+    scenario = _write(tmp_path, "s2.toml", SCENARIO.format(name="m2", workload=both))
+    code, out, report = _verify(cache_layout, "--scenario", str(scenario), "--soak", "3")
+    assert code == 0, out
+    assert report is not None
+    trial = report["trials"][0]
+    left_out = " ".join(trial["clients"]["left_out"])
+    assert "debugtime" in left_out and "made_up_option" in left_out
+    sent = {row["command"] for row in trial["clients"]["commands"]}
+    assert "debugtime" not in sent and {"get", "set"} <= sent

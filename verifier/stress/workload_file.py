@@ -52,7 +52,7 @@ ASCII_COMMANDS = frozenset(
         "get", "gets", "mget", "mgets", "set", "add", "replace", "append", "prepend", "cas",
         "incr", "decr", "delete", "touch", "gat", "gats", "flush_all", "verbosity", "stats",
         "slabs_reassign", "slabs_automove", "lru_crawler_crawl", "lru_crawler_metadump",
-        "lru_crawler_enable", "lru_crawler_disable", "version",
+        "lru_crawler_enable", "lru_crawler_disable", "version", "debugtime",
     }
 )  # fmt: skip
 META_COMMANDS = frozenset({"mg", "ms", "md", "ma", "mn"})
