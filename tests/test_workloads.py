@@ -127,24 +127,30 @@ def test_every_command_family_is_sent_and_answered(
     def answered(*commands: str, statuses: tuple[str, ...]) -> int:
         return sum(seen.get(c, {}).get(s, 0) for c in commands for s in statuses)
 
-    # exact: each of these requests moves exactly one server counter
-    assert server["incr_hits"] + server["incr_misses"] == answered(
-        "incr", "bin_incr", "ma", statuses=("number", "not-found")
-    )
-    assert server["decr_hits"] + server["decr_misses"] == answered(
-        "decr", "bin_decr", statuses=("number", "not-found")
-    )
-    assert server["delete_hits"] + server["delete_misses"] == answered(
-        "delete", "bin_delete", "md", statuses=("deleted", "not-found")
-    )
-    assert server["cas_hits"] + server["cas_badval"] + server["cas_misses"] == answered(
-        "cas", statuses=("stored", "exists", "not-found")
-    )
+    # Each answered request moved exactly one server counter; requests still in flight when
+    # the flood stopped were done by the server but never answered to a client: at most one
+    # pipeline per client (6 + 4 + 2 + 2 here).
+    in_flight = 14
+    incr = server["incr_hits"] + server["incr_misses"]
+    counted = answered("incr", "ma", statuses=("number", "not-found"))
+    # a binary incr with an initial value that creates its key moves no counter (proto_bin.c)
+    binary = answered("bin_incr", statuses=("number", "not-found"))
+    assert counted <= incr <= counted + binary + in_flight
+    decr = server["decr_hits"] + server["decr_misses"]
+    counted = answered("decr", statuses=("number", "not-found"))
+    binary = answered("bin_decr", statuses=("number", "not-found"))
+    assert counted <= decr <= counted + binary + in_flight
+    deletes = server["delete_hits"] + server["delete_misses"]
+    counted = answered("delete", "bin_delete", "md", statuses=("deleted", "not-found"))
+    assert counted <= deletes <= counted + in_flight
+    cas = server["cas_hits"] + server["cas_badval"] + server["cas_misses"]
+    counted = answered("cas", statuses=("stored", "exists", "not-found"))
+    assert counted <= cas <= counted + in_flight
     # at least: a multi-get or a quiet batch counts once per key on the server
     gets = ("get", "gets", "bin_get", "bin_getk", "mg", "gat", "gats", "bin_gat")
     assert server["cmd_get"] >= answered(*gets, statuses=("hit", "miss"))
     assert server["cmd_flush"] >= answered("flush_all", statuses=("ok",)) > 0
-    assert server["lru_crawler_starts"] >= 1
+    assert seen["lru_crawler_crawl"].get("ok", 0) > 0  # a crawl was started (not only BUSY)
 
 
 def test_slow_readers_really_pin_their_items(tmp_path: Path, pristine) -> None:  # type: ignore[no-untyped-def]
