@@ -63,6 +63,10 @@ class Diagnosis:
             identity = f"{self.hang_class}:{self.details.get('lock')}:{chain}"
         elif self.hang_class == HangClass.DEADLOCK:
             identity = f"{self.hang_class}:{'+'.join(sorted(self.details.get('locks', [])))}"
+        elif self.hang_class == HangClass.LEAKED_LOCK:
+            identity = f"{self.hang_class}:{self.details.get('lock')}"
+        elif self.hang_class == HangClass.LIVELOCK:
+            identity = f"{self.hang_class}:{self.details.get('function', '')}"
         else:
             identity = str(self.hang_class)
         return f"{identity}|{self.liveness}"

@@ -1,11 +1,15 @@
 """Prove a hang from the live server at once, instead of timing it out.
 
-Two proofs, tried when a probe fails (``evidence/waitfor.py``, ``evidence/state_proof.py``):
-a confirmed cycle in the wait-for graph of mutexes (one thread: ``self-deadlock``; more:
-``deadlock``), and the lost wake-up's state (listener polling, flag false, not accepting,
-no client left) held across two snapshots. Neither stops the process; together they cost
-a few ms (benchmarks/proof_latency.py: 4 ms median for the graph on a hung memcached,
-against 660 ms for one gdb dump). A hang neither proves is confirmed by timing, as before.
+The proofs, tried when a probe fails (``evidence/waitfor.py``, ``evidence/state_proof.py``,
+``evidence/leaked_lock.py``, ``evidence/spin.py``): a confirmed cycle in the wait-for graph
+of mutexes (one thread: ``self-deadlock``; more: ``deadlock``); the lost wake-up's state
+(listener polling, flag false, not accepting, no client left) held across two snapshots;
+a leaked lock (a mutex whose owner sleeps elsewhere and never ran while others waited,
+``MIN_HOLD_S``); a spinning thread (on CPU, never blocked, counters frozen for 1 s). None
+stops the process (the spin proof attaches gdb once, after it is established, to name the
+function). The cycle and state cost a few ms (benchmarks/proof_latency.py: 4 ms median for
+the graph on a hung memcached, against 660 ms for one gdb dump); the leaked lock its hold
+bound, the spin its window. A hang none proves is confirmed by timing, as before.
 """
 
 from __future__ import annotations
@@ -16,7 +20,9 @@ from pathlib import Path
 
 from verifier.errors import EnvironmentMissing, HarnessError
 from verifier.evidence.classify import Diagnosis
+from verifier.evidence.leaked_lock import find_leaked_lock
 from verifier.evidence.memory import ProcessGone
+from verifier.evidence.spin import find_spin
 from verifier.evidence.state_proof import prove_lost_wakeup
 from verifier.evidence.symtab import SymbolTable
 from verifier.evidence.waitfor import find_deadlock, warm_up
@@ -98,6 +104,60 @@ class Prover:
             },
             HangProof.STATE,
             hung_tid=self.pid,
+        )
+
+    def leaked_lock(self) -> Diagnosis | None:
+        """A leaked mutex (owner asleep elsewhere, waiters behind it), as a diagnosis; None
+        when there is none. Waits the hold bound (0.3 s) only when a candidate is seen."""
+        if self.disabled:
+            return None
+        try:
+            proof = find_leaked_lock(self.pid, self.symbols)
+        except ProcessGone:
+            return None
+        if not proof.proven:
+            return None
+        leak = proof.leaks[0]
+        return Diagnosis(
+            HangClass.LEAKED_LOCK,
+            Liveness.UNKNOWN,
+            leak.describe(),
+            {
+                "lock": leak.lock,
+                "owner": leak.owner,
+                "waiters": [tid for tid, _ in leak.waiters],
+                "condvar_waits": proof.condvar_waits,
+                "leak_proof": proof.to_json(),
+            },
+            HangProof.OWNER,
+            hung_tid=leak.owner,
+        )
+
+    def spin(self, held: TelnetSession | None) -> Diagnosis | None:
+        """A thread spinning with the server's counters frozen (read on ``held``), as a
+        diagnosis; None when there is none. Costs its 1 s window when a thread is on CPU."""
+        if self.disabled or held is None:
+            return None
+        try:
+            proof = find_spin(self.pid, lambda: _stats(held))
+        except ProcessGone:
+            return None
+        if not proof.proven:
+            return None
+        first = proof.spinners[0]
+        details: dict[str, object] = {
+            "tids": [s.tid for s in proof.spinners],
+            "spin_proof": proof.to_json(),
+        }
+        if first.function:
+            details["function"] = first.function
+        return Diagnosis(  # proven with the held connection's stats: something still answers
+            HangClass.LIVELOCK,
+            Liveness.UNKNOWN,
+            proof.describe(),
+            details,
+            HangProof.SPIN,
+            hung_tid=first.tid,
         )
 
 
