@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from test_waitfor import _held_stats, _server_config, c_programs, running
 
+from verifier.evidence.collect import build_symbols
 from verifier.evidence.leaked_lock import LeakProof, find_leaked_lock
 from verifier.evidence.spin import find_spin
 from verifier.evidence.symtab import SymbolTable
@@ -51,6 +52,7 @@ def test_leaked_lock_in_a_c_program(c_programs: Callable[[str], Path]) -> None:
     binary = c_programs("leak")
     with running([str(binary)], "ready") as (proc, tids):
         assert find_deadlock(proc.pid).cycle() is None  # no cycle: the graph alone says nothing
+        assert build_symbols(proc.pid) == frozenset()  # no timer, no flag: named by no sentence
 
         def proven() -> LeakProof | None:
             proof = find_leaked_lock(proc.pid)
@@ -132,6 +134,7 @@ def test_watch_steps_on_pristine_prove_nothing(pristine, tmp_path: Path, session
     with MemcachedServer(_server_config(pristine, 1024), tmp_path / "server.log") as server:
         prover = Prover(server.pid, pristine.binary)
         prover.warm()
+        assert build_symbols(server.pid) == {"maxconns_handler", "allow_new_conns"}
         assert _fill_watchers(server.port, sessions).startswith("WATCHER_TOO_MANY")
         assert _watch(server.port, sessions).startswith("WATCHER_TOO_MANY")
         held = TelnetSession.open(HOST, server.port, 2.0, "socket")

@@ -184,7 +184,7 @@ class _Soak:
                 break
 
     def _proven_by_watch(self, watch: CycleWatch) -> None:
-        """A lock cycle seen between probes: the hang is proven when it was seen."""
+        """A lock cycle (or leaked lock) seen between probes: proven when it was seen."""
         result = self.result
         self.proven = watch.diagnosis
         at = max(0.0, watch.at_monotonic - self.clock.start)
@@ -192,7 +192,8 @@ class _Soak:
         result.time_to_hang_s = result.verdict_at_s = at
         result.detection_latency_s = at - (result.last_good_s or 0.0)
         result.timeline.mark(at, EventKind.HANG_SUSPECTED, SEEN_BY_GRAPH)
-        result.timeline.mark(at, EventKind.HANG_PROVEN, str(HangProof.CYCLE))
+        proof = watch.diagnosis.proof if watch.diagnosis else HangProof.CYCLE
+        result.timeline.mark(at, EventKind.HANG_PROVEN, str(proof))
 
     @staticmethod
     def _flood_ended(stats: FloodStats) -> str:
@@ -243,8 +244,13 @@ class _Soak:
             sent < settings.confirm_probes or time.monotonic() - window < settings.confirm_window_s
         ):
             sent_at = time.monotonic()
-            if prover is not None:
-                self.proven = prover.lost_wakeup(self.held) or prover.cycle()
+            if prover is not None:  # the leaked lock and the spin: after cycle/state
+                self.proven = (
+                    prover.lost_wakeup(self.held)
+                    or prover.cycle()
+                    or prover.leaked_lock()
+                    or prover.spin(self.held)
+                )
                 if self.proven is not None:
                     return self.proven.proof
             probe = probe_new_connection(
