@@ -24,9 +24,11 @@ from verifier.evidence.symtab import SymbolTable
 from verifier.evidence.waitfor import find_deadlock, warm_up
 from verifier.probe.telnet import TelnetSession
 from verifier.run.proofs import Prover
+from verifier.run.result import TrialResult
 from verifier.run.server import HOST, MemcachedServer
+from verifier.run.trial import TrialSettings, _Soak
 from verifier.stress import Flood, FloodConfig
-from verifier.vocabulary import HangClass, HangProof
+from verifier.vocabulary import HangClass, HangProof, TrialOutcome
 
 from conftest import FIXTURES
 
@@ -228,3 +230,38 @@ def test_healthy_server_under_flood_is_never_leaked_or_spinning(pristine, tmp_pa
             held.close()
     assert after is not None and int(after["cmd_set"]) > 1000, "the flood did not run"
     print(f"leak candidates seen {contended}, busy workers refused as spinning {spins_refused}")
+
+
+def _confirm(
+    server: MemcachedServer, prover: Prover, held: TelnetSession
+) -> tuple[HangProof | None, _Soak]:
+    """The trial's confirmation step (after a failed probe), run once on ``server``."""
+    result = TrialResult(0, TrialOutcome.CLEAN, 0.0, "", "socket")
+    settings = TrialSettings(soak_s=1.0, threads=2, probe_client="socket")
+    soak = _Soak(result, server, None, held, {}, settings, prover, lambda: 0, None, bool)  # type: ignore[arg-type]
+    return soak._confirm(None), soak
+
+
+@pytest.mark.parametrize("leaky", [True, False], ids=["watch-leak", "pristine"])
+def test_the_trial_confirms_a_leaked_lock_before_timing(  # type: ignore[no-untyped-def]
+    build_debian, tmp_path: Path, sessions, leaky: bool
+) -> None:
+    """run/trial.py's confirmation tries the leaked lock after cycle and state: the watch
+    leak is proven by its owner at once; the same steps on pristine 1.6.18 are no hang."""
+    build = build_debian(WATCH_LEAK) if leaky else build_debian()
+    with MemcachedServer(_server_config(build, 1024), tmp_path / "server.log") as server:
+        prover = Prover(server.pid, build.binary)
+        prover.warm()
+        held = TelnetSession.open(HOST, server.port, 2.0, "socket")
+        try:
+            _fill_watchers(server.port, sessions)
+            _watch(server.port, sessions, 1.0)
+            time.sleep(0.2)  # the 22nd watch reaches the lock
+            proof, soak = _confirm(server, prover, held)
+        finally:
+            held.close()
+    if leaky:
+        assert proof is HangProof.OWNER
+        assert soak.proven is not None and soak.proven.hang_class is HangClass.LEAKED_LOCK
+    else:
+        assert proof is None and soak.proven is None
