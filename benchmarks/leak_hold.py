@@ -7,7 +7,8 @@
    for every contended mutex it records how long the same owner was seen with a waiter
    (any owner state), and how long a leaked-lock candidate lasted: an owner asleep in a
    syscall that is no mutex wait, its CPU time unchanged, a waiter behind it. The longest
-   of the latter is what ``leaked_lock.MIN_HOLD_S`` must exceed.
+   of the latter is what ``leaked_lock.MIN_HOLD_S`` must exceed. Then the cost of 50
+   ``find_leaked_lock`` and ``find_deadlock`` calls under the flood (what CycleWatch pays).
 2. --runs servers of reintroduce-watch-lock-leak.diff: 20 watchers, a 21st, a 22nd; seconds
    from the 22nd until ``find_leaked_lock`` proves it, and its cost.
 3. --runs servers of spin-on-command.diff: ``get spin:x``; the spin proof's cost (its 1 s
@@ -38,7 +39,7 @@ from verifier.evidence.leaked_lock import (
 from verifier.evidence.memory import ProcessImage, ProcessMemory
 from verifier.evidence.spin import find_spin
 from verifier.evidence.symtab import SymbolTable
-from verifier.evidence.waitfor import warm_up
+from verifier.evidence.waitfor import find_deadlock, warm_up
 from verifier.paths import CacheLayout, default_cache_dir
 from verifier.probe.telnet import TelnetSession
 from verifier.run.server import HOST, MemcachedServer, ServerConfig, server_options_for
@@ -123,6 +124,14 @@ def healthy_holds(
                         kept[key] = (now, entry.owner)
                 sleeping = kept
                 longest_sleeping = max([longest_sleeping, *(now - t for t, _ in kept.values())])
+            costs, graph_costs = [], []  # what CycleWatch pays per read, leak and cycle
+            for _ in range(50):
+                started = time.perf_counter()
+                find_leaked_lock(server.pid, symbols)
+                costs.append(time.perf_counter() - started)
+                started = time.perf_counter()
+                find_deadlock(server.pid, symbols)
+                graph_costs.append(time.perf_counter() - started)
     for sock in opened:
         sock.close()
     return [
@@ -131,6 +140,8 @@ def healthy_holds(
         [f"{label}: longest same owner with a waiter (ms)", f"{longest_owned * 1000:.1f}"],
         [f"{label}: longest leak candidate, owner unchanged (ms)",
          f"{longest_sleeping * 1000:.1f} (bound used: {MIN_HOLD_S * 1000:.0f})"],
+        [f"{label}: find_leaked_lock, no leak, ms (median / p90 of 50)", _median_p90(costs)],
+        [f"{label}: find_deadlock, no cycle, ms (median / p90 of 50)", _median_p90(graph_costs)],
     ]  # fmt: skip
 
 
