@@ -22,11 +22,11 @@ between its sleeps, so its CPU time moves within any 0.3 s.
 The bound, ``MIN_HOLD_S`` = 0.3 s: benchmarks/leak_hold.py read the graph of pristine
 1.6.18 (-t 4) back to back (5-20 ms apart) under a 400-client flood (sets and gets on
 two hot keys, 30% stats) for 20 s, and again with 20 idle watchers and a refused
-``watch`` per read (logger_stack_lock), three times on 2 shared cores (load average
-14-18): ~10,000 reads, 7 with a mutex waiter; the longest a mutex kept the same owner
+``watch`` per read (logger_stack_lock), four times on 2 shared cores (load average
+14-18): ~13,000 reads, 7 with a mutex waiter; the longest a mutex kept the same owner
 with a waiter across reads was 31 ms (an owner preempted, runnable: not asleep, so never
 a candidate), and no leak candidate (owner asleep) appeared at all. 0.3 s is ten times
-that 31 ms; the proof still lands 0.32 s after the leak (15/15 watch-leak runs).
+that 31 ms; the proof still lands 0.32 s after the leak (20/20 watch-leak runs).
 Reads only /proc and /proc/PID/mem; nothing is stopped or attached.
 """
 
