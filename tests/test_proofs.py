@@ -65,7 +65,7 @@ def test_leaked_lock_in_a_c_program(c_programs: Callable[[str], Path]) -> None:
         (leak,) = proof.leaks
         assert leak.lock == "leak_lock"
         assert (leak.owner, leak.owner_name) == (int(tids["leaker"]), "leaker")
-        assert leak.sleeps_in == "read"
+        assert (leak.sleeps_in, leak.owner_code) == ("read", "run")
         assert {tid for tid, _ in leak.waiters} == {int(tids["waiter-1"]), int(tids["waiter-2"])}
         assert leak.held_s >= proof.hold_s
         # the condition variable nobody signals is evidence, named, not an edge
@@ -124,6 +124,7 @@ def test_watch_limit_leak_is_a_leaked_lock(build_debian, tmp_path: Path, session
     leak = diagnosis.details["leak_proof"]["leaks"][0]
     assert diagnosis.details["lock"] == leak["lock"] == "logger_stack_lock"
     assert leak["owner_name"] == "mc-worker" and leak["sleeps_in"].startswith("epoll")
+    assert leak["owner_code"] == "worker_libevent"  # idle in its event loop
     waiters = {w["name"] for w in leak["waiters"]}
     assert "mc-worker" in waiters, leak  # the other worker, blocked in its watch
     assert all(w["tid"] != leak["owner"] for w in leak["waiters"])

@@ -55,6 +55,7 @@ from verifier.evidence.waitfor import lock_name
 # preempted; benchmarks/leak_hold.py, see the module docstring).
 MIN_HOLD_S = 0.3
 SNAPSHOTS = 4
+_MAX_FRAMES = 8  # return addresses looked at for the owner's calling function
 
 SYSCALL_NAMES = {
     0: "read",
@@ -94,12 +95,12 @@ class LeakedLock:
     owner: int
     owner_name: str
     sleeps_in: str  # the owner's syscall (and what it waits on, for a futex)
-    owner_code: str  # the owner's frames, innermost first ("" if none could be read)
+    owner_code: str  # the program function it sleeps from ("" if none could be read)
     waiters: tuple[tuple[int, str], ...]
     held_s: float
 
     def describe(self) -> str:
-        where = f"{self.sleeps_in}" + (f" ({self.owner_code})" if self.owner_code else "")
+        where = self.sleeps_in + (f" (from {self.owner_code})" if self.owner_code else "")
         waiting = ", ".join(f"{tid} ({name})" for tid, name in self.waiters)
         return (
             f"thread {self.owner} ({self.owner_name}) holds {self.lock} and sleeps in {where}, "
@@ -211,12 +212,17 @@ def _where(
         sleeps_in += f" on a {wait.kind}" + (
             f" ({condvar_name(image, wait.futex)})" if wait.kind is WaitKind.CONDVAR else ""
         )
-    frames = []
-    for frame in call_chain(image, mem, owner):
-        frames.append(frame.label())
-        if len(frames) >= 6 or (image.module_at(frame.address) is image.exe and len(frames) > 1):
-            break
-    return sleeps_in, " <- ".join(frames)
+    # the program's innermost function found on the stack, library frames skipped; without
+    # unwinding, a stale return address can slip in (see call_chain): a hint, not a proof
+    caller = next(
+        (
+            f.function
+            for f, _ in zip(call_chain(image, mem, owner), range(_MAX_FRAMES), strict=False)
+            if f.function and image.module_at(f.address) is image.exe
+        ),
+        "",
+    )
+    return sleeps_in, caller
 
 
 def condvar_name(image: ProcessImage, futex: int) -> str:
