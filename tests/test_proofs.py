@@ -18,7 +18,7 @@ import pytest
 from test_waitfor import _held_stats, _server_config, c_programs, running
 
 from verifier.evidence.collect import build_symbols
-from verifier.evidence.leaked_lock import LeakProof, find_leaked_lock
+from verifier.evidence.leaked_lock import LeakProof, condvar_waits, find_leaked_lock
 from verifier.evidence.spin import find_spin
 from verifier.evidence.symtab import SymbolTable
 from verifier.evidence.waitfor import find_deadlock, warm_up
@@ -69,9 +69,9 @@ def test_leaked_lock_in_a_c_program(c_programs: Callable[[str], Path]) -> None:
         assert {tid for tid, _ in leak.waiters} == {int(tids["waiter-1"]), int(tids["waiter-2"])}
         assert leak.held_s >= proof.hold_s
         # the condition variable nobody signals is evidence, named, not an edge
-        assert proof.condvar_waits == [
-            f"thread {tids['idle']} (idle) waits on condition variable idle_cond"
-        ]
+        line = f"thread {tids['idle']} (idle) waits on condition variable idle_cond"
+        assert proof.condvar_waits == [line]
+        assert condvar_waits(proc.pid) == [line]  # what a hang's evidence keeps
 
 
 @pytest.fixture

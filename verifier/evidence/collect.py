@@ -23,6 +23,7 @@ from verifier.evidence.classify import (
     Evidence,
     classify,
 )
+from verifier.evidence.leaked_lock import condvar_waits
 from verifier.evidence.symtab import DEBUG_ROOT, SymbolTable
 from verifier.util.atomic import write_json, write_text
 from verifier.util.proc import run
@@ -65,6 +66,7 @@ def collect_hang(
     sockets = procfs.open_sockets(pid)
     fds = procfs.fd_usage(pid)
     wanted = tuple(dict.fromkeys((*WATCHED_VARIABLES, *variables)))
+    condvars = _condvar_waits(pid, debug_dir)  # before gdb stops the threads
     dump = gdb.dump(pid, wanted, debug_dir)
     evidence = Evidence(
         pid=pid,
@@ -86,6 +88,7 @@ def collect_hang(
     write_json(out_dir / "fds.json", procfs.as_jsonable([fds])[0] if fds else {})
     write_json(out_dir / "held-connection-stats.json", held_stats or {"answer": None})
     write_json(out_dir / "variables.json", dump.variables)
+    write_json(out_dir / "condvar-waits.json", condvars)
     write_json(out_dir / "environment.json", environment())
     write_json(out_dir / "diagnosis.json", diagnosis.to_json())
     return diagnosis, evidence
@@ -99,6 +102,14 @@ def build_symbols(pid: int, debug_dir: Path | None = None) -> frozenset[str] | N
     except (VerifierError, OSError):
         return None
     return frozenset(name for name in BUILD_SYMBOLS if table.symbol(name) is not None)
+
+
+def _condvar_waits(pid: int, debug_dir: Path | None) -> list[str]:
+    """Threads asleep on a condition variable, named (evidence: no proof nobody signals)."""
+    try:
+        return condvar_waits(pid, debug_root=debug_dir or DEBUG_ROOT)
+    except VerifierError as error:
+        return [f"not read: {error.message}"]
 
 
 _FRAME_RE = re.compile(r"\(\+(0x[0-9a-f]+)\)\[0x[0-9a-f]+\]")

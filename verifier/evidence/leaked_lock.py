@@ -244,6 +244,18 @@ def condvar_lines(image: ProcessImage, waits: Iterable[FutexWait]) -> list[str]:
     ]
 
 
+def condvar_waits(
+    pid: int, symbols: SymbolTable | None = None, *, debug_root: Path | None = DEBUG_ROOT
+) -> list[str]:
+    """One read of ``pid``: its threads asleep on a condition variable (``condvar_lines``)."""
+    require_x86_64()
+    require_alive(pid)
+    image = ProcessImage.read(pid, symbols, debug_root=debug_root)
+    with ProcessMemory(pid) as mem:
+        _, waits = _snapshot(pid, image, mem)
+    return condvar_lines(image, waits)
+
+
 def find_leaked_lock(
     pid: int,
     symbols: SymbolTable | None = None,
