@@ -74,6 +74,26 @@ def test_leaked_lock_in_a_c_program(c_programs: Callable[[str], Path]) -> None:
         assert condvar_waits(proc.pid) == [line]  # what a hang's evidence keeps
 
 
+def test_every_leaked_lock_of_a_program_is_named(c_programs: Callable[[str], Path]) -> None:
+    """no_cycle.c: two owners asleep holding a mutex one thread waits for (one of them a
+    condition variable's waiter re-taking its mutex); the other futex waits (condvar,
+    semaphore, barrier, rwlock, stdio lock) are no leak."""
+    binary = c_programs("no_cycle")
+    with running([str(binary)], "ready") as (proc, tids):
+
+        def two() -> LeakProof | None:
+            proof = find_leaked_lock(proc.pid)
+            return proof if len(proof.leaks) == 2 else None
+
+        proof = _until(two)
+        assert isinstance(proof, LeakProof), "leaks not proven"
+        assert {(leak.lock, leak.owner, leak.waiters) for leak in proof.leaks} == {
+            ("held_lock", int(tids["sleeper"]), ((int(tids["blocked"]), "blocked"),)),
+            ("relock_mutex", int(tids["signaller"]), ((int(tids["relock"]), "relock"),)),
+        }
+        assert all(leak.sleeps_in.endswith("nanosleep") for leak in proof.leaks)  # sleep()
+
+
 @pytest.fixture
 def sessions() -> Iterator[list[socket.socket]]:
     opened: list[socket.socket] = []
