@@ -23,7 +23,7 @@ from verifier.evidence.spin import find_spin
 from verifier.evidence.symtab import SymbolTable
 from verifier.evidence.waitfor import find_deadlock, warm_up
 from verifier.probe.telnet import TelnetSession
-from verifier.run.proofs import Prover
+from verifier.run.proofs import Prover, hold_bound
 from verifier.run.result import TrialResult
 from verifier.run.server import HOST, MemcachedServer
 from verifier.run.trial import TrialSettings, _Soak
@@ -251,6 +251,12 @@ def test_healthy_server_under_flood_is_never_leaked_or_spinning(pristine, tmp_pa
             held.close()
     assert after is not None and int(after["cmd_set"]) > 1000, "the flood did not run"
     print(f"leak candidates seen {contended}, busy workers refused as spinning {spins_refused}")
+
+
+def test_an_amplifier_sleep_never_passes_for_a_leaked_lock() -> None:
+    """A stretch sleeps, maybe holding a lock others wait for: the hold bound outlasts it."""
+    assert hold_bound([]) == hold_bound([20_000, 50_000]) == 0.3  # the scenarios' delays
+    assert hold_bound([1_000, 500_000]) == 1.0  # --delay-us 500000: twice the sleep
 
 
 def _confirm(

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 from verifier.errors import EnvironmentMissing, HarnessError
 from verifier.evidence.classify import Diagnosis
-from verifier.evidence.leaked_lock import find_leaked_lock
+from verifier.evidence.leaked_lock import MIN_HOLD_S, find_leaked_lock
 from verifier.evidence.memory import ProcessGone
 from verifier.evidence.spin import find_spin
 from verifier.evidence.state_proof import prove_lost_wakeup
@@ -33,10 +34,18 @@ from verifier.vocabulary import HangClass, HangProof, Liveness
 class Prover:
     """The proofs for one server process; symbols are loaded once, on the healthy server."""
 
-    def __init__(self, pid: int, binary: Path, symbol_file: Path | None = None) -> None:
+    def __init__(
+        self,
+        pid: int,
+        binary: Path,
+        symbol_file: Path | None = None,
+        *,
+        min_hold_s: float = MIN_HOLD_S,
+    ) -> None:
         self.pid = pid
         self.binary = binary
         self.symbol_file = symbol_file
+        self.min_hold_s = min_hold_s  # a leaked lock's minimum hold (see hold_bound)
         self.symbols: SymbolTable | None = None
         self.disabled = ""  # why proofs cannot run here ("" = they can)
 
@@ -112,7 +121,7 @@ class Prover:
         if self.disabled:
             return None
         try:
-            proof = find_leaked_lock(self.pid, self.symbols)
+            proof = find_leaked_lock(self.pid, self.symbols, hold_s=self.min_hold_s)
         except ProcessGone:
             return None
         if not proof.proven:
@@ -159,6 +168,13 @@ class Prover:
             HangProof.SPIN,
             hung_tid=first.tid,
         )
+
+
+def hold_bound(delays_us: Iterable[int]) -> float:
+    """A leaked lock's minimum hold with these amplifier sleeps: an amplifier stretches a
+    window by sleeping, maybe holding a lock others wait for, so a hold must outlast twice
+    its longest sleep (the defaults, 20-50 ms, leave ``MIN_HOLD_S``)."""
+    return max([MIN_HOLD_S, *(2 * delay / 1e6 for delay in delays_us)])
 
 
 def _stats(held: TelnetSession | None) -> dict[str, str] | None:

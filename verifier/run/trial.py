@@ -39,7 +39,7 @@ from verifier.limits import CONFIRM_WINDOW_S
 from verifier.probe.telnet import ProbeTimeout, TelnetSession, client_kind, probe_new_connection
 from verifier.run.amplifier import AmplifierPlan
 from verifier.run.gdb_hold import GdbHolder
-from verifier.run.proofs import CycleWatch, Prover
+from verifier.run.proofs import CycleWatch, Prover, hold_bound
 from verifier.run.result import FloodSummary, TrialResult
 from verifier.run.server import HOST, MemcachedServer, ServerConfig
 from verifier.run.timeline import EventKind, Sample
@@ -338,7 +338,12 @@ def run_trial(
             stack.callback(lambda: write_json(trial_dir / "trial.json", result.to_json()))
             stack.callback(server.stop)
             server.start()
-            prover = Prover(server.pid, binary, _separate(binary, settings.symbols))
+            prover = Prover(
+                server.pid,
+                binary,
+                _separate(binary, settings.symbols),
+                min_hold_s=hold_bound(rule.delay_us for rule in amplifier.rules),
+            )
             if settings.prove:
                 prover.warm()
                 if prover.disabled:
