@@ -152,12 +152,14 @@ def find_spin(
     Raises ``ProcessGone`` if the process exits."""
     require_x86_64()
     require_alive(pid)
-    before = _progress(stats())
-    if not before:
-        return SpinProof(pid, [], window_s, reason="no progress counters readable")
     first = {tid: sample_thread(pid, tid) for tid in thread_ids(pid)}
     switches = {tid: voluntary_switches(pid, tid) for tid in first}
     running = {tid for tid, s in first.items() if _on_cpu(s) and switches[tid] is not None}
+    if not running:  # the common case costs one /proc read, no stats round trip
+        return SpinProof(pid, [], window_s, reason="no thread on CPU")
+    before = _progress(stats())
+    if not before:
+        return SpinProof(pid, [], window_s, reason="no progress counters readable")
     started = time.monotonic()
     while running and time.monotonic() - started < window_s:
         time.sleep(interval_s)
