@@ -121,3 +121,35 @@ def test_a_server_with_every_descriptor_taken_is_full_not_a_lost_wakeup() -> Non
     assert classify(dataclasses.replace(base, fds=FdUsage(open=16, limit=24))).hang_class == (
         LOST_WAKEUP
     )
+
+
+def test_the_lost_wakeup_sentence_names_only_what_this_build_has() -> None:
+    """1.6.18 has the 10 ms maxconns timer and allow_new_conns; 1.4.5 has neither: its
+    sentence must not name the timer, nor print ``?`` for the flag it could not read."""
+    modern = dataclasses.replace(
+        _evidence(POLLING, [LISTEN, HELD], {"accepting_conns": "0"}),
+        build_symbols=frozenset({"maxconns_handler", "allow_new_conns"}),
+    )
+    assert classify(modern).summary == (
+        "listener polls its 10 ms maxconns timer forever: allow_new_conns=0, "
+        "accepting_conns=0, no client connection left that could re-enable accepting"
+    )
+    no_flag = POLLING.replace("VAR allow_new_conns =0\n", "")
+    assert "allow_new_conns" not in no_flag
+    old = dataclasses.replace(
+        _evidence(no_flag, [LISTEN, HELD], {"accepting_conns": "0"}), build_symbols=frozenset()
+    )
+    signature = classify(old)
+    assert signature.hang_class == LOST_WAKEUP
+    assert signature.summary == (
+        "listener sleeps in its event loop forever with accepting off: accepting_conns=0, "
+        "no client connection left that could re-enable accepting"
+    )
+    assert "allow_new_conns" not in signature.details
+    # symbols not looked up: the timer is not named either; no held answer: no accepting_conns
+    unknown = classify(_evidence(POLLING, [LISTEN, HELD], None))
+    assert unknown.summary == (
+        "listener sleeps in its event loop forever with accepting off: allow_new_conns=0, "
+        "no client connection left that could re-enable accepting"
+    )
+    assert all("?" not in d.summary for d in (signature, unknown))

@@ -16,8 +16,13 @@ from verifier.evidence.gdb import Frame, ThreadStack, stack_functions
 from verifier.evidence.procfs import FdUsage, SocketInfo, ThreadState
 from verifier.vocabulary import HangClass, HangProof, Liveness
 
+FLAG = "allow_new_conns"  # the listener's "accepting" flag (since 1.4.6)
 # read on every hang, whatever the scenario: the lost wake-up is recognised by it
-WATCHED_VARIABLES = ("allow_new_conns",)
+WATCHED_VARIABLES = (FLAG,)
+# the listener's 10 ms re-enable timer (since 1.4.6; 1.4.5 has neither it nor the flag)
+MAXCONNS_TIMER = "maxconns_handler"
+# symbols whose presence in the build the diagnosis sentences depend on
+BUILD_SYMBOLS = (MAXCONNS_TIMER, *WATCHED_VARIABLES)
 
 _LOCK_FRAME = re.compile(r"pthread_mutex_lock|lll_lock_wait|__lll_lock")
 _POLL_CALLS = ("epoll_wait", "epoll_pwait", "epoll_pwait2")
@@ -36,6 +41,11 @@ class Evidence:
     held_stats: dict[str, str] | None  # None: the held connection gave no answer
     held_local_port: int | None = None
     fds: FdUsage | None = None
+    # which of BUILD_SYMBOLS this build defines (None: not looked up, so none is named)
+    build_symbols: frozenset[str] | None = None
+
+    def has_symbol(self, name: str) -> bool:
+        return self.build_symbols is not None and name in self.build_symbols
 
 
 @dataclass(frozen=True)
@@ -63,6 +73,10 @@ class Diagnosis:
             identity = f"{self.hang_class}:{self.details.get('lock')}:{chain}"
         elif self.hang_class == HangClass.DEADLOCK:
             identity = f"{self.hang_class}:{'+'.join(sorted(self.details.get('locks', [])))}"
+        elif self.hang_class == HangClass.LEAKED_LOCK:
+            identity = f"{self.hang_class}:{self.details.get('lock')}"
+        elif self.hang_class == HangClass.LIVELOCK:
+            identity = f"{self.hang_class}:{self.details.get('function', '')}"
         else:
             identity = str(self.hang_class)
         return f"{identity}|{self.liveness}"
@@ -180,6 +194,19 @@ def _client_sockets(evidence: Evidence) -> list[SocketInfo]:
     ]
 
 
+def lost_wakeup_sentence(evidence: Evidence, flag: str | None, accepting: str | None) -> str:
+    """The lost wake-up in this build's terms: the timer only if the build has it, and only
+    the values read (a variable this version lacks or gdb could not read is left out)."""
+    if evidence.has_symbol(MAXCONNS_TIMER):
+        head = "listener polls its 10 ms maxconns timer forever"
+    else:
+        head = "listener sleeps in its event loop forever with accepting off"
+    pairs = ((FLAG, flag), ("accepting_conns", accepting))
+    values = [f"{name}={value}" for name, value in pairs if value is not None]
+    shown = f": {', '.join(values)}," if values else ","
+    return f"{head}{shown} no client connection left that could re-enable accepting"
+
+
 def classify(evidence: Evidence) -> Diagnosis:
     alive = liveness(evidence.held_stats)
     deadlock = find_self_deadlock(evidence.stacks)
@@ -194,7 +221,7 @@ def classify(evidence: Evidence) -> Diagnosis:
             hung_tid=deadlock["lwp"],
         )
     waiting_on_lock = any(_LOCK_FRAME.search(f.function) for s in evidence.stacks for f in s.frames)
-    flag = evidence.variables.get("allow_new_conns")
+    flag = evidence.variables.get(FLAG)
     accepting = (evidence.held_stats or {}).get("accepting_conns")
     clients = _client_sockets(evidence)
     if evidence.fds is not None and evidence.fds.exhausted:
@@ -216,13 +243,14 @@ def classify(evidence: Evidence) -> Diagnosis:
         and (flag is not None or accepting is not None)
         and not clients
     ):
+        read = {FLAG: flag, "accepting_conns": accepting}
+        details: dict[str, Any] = {k: v for k, v in read.items() if v is not None}
+        details["client_sockets"] = 0
         return Diagnosis(
             HangClass.LOST_WAKEUP,
             alive,
-            "listener polls its 10 ms maxconns timer forever: allow_new_conns="
-            f"{flag if flag is not None else '?'}, accepting_conns={accepting or '?'}, "
-            "no client connection left that could re-enable accepting",
-            {"allow_new_conns": flag, "accepting_conns": accepting, "client_sockets": 0},
+            lost_wakeup_sentence(evidence, flag, accepting),
+            details,
             hung_tid=evidence.pid,
         )
     return Diagnosis(

@@ -14,8 +14,17 @@ from pathlib import Path
 from typing import Any
 
 from verifier import __version__
+from verifier.errors import VerifierError
 from verifier.evidence import gdb, procfs
-from verifier.evidence.classify import WATCHED_VARIABLES, Diagnosis, Evidence, classify
+from verifier.evidence.classify import (
+    BUILD_SYMBOLS,
+    WATCHED_VARIABLES,
+    Diagnosis,
+    Evidence,
+    classify,
+)
+from verifier.evidence.leaked_lock import condvar_waits
+from verifier.evidence.symtab import DEBUG_ROOT, SymbolTable
 from verifier.util.atomic import write_json, write_text
 from verifier.util.proc import run
 
@@ -57,6 +66,7 @@ def collect_hang(
     sockets = procfs.open_sockets(pid)
     fds = procfs.fd_usage(pid)
     wanted = tuple(dict.fromkeys((*WATCHED_VARIABLES, *variables)))
+    condvars = _condvar_waits(pid, debug_dir)  # before gdb stops the threads
     dump = gdb.dump(pid, wanted, debug_dir)
     evidence = Evidence(
         pid=pid,
@@ -67,6 +77,7 @@ def collect_hang(
         held_stats=held_stats,
         held_local_port=held_local_port,
         fds=fds,
+        build_symbols=build_symbols(pid, debug_dir),
     )
     classified = classify(evidence)
     diagnosis = proven.joined_with(classified) if proven else classified
@@ -77,9 +88,28 @@ def collect_hang(
     write_json(out_dir / "fds.json", procfs.as_jsonable([fds])[0] if fds else {})
     write_json(out_dir / "held-connection-stats.json", held_stats or {"answer": None})
     write_json(out_dir / "variables.json", dump.variables)
+    write_json(out_dir / "condvar-waits.json", condvars)
     write_json(out_dir / "environment.json", environment())
     write_json(out_dir / "diagnosis.json", diagnosis.to_json())
     return diagnosis, evidence
+
+
+def build_symbols(pid: int, debug_dir: Path | None = None) -> frozenset[str] | None:
+    """Which of ``BUILD_SYMBOLS`` the running executable defines (its own symbols, or its
+    build-id debug file under ``debug_dir``); None when its symbols cannot be read."""
+    try:
+        table = SymbolTable.load(Path(f"/proc/{pid}/exe"), debug_root=debug_dir or DEBUG_ROOT)
+    except (VerifierError, OSError):
+        return None
+    return frozenset(name for name in BUILD_SYMBOLS if table.symbol(name) is not None)
+
+
+def _condvar_waits(pid: int, debug_dir: Path | None) -> list[str]:
+    """Threads asleep on a condition variable, named (evidence: no proof nobody signals)."""
+    try:
+        return condvar_waits(pid, debug_root=debug_dir or DEBUG_ROOT)
+    except VerifierError as error:
+        return [f"not read: {error.message}"]
 
 
 _FRAME_RE = re.compile(r"\(\+(0x[0-9a-f]+)\)\[0x[0-9a-f]+\]")

@@ -49,7 +49,7 @@ from verifier.run.events import (
     send_signal,
 )
 from verifier.run.gdb_hold import GdbHolder
-from verifier.run.proofs import CycleWatch, Prover
+from verifier.run.proofs import CycleWatch, Prover, hold_bound
 from verifier.run.result import FloodSummary, TrialResult
 from verifier.run.server import HOST, MemcachedServer, ServerConfig
 from verifier.run.timeline import EventKind, Sample
@@ -278,7 +278,7 @@ class _Soak:
         return self.server.exited() is not None
 
     def _proven_by_watch(self, watch: CycleWatch) -> None:
-        """A lock cycle seen between probes: the hang is proven when it was seen."""
+        """A lock cycle (or leaked lock) seen between probes: proven when it was seen."""
         result = self.result
         self.proven = watch.diagnosis
         at = max(0.0, watch.at_monotonic - self.clock.start)
@@ -286,7 +286,8 @@ class _Soak:
         result.time_to_hang_s = result.verdict_at_s = at
         result.detection_latency_s = at - (result.last_good_s or 0.0)
         result.timeline.mark(at, EventKind.HANG_SUSPECTED, SEEN_BY_GRAPH)
-        result.timeline.mark(at, EventKind.HANG_PROVEN, str(HangProof.CYCLE))
+        proof = watch.diagnosis.proof if watch.diagnosis else HangProof.CYCLE
+        result.timeline.mark(at, EventKind.HANG_PROVEN, str(proof))
 
     @staticmethod
     def _flood_ended(stats: FloodStats) -> str:
@@ -337,8 +338,13 @@ class _Soak:
             sent < settings.confirm_probes or time.monotonic() - window < settings.confirm_window_s
         ):
             sent_at = time.monotonic()
-            if prover is not None:
-                self.proven = prover.lost_wakeup(self.held) or prover.cycle()
+            if prover is not None:  # the leaked lock and the spin: after cycle/state
+                self.proven = (
+                    prover.lost_wakeup(self.held)
+                    or prover.cycle()
+                    or prover.leaked_lock()
+                    or prover.spin(self.held)
+                )
                 if self.proven is not None:
                     return self.proven.proof
             probe = probe_new_connection(
@@ -447,7 +453,12 @@ def run_trial(
             stack.callback(lambda: write_json(trial_dir / "trial.json", result.to_json()))
             stack.callback(server.stop)
             server.start()
-            prover = Prover(server.pid, binary, _separate(binary, settings.symbols))
+            prover = Prover(
+                server.pid,
+                binary,
+                _separate(binary, settings.symbols),
+                min_hold_s=hold_bound(rule.delay_us for rule in amplifier.rules),
+            )
             if settings.prove:
                 prover.warm()
                 if prover.disabled:
