@@ -49,6 +49,7 @@ from verifier.run.events import (
     send_signal,
 )
 from verifier.run.gdb_hold import GdbHolder
+from verifier.run.progress import ProgressWatch, Stuck, load_works
 from verifier.run.proofs import CycleWatch, Prover, hold_bound
 from verifier.run.result import FloodSummary, TrialResult
 from verifier.run.server import HOST, MemcachedServer, ServerConfig
@@ -147,6 +148,7 @@ class _Soak:
         self.events = EventClock(events)
         self.resume_at: float | None = None  # a pause event's end
         self.stopped_by: Due | None = None  # the event that asked the server to stop
+        self.background = ProgressWatch(load_works())
 
     # -- the loop --------------------------------------------------------------------------
     def run(self) -> None:
@@ -223,6 +225,8 @@ class _Soak:
             elif self._hung(self.clock.now(), flood):
                 break
             self._sample(probe.ok, probe.latency_s, stats.cycles_per_s)
+            if result.outcome == TrialOutcome.HANG:  # background work found stuck
+                break
             next_probe += settings.probe_interval_s
             if self._run_events(next_probe):
                 break
@@ -276,6 +280,28 @@ class _Soak:
                 return True
             time.sleep(0.05)
         return self.server.exited() is not None
+
+    def _stuck(self, stuck: Stuck) -> None:
+        """Background work pending with its counters frozen: a HANG of that work."""
+        result, now = self.result, self.clock.now()
+        self.proven = Diagnosis(
+            HangClass.STUCK_PROGRESS,
+            Liveness.WORKERS_ALIVE,
+            stuck.sentence(),
+            {
+                "work": stuck.work.name,
+                "pending": list(stuck.work.pending),
+                "frozen": stuck.counters,
+                "seconds": round(stuck.seconds, 1),
+            },
+            proof=HangProof.PROGRESS,
+        )
+        result.outcome = TrialOutcome.HANG
+        result.time_to_hang_s = stuck.since_s
+        result.verdict_at_s = now
+        result.detection_latency_s = now - stuck.since_s
+        result.timeline.mark(stuck.since_s, EventKind.HANG_SUSPECTED, stuck.work.name)
+        result.timeline.mark(now, EventKind.HANG_PROVEN, str(HangProof.PROGRESS))
 
     def _proven_by_watch(self, watch: CycleWatch) -> None:
         """A lock cycle (or leaked lock) seen between probes: proven when it was seen."""
@@ -364,6 +390,9 @@ class _Soak:
         stats = _held_stats(self.held)
         if stats is not None:
             self.last_stats = stats
+            stuck = self.background.observe(self.clock.now(), stats)
+            if stuck is not None:
+                self._stuck(stuck)
         result.emfile_episodes = (
             int(self.last_stats.get("listen_disabled_num", 0)) - self.disabled_at_start
         )

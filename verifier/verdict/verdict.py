@@ -41,6 +41,14 @@ _STATUS = {
 }
 
 
+# what still works, for the classes where "listener dead, workers alive" would mislead
+_STATE = {
+    HangClass.STUCK_SHUTDOWN: "the process did not exit",
+    HangClass.STUCK_PROGRESS: "clients still served",
+    HangClass.PART_HUNG: "the rest still answers",
+}
+
+
 @dataclass(frozen=True)
 class OtherBug:
     """A hang (or crash) of another bug than the one hunted: listed, never evidence."""
@@ -301,11 +309,7 @@ def decide(
         hang_class = proof.hang_class or HangClass.UNKNOWN
         note = f" (not the scenario's {hunted})" if hunted and hang_class != hunted else ""
         how = f", proven by {proof.proof}" if proof.proof else ""
-        state = (
-            "the process did not exit"
-            if hang_class == HangClass.STUCK_SHUTDOWN
-            else str(proof.liveness)
-        )
+        state = _STATE.get(hang_class, str(proof.liveness))
         return Verdict(
             VerdictKind.HANG,
             f"HANG: {hang_class}{note}, {state}; hung after "

@@ -1,0 +1,78 @@
+"""Oracles on Debian's real memcached, each with a small reintroduction patch written here:
+a lost incr is WRONG RESULT lost-update with a two-operation witness, a page move that never
+finishes is HANG stuck-progress, and the unpatched build under the same workload shows
+neither (no false verdict: its long history is judged linearizable)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from conftest import FIXTURES, run_cli
+
+from verifier.paths import CacheLayout
+
+INCR_RACE = FIXTURES / "reintroduce-incr-race.diff"
+MOVER_NEVER_FINISHES = FIXTURES / "mover-never-finishes.diff"
+
+
+def _verify(cache: CacheLayout, *args: str) -> tuple[int, str, dict]:
+    done = run_cli("verify", "--source", "debian", *args, cache=cache, timeout=600)
+    line = next((x for x in done.stdout.splitlines() if x.startswith("report")), "")
+    assert line, done.stdout + done.stderr
+    return done.returncode, done.stdout + done.stderr, json.loads(Path(line.split()[1]).read_text())
+
+
+def test_a_lost_incr_is_wrong_result_with_a_two_operation_witness(
+    cache_layout: CacheLayout, build_debian
+) -> None:  # type: ignore[no-untyped-def]
+    code, out, report = _verify(
+        cache_layout, "--patch", str(INCR_RACE), "--scenario", "flood", "--workload",
+        "incr-race", "--soak", "10", "--trials", "8", "--expect", "wrong:lost-update",
+    )  # fmt: skip
+    assert code == 0, out  # the expectation is met
+    assert report["verdict"]["kind"] == "WRONG RESULT"
+    assert report["verdict"]["wrong_class"] == "lost-update"
+    wrong = next(t for t in report["trials"] if t["outcome"] == "wrong")
+    witness = wrong["check"]["violations"][0]
+    assert witness["class"] == "lost-update" and len(witness["ops"]) == 2
+    first, second = witness["ops"]
+    assert first["key"] == second["key"] and first["client"] != second["client"]
+    # both incr answered the same number: one increment was lost
+    assert first["kind"] == second["kind"] == "incr"
+    assert first["result"] == second["result"]
+    assert "WRONG RESULT" in out and "one increment was lost" in out
+
+
+def test_the_unpatched_build_is_never_wrong_on_the_same_workload(
+    cache_layout: CacheLayout, pristine
+) -> None:  # type: ignore[no-untyped-def]
+    code, out, report = _verify(
+        cache_layout, "--scenario", "flood", "--workload", "incr-race", "--soak", "12",
+        "--trials", "1",
+    )  # fmt: skip
+    assert code == 0, out
+    check = report["trials"][0]["check"]
+    assert check["verdict"] == "ok" and not check["violations"]
+    assert check["ops"] >= 5_000 and check["keys"] == 4
+    assert "no wrong answer in" in report["verdict"]["headline"]
+
+
+def test_a_page_move_that_never_finishes_is_stuck_progress_and_a_real_one_is_not(
+    cache_layout: CacheLayout, build_debian
+) -> None:  # type: ignore[no-untyped-def]
+    code, out, report = _verify(
+        cache_layout, "--patch", str(MOVER_NEVER_FINISHES), "--scenario", "page-mover",
+        "--soak", "25", "--trials", "1",
+    )  # fmt: skip
+    assert code == 1, out
+    assert report["verdict"]["hang_class"] == "stuck-progress"
+    assert report["verdict"]["proof"] == "progress"
+    diagnosis = report["trials"][0]["diagnosis"]
+    assert diagnosis["details"]["work"] == "slab page move"
+    assert (Path(report["trials"][0]["run_dir"]) / "evidence" / "backtraces.txt").is_file()
+    code, out, report = _verify(
+        cache_layout, "--scenario", "page-mover", "--soak", "25", "--trials", "1"
+    )
+    assert code == 0, out
+    assert report["trials"][0]["server_counts"]["slabs_moved"] > 0  # moves happened, and ended
