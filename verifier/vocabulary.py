@@ -74,6 +74,14 @@ class WrongClass(enum.StrEnum):
     NOT_LINEARIZABLE = "not-linearizable"  # no order explains the answers (no simpler name)
 
 
+class Sanitizer(enum.StrEnum):
+    """A compiler sanitizer a build can carry (``--sanitize``)."""
+
+    ADDRESS = "address"  # ASan: use-after-free, overflows; the process dies at the first
+    THREAD = "thread"  # TSan: data races, lock-order inversions; reports and runs on
+    UNDEFINED = "undefined"  # UBSan: signed overflow, misaligned loads, ...
+
+
 class AmplifierKind(enum.StrEnum):
     WATCH = "watch"
     INTERPOSE = "interpose"

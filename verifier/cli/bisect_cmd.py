@@ -100,6 +100,7 @@ def bisect_command(
     patches: tuple[str, ...],
     reverse: bool,
     cflags: str | None,
+    sanitize: str | None,
     rebuild: bool,
     restart: bool,
     replay: Path | None,
@@ -117,7 +118,7 @@ def bisect_command(
     options = verify_options(**params)
     if settings.endpoint_tries == 0:
         settings = replace(settings, endpoint_tries=default_endpoint_tries(options))
-    request = workspace.request(good, patches, reverse, cflags, rebuild)
+    request = workspace.request(good, patches, reverse, cflags, rebuild, sanitize)
     commits = commit_range(git, good, bad, find_fix)
     progress = ProgressLine()
     core = VerifyCore(workspace.builder, workspace.cache.tools, progress)

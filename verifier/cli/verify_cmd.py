@@ -125,6 +125,7 @@ def verify_command(
     patches: tuple[str, ...],
     reverse: bool,
     cflags: str | None,
+    sanitize: str | None,
     rebuild: bool,
     **soak: Any,
 ) -> ExitStatus:
@@ -135,10 +136,10 @@ def verify_command(
     expectation = Expectation.parse(expect) if expect else None
     options = verify_options(hunt=expectation.hang_class if expectation else None, **soak)
     if binary is not None:
-        if repo or source or ref or patches or reverse or cflags or options.baseline:
+        if repo or source or ref or patches or reverse or cflags or sanitize or options.baseline:
             raise BadInput(
                 "--binary verifies the binary as shipped: no --repo/--source/--ref, "
-                "--patch, --cflags or --baseline"
+                "--patch, --cflags, --sanitize or --baseline"
             )
         workspace = open_workspace(None, None, cache_dir)
         what: BuildRequest | Target = shipped_binary(binary, debug_dir, workspace.builder.recipes)
@@ -147,7 +148,7 @@ def verify_command(
         if debug_dir is not None:
             raise BadInput("--debug-dir goes with --binary (a build has its own symbols)")
         workspace = open_workspace(repo, source, cache_dir)
-        what = workspace.request(ref, patches, reverse, cflags, rebuild)
+        what = workspace.request(ref, patches, reverse, cflags, rebuild, sanitize)
         label = what.ref
     folder = run_dir or default_run_dir(workspace.cache.runs, label, options.scenario.name)
     outcome = verify_and_report(workspace, what, options, folder)
