@@ -57,6 +57,7 @@ class VerifyOptions:
     baseline: bool = False
     baseline_trials: int = 3
     hunt: HangClass | None = None  # the class hunted; None: the scenario's
+    hunt_report: str | None = None  # --expect sanitizer:X: the report hunted (signature/kind)
     auto_memory: Path | None = None  # --amplify auto's memory (default: one per scenario)
 
     @property
@@ -164,6 +165,7 @@ def trial_settings(options: VerifyOptions, target: Target, soak_s: float) -> Tri
         flood_processes=options.flood_processes or max(1, host_cores() // 2),
         probe_client=options.probe_client,
         hunted=options.hunted,
+        sanitizer=target.sanitizer,
         symbols=target.symbols,
         debug_dir=target.debug_dir,
     )
@@ -342,6 +344,7 @@ class VerifyCore:
             verdict = decide(
                 trials,
                 hunted=options.hunted,
+                hunted_report=options.hunt_report,
                 confidence=options.confidence,
                 amplified=prepared.amplifier.kind != AmplifierKind.NONE,
                 pass_note=prepared.amplifier.pass_note(),

@@ -84,6 +84,14 @@ search_options = stack(
 @scenario_options
 @confidence_option
 @search_options
+@click.option(
+    "--report",
+    "hunt_report",
+    metavar="SIGNATURE|KIND",
+    default=None,
+    help="With --sanitize: hunt this sanitizer report (its signature, kind or class); "
+    "another report on a commit is another bug.",
+)
 @click.option("--restart", is_flag=True, help="Forget saved progress and start over.")
 @click.option(
     "--replay",

@@ -134,7 +134,11 @@ def verify_command(
     HANG and CRASH are proof (exit 1). No hang is a bound, never a bare PASS (exit 0).
     """
     expectation = Expectation.parse(expect) if expect else None
-    options = verify_options(hunt=expectation.hang_class if expectation else None, **soak)
+    options = verify_options(
+        hunt=expectation.hang_class if expectation else None,
+        hunt_report=expectation.report if expectation else None,
+        **soak,
+    )
     if binary is not None:
         if repo or source or ref or patches or reverse or cflags or sanitize or options.baseline:
             raise BadInput(

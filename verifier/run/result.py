@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from verifier.evidence.classify import Diagnosis
+from verifier.evidence.sanitizer import SanitizerFinding
 from verifier.run.timeline import Timeline
 from verifier.vocabulary import HangClass, HangProof, Liveness, TrialOutcome
 
@@ -73,6 +74,14 @@ class TrialResult:
     flood_started_ns: int = 0  # CLOCK_MONOTONIC at flood start (the amplifier's timestamps)
     notes: list[str] = field(default_factory=list)  # what the trial could not do, and why
     error: str = ""
+    sanitizer: list[SanitizerFinding] = field(default_factory=list)  # its reports, in order
+
+    @property
+    def fatal_finding(self) -> SanitizerFinding | None:
+        """The report a sanitizer ended the server with (ASan halts at its first)."""
+        if self.outcome != TrialOutcome.CRASH:
+            return None
+        return next((f for f in self.sanitizer if f.fatal), None)
 
     @property
     def hang_class(self) -> HangClass | None:
@@ -112,6 +121,7 @@ class TrialResult:
             "flood_started_ns": self.flood_started_ns,
             "notes": self.notes,
             "error": self.error,
+            "sanitizer": [f.to_json() for f in self.sanitizer],
         }
 
     @classmethod
@@ -138,4 +148,5 @@ class TrialResult:
             flood_started_ns=int(data.get("flood_started_ns", 0)),
             notes=list(data.get("notes", [])),
             error=data.get("error", ""),
+            sanitizer=[SanitizerFinding.from_json(f) for f in data.get("sanitizer", [])],
         )

@@ -25,16 +25,20 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import os
+import pwd
 import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from verifier.build.sanitizer import report_files, runtime_env
 from verifier.errors import EnvironmentMissing, VerifierError
 from verifier.evidence.classify import Diagnosis
 from verifier.evidence.collect import collect_hang, symbolise_crash
 from verifier.evidence.procfs import fd_usage
+from verifier.evidence.sanitizer import read_reports
 from verifier.limits import CONFIRM_WINDOW_S
 from verifier.probe.telnet import ProbeTimeout, TelnetSession, client_kind, probe_new_connection
 from verifier.run.amplifier import AmplifierPlan
@@ -46,7 +50,7 @@ from verifier.run.timeline import EventKind, Sample
 from verifier.scenario import Scenario
 from verifier.stress import Flood, FloodConfig, FloodStats
 from verifier.util.atomic import write_json
-from verifier.vocabulary import HangClass, HangProof, TrialOutcome
+from verifier.vocabulary import HangClass, HangProof, Sanitizer, TrialOutcome
 
 Progress = Callable[[str], None]
 SEEN_BY_PROBE = "failed probe"
@@ -72,6 +76,7 @@ class TrialSettings:
     drain_timeout_s: float = 2.0
     probe_client: str | None = None  # "telnet", "socket" or None (auto)
     hunted: HangClass | None = None  # for the record only: proofs name any class
+    sanitizer: Sanitizer | None = None  # the build's: its runtime options, its reports read
     prove: bool = True  # try the wait-for graph and state proofs before timing
     watch_interval_s: float = 0.1  # the wait-for graph is read this often while flooding
     symbols: Path | None = None  # where the binary's symbols are (a debug file), if not in it
@@ -316,7 +321,9 @@ def run_trial(
         run_dir=str(trial_dir),
         probe_client=client_kind(settings.probe_client),
     )
-    config = server_config(binary, scenario, settings, amplifier.env(binary, status_file))
+    reports = sanitizer_dir(trial_dir, settings.sanitizer)
+    env = {**amplifier.env(binary, status_file), **runtime_env(settings.sanitizer, reports)}
+    config = server_config(binary, scenario, settings, env)
     server = MemcachedServer(config, trial_dir / "server.log")
 
     def triggers() -> int:
@@ -330,6 +337,7 @@ def run_trial(
         with contextlib.ExitStack() as stack:
             # registered first, so it runs last: after everything else, even on errors
             stack.callback(lambda: write_json(trial_dir / "trial.json", result.to_json()))
+            stack.callback(_read_sanitizer, result, reports)  # after the server stopped
             stack.callback(server.stop)
             server.start()
             prover = Prover(server.pid, binary, _separate(binary, settings.symbols))
@@ -462,6 +470,23 @@ def _take_evidence(
         base = int(held_stats.get("listen_disabled_num", 0))
         result.emfile_episodes = max(result.emfile_episodes, base)
     result.diagnosis = diagnosis
+
+
+def sanitizer_dir(trial_dir: Path, sanitizer: Sanitizer | None) -> Path:
+    """Where a sanitized server writes its reports: a folder the server's user (nobody,
+    after memcached's setuid as root) may write in; measured: else ASan and TSan lose the
+    report ("Can't open file")."""
+    folder = trial_dir / "sanitizer"
+    if sanitizer is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0:
+            os.chown(folder, pwd.getpwnam("nobody").pw_uid, -1)
+    return folder
+
+
+def _read_sanitizer(result: TrialResult, folder: Path) -> None:
+    if folder.is_dir():
+        result.sanitizer = read_reports(report_files(folder))
 
 
 def _crash_details(
