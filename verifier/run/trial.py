@@ -27,7 +27,9 @@ import functools
 import math
 import os
 import pwd
+import shutil
 import signal
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -337,7 +339,7 @@ def run_trial(
         with contextlib.ExitStack() as stack:
             # registered first, so it runs last: after everything else, even on errors
             stack.callback(lambda: write_json(trial_dir / "trial.json", result.to_json()))
-            stack.callback(_read_sanitizer, result, reports)  # after the server stopped
+            stack.callback(_read_sanitizer, result, reports, trial_dir)  # after the server
             stack.callback(server.stop)
             server.start()
             prover = Prover(server.pid, binary, _separate(binary, settings.symbols))
@@ -473,20 +475,31 @@ def _take_evidence(
 
 
 def sanitizer_dir(trial_dir: Path, sanitizer: Sanitizer | None) -> Path:
-    """Where a sanitized server writes its reports: a folder the server's user (nobody,
-    after memcached's setuid as root) may write in; measured: else ASan and TSan lose the
-    report ("Can't open file")."""
+    """Where a sanitized server writes its reports. As root, memcached runs as nobody
+    after its setuid, and the trial folder may sit under a 0700 parent (pytest's): then a
+    fresh folder in the temporary directory, owned by nobody, moved into the trial folder
+    afterwards (measured: else the report is lost, the sanitizer cannot open its file)."""
     folder = trial_dir / "sanitizer"
-    if sanitizer is not None:
+    if sanitizer is None:
+        return folder
+    if os.geteuid() != 0:
         folder.mkdir(parents=True, exist_ok=True)
-        if os.geteuid() == 0:
-            os.chown(folder, pwd.getpwnam("nobody").pw_uid, -1)
-    return folder
+        return folder
+    staging = Path(tempfile.mkdtemp(prefix="verifier-sanitizer-"))
+    os.chown(staging, pwd.getpwnam("nobody").pw_uid, -1)
+    return staging
 
 
-def _read_sanitizer(result: TrialResult, folder: Path) -> None:
-    if folder.is_dir():
-        result.sanitizer = read_reports(report_files(folder))
+def _read_sanitizer(result: TrialResult, folder: Path, trial_dir: Path) -> None:
+    """The reports, moved into ``trial_dir/sanitizer`` first when they were staged."""
+    final = trial_dir / "sanitizer"
+    if folder != final and folder.is_dir():
+        final.mkdir(parents=True, exist_ok=True)
+        for path in report_files(folder):
+            shutil.move(path, final / path.name)
+        shutil.rmtree(folder, ignore_errors=True)
+    if final.is_dir():
+        result.sanitizer = read_reports(report_files(final))
 
 
 def _crash_details(

@@ -1,0 +1,172 @@
+"""Sanitizer builds: real ASan/TSan builds of Debian's 1.6.18 under the flood, and the
+report parser on reports real runs wrote (a live ASan report, a TSan report kept as a
+fixture with its paths cut to base names, a UBSan report from a tiny program compiled here).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import FIXTURES, ROOT, run_cli
+from verifier.bisect.tester import observation_of
+from verifier.build.builder import BuildRequest
+from verifier.build.sanitizer import sanitizer_cflags
+from verifier.evidence.sanitizer import parse_report, read_reports
+from verifier.paths import CacheLayout
+from verifier.run.result import TrialResult
+from verifier.verdict.verdict import Expectation, decide
+from verifier.vocabulary import ObservationKind, Sanitizer, TrialOutcome, VerdictKind
+
+UAF = FIXTURES / "uaf-on-command.diff"
+TSAN_REPORT = ROOT / "tests" / "fixtures" / "sanitizer" / "tsan-data-race.txt"
+
+
+def _verify(cache: CacheLayout, run_dir: Path, *args: str) -> tuple[int, dict]:
+    result = run_cli(
+        "verify", "--source", "debian", "--scenario", "flood", "--trials", "1",
+        "--run-dir", str(run_dir), *args, cache=cache,
+    )  # fmt: skip
+    assert (run_dir / "report.json").exists(), result.stderr[-2000:]
+    return result.returncode, json.loads((run_dir / "report.json").read_text())
+
+
+def test_sanitizer_flags_and_cache_key(builder, debian_source) -> None:  # type: ignore[no-untyped-def]
+    """The sanitizer is in the flags (TSan at -O1), the cache key and the build's meta."""
+    assert sanitizer_cflags("-O2 -g", Sanitizer.THREAD) == (
+        "-O1 -g -fsanitize=thread -fno-omit-frame-pointer"
+    )
+    assert sanitizer_cflags("-O2 -g", None) == "-O2 -g"
+    ref = debian_source.default_ref
+    asan = builder.build(BuildRequest(debian_source, ref, sanitizer=Sanitizer.ADDRESS))
+    plain = builder.build(BuildRequest(debian_source, ref))
+    assert asan.key != plain.key
+    assert asan.meta.sanitizer == "address" and plain.meta.sanitizer == ""
+    assert "-fsanitize=address" in asan.meta.toolchain["cflags"]
+    linked = subprocess.run(["ldd", str(asan.binary)], capture_output=True, text=True).stdout
+    assert "libasan" in linked
+
+
+def test_recipe_without_the_sanitizer_refuses_before_building(
+    cache_layout: CacheLayout, tmp_path: Path
+) -> None:
+    shutil.copytree(ROOT / "recipes", tmp_path / "recipes")
+    for recipe in (tmp_path / "recipes" / "build").glob("*.toml"):
+        text = recipe.read_text().replace('"thread", ', "")
+        recipe.write_text(text)
+    result = run_cli(
+        "build", "--source", "debian", "--sanitize", "thread",
+        cache=cache_layout, env={"VERIFIER_RECIPES_DIR": str(tmp_path / "recipes")},
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "--sanitize thread" in result.stderr and "known to work: address, undefined" in (
+        result.stderr
+    )
+    assert "Traceback" not in result.stderr
+
+
+def test_asan_use_after_free_under_the_flood_is_a_crash_with_its_stacks(
+    cache_layout: CacheLayout, tmp_path: Path
+) -> None:
+    """The fixture frees a key copy before reading it on every 4096th get: ASan ends the
+    server at the first, and the verdict names the class and shows both stacks."""
+    status, report = _verify(
+        cache_layout, tmp_path / "run", "--sanitize", "address", "--patch", str(UAF),
+        "--soak", "15", "--expect", "sanitizer:use-after-free",
+    )  # fmt: skip
+    assert status == 0, report["verdict"]["headline"]  # the expectation is met
+    verdict = report["verdict"]
+    assert verdict["kind"] == str(VerdictKind.CRASH)
+    assert "use-after-free" in verdict["headline"]
+    found = verdict["sanitizer"]
+    assert found["class"] == "use-after-free" and found["kind"] == "heap-use-after-free"
+    assert found["signature"] == "heap-use-after-free:uaf_fixture_touch/uaf_fixture_touch"
+    access, freed = found["stacks"][:2]
+    assert access["title"].startswith("READ of size 1")
+    assert [f[0] for f in access["frames"][:2]] == ["uaf_fixture_touch", "process_get_command"]
+    assert freed["title"].startswith("freed by thread")
+    assert freed["frames"][0][0] == "__interceptor_free"  # skipped by the signature
+    # the parser on the live report file the server wrote
+    live = read_reports([Path(found["report"])])
+    assert [f.signature for f in live] == [found["signature"]]
+    assert live[0].stacks[2].title.startswith("previously allocated by thread")
+    # bisect: the signature is the bug key; another report is another bug
+    trial = TrialResult.from_json(report["trials"][0])
+    assert trial.outcome == TrialOutcome.CRASH and trial.fatal_finding is not None
+    key = f"sanitizer:{found['signature']}"
+    same = observation_of("a" * 40, trial, None, key, build_seconds=0, cached=True)
+    other = observation_of("b" * 40, trial, None, "sanitizer:x:y/z", build_seconds=0, cached=True)
+    assert (same.kind, same.bug_key) == (ObservationKind.HANG, key)
+    assert other.kind == ObservationKind.OTHER_BUG and other.other_bug is not None
+
+
+def test_asan_build_of_pristine_gives_a_bounded_pass(
+    cache_layout: CacheLayout, tmp_path: Path
+) -> None:
+    """The same flood on the unpatched ASan build: no report, a bounded PASS."""
+    status, report = _verify(cache_layout, tmp_path / "run", "--sanitize", "address", "--soak", "8")
+    assert report["verdict"]["kind"] == str(VerdictKind.PASS), report["verdict"]["headline"]
+    assert status == 0
+    assert report["trials"][0]["sanitizer"] == []
+    assert report["verdict"]["sanitizer"] is None
+
+
+def test_tsan_report_hunted_by_kind_is_a_wrong_result(
+    cache_layout: CacheLayout, tmp_path: Path
+) -> None:
+    """TSan reports races in pristine 1.6.18 and the server runs on: unhunted they are
+    counted in the PASS line; hunted (``--expect sanitizer:data-race``) one is the verdict."""
+    status, report = _verify(
+        cache_layout, tmp_path / "run", "--sanitize", "thread", "--soak", "6",
+        "--expect", "sanitizer:data-race",
+    )  # fmt: skip
+    findings = report["trials"][0]["sanitizer"]
+    assert findings, "TSan saw no race in 6 s of flood"
+    verdict = report["verdict"]
+    assert verdict["kind"] == str(VerdictKind.WRONG) and status == 0
+    assert verdict["sanitizer"]["signature"] == findings[0]["signature"]
+    trial = TrialResult.from_json(report["trials"][0])
+    unhunted = decide([trial], hunted=None)
+    assert unhunted.kind != VerdictKind.WRONG
+    assert f"thread sanitizer: {len(findings)} reports" in unhunted.headline
+
+
+def test_parser_on_a_tsan_data_race() -> None:
+    """A report from the run above (pristine 1.6.18, 20 s): the race on allow_new_conns."""
+    (finding,) = parse_report(TSAN_REPORT.read_text(), str(TSAN_REPORT), 0)
+    assert finding.tool is Sanitizer.THREAD and finding.kind == "data-race"
+    assert finding.pid == 10198
+    assert finding.signature == "data-race:conn_close/maxconns_handler"
+    assert finding.stacks[0].frames[0].location == "memcached.c:954"
+    assert finding.stacks[1].title.startswith("Previous read of size 1")
+    assert finding.summary == "data race memcached.c:954 in conn_close"
+    assert Expectation.parse("sanitizer:data-race:conn_close/maxconns_handler").report == (
+        finding.signature
+    )
+    assert finding.matches("data-race") and not finding.matches("use-after-free")
+
+
+def test_parser_on_a_ubsan_report(tmp_path: Path) -> None:
+    """UBSan gave no report on 1.6.18 under the flood; a tiny program gives a real one."""
+    if not shutil.which("gcc"):
+        pytest.skip("no gcc")
+    source = tmp_path / "overflow.c"
+    source.write_text(
+        "#include <limits.h>\n#include <stdlib.h>\n"
+        "__attribute__((noinline)) int bump(int x) { return x + 1; }\n"
+        "int main(int argc, char **argv) { return bump(INT_MAX - 1 + argc) > 0; }\n"
+    )
+    program = tmp_path / "overflow"
+    subprocess.run(
+        ["gcc", "-O0", "-g", "-fsanitize=undefined", str(source), "-o", str(program)], check=True
+    )
+    env = {"UBSAN_OPTIONS": f"print_stacktrace=1:log_path={tmp_path / 'sanitizer'}"}
+    subprocess.run([str(program)], env=env, check=False)
+    (finding,) = read_reports(sorted(tmp_path.glob("sanitizer.*")))
+    assert finding.tool is Sanitizer.UNDEFINED and finding.kind == "signed-integer-overflow"
+    assert finding.signature.startswith("signed-integer-overflow:bump")
+    assert not finding.fatal
