@@ -16,7 +16,10 @@ from tests.conftest import FIXTURES, ROOT, run_cli
 from verifier.bisect.tester import observation_of
 from verifier.build.builder import BuildRequest
 from verifier.build.sanitizer import sanitizer_cflags
+from verifier.errors import BadInput
 from verifier.evidence.sanitizer import parse_report, read_reports
+from verifier.matrix.cells import CellOptions
+from verifier.matrix.spec import parse_matrix
 from verifier.paths import CacheLayout
 from verifier.run.result import TrialResult
 from verifier.verdict.verdict import Expectation, decide
@@ -170,3 +173,18 @@ def test_parser_on_a_ubsan_report(tmp_path: Path) -> None:
     assert finding.tool is Sanitizer.UNDEFINED and finding.kind == "signed-integer-overflow"
     assert finding.signature.startswith("signed-integer-overflow:bump")
     assert not finding.fatal
+
+
+def test_matrix_file_takes_a_sanitizer(tmp_path: Path) -> None:
+    """``sanitize = "address"`` in a matrix file builds every cell with it (and changes
+    the cells' cache key); plain cells keep theirs; an unknown sanitizer is one line."""
+    text = 'sources = ["debian"]\nscenarios = ["flood"]\n[patch_sets]\nas-shipped = []\n'
+    plain = parse_matrix(tmp_path / "gate.toml", text)
+    asan = parse_matrix(tmp_path / "gate.toml", 'sanitize = "address"\n' + text)
+    assert (plain.sanitize, asan.sanitize) == (None, "address")
+    assert "sanitize" not in CellOptions(1, 5.0).to_json()
+    assert CellOptions.from_json(CellOptions(1, 5.0, sanitize="thread").to_json()).sanitize == (
+        "thread"
+    )
+    with pytest.raises(BadInput, match="sanitize 'memory'"):
+        parse_matrix(tmp_path / "gate.toml", 'sanitize = "memory"\n' + text)
