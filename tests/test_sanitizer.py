@@ -8,11 +8,14 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import FIXTURES, ROOT, run_cli
+from verifier.bisect.commits import CommitRange
+from verifier.bisect.session import BisectSettings, resume_key
 from verifier.bisect.tester import observation_of
 from verifier.build.builder import BuildRequest
 from verifier.build.sanitizer import sanitizer_cflags
@@ -22,7 +25,9 @@ from verifier.matrix.cells import CellOptions
 from verifier.matrix.spec import parse_matrix
 from verifier.paths import CacheLayout
 from verifier.run.result import TrialResult
+from verifier.scenario import load_scenario
 from verifier.verdict.verdict import Expectation, decide
+from verifier.verify import VerifyOptions
 from verifier.vocabulary import ObservationKind, Sanitizer, TrialOutcome, VerdictKind
 
 UAF = FIXTURES / "uaf-on-command.diff"
@@ -188,3 +193,20 @@ def test_matrix_file_takes_a_sanitizer(tmp_path: Path) -> None:
     )
     with pytest.raises(BadInput, match="sanitize 'memory'"):
         parse_matrix(tmp_path / "gate.toml", 'sanitize = "memory"\n' + text)
+
+
+def test_bisect_resume_key_covers_the_sanitizer_and_the_report_hunted() -> None:
+    """A sanitized bisect never resumes a plain one's state, nor one hunting another report."""
+    commits = CommitRange(("a" * 40, "b" * 40), False)
+    request = BuildRequest(source=None, ref="a" * 40)  # type: ignore[arg-type]
+    options = VerifyOptions(scenario=load_scenario("flood"))
+    settings = BisectSettings()
+    toolchain = {"cc": "gcc 12", "cflags": "-O2", "cpu": "x"}
+    asan = replace(request, sanitizer=Sanitizer.ADDRESS)
+    hunting = replace(options, hunt_report="data-race")
+    keys = {
+        resume_key("src", commits, request, options, settings, toolchain)[1],
+        resume_key("src", commits, asan, options, settings, toolchain)[1],
+        resume_key("src", commits, asan, hunting, settings, toolchain)[1],
+    }
+    assert len(keys) == 3
