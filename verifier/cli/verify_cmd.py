@@ -92,8 +92,9 @@ def scenarios_command() -> ExitStatus:
 @click.option(
     "--expect",
     default=None,
-    metavar="pass|hang|hang:CLASS|crash",
-    help="For CI: exit 0 when the verdict is this, 12 otherwise.",
+    metavar="pass|hang|hang:CLASS|crash|sanitizer[:REPORT]",
+    help="For CI: exit 0 when the verdict is this, 12 otherwise. sanitizer:REPORT hunts a "
+    "sanitizer report by its signature, kind or class (with --sanitize).",
 )
 @click.option(
     "--run-dir",
