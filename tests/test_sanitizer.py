@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import FIXTURES, ROOT, run_cli
 from verifier.bisect.commits import CommitRange
 from verifier.bisect.session import BisectSettings, resume_key
 from verifier.bisect.tester import observation_of
@@ -29,6 +28,8 @@ from verifier.scenario import load_scenario
 from verifier.verdict.verdict import Expectation, decide
 from verifier.verify import VerifyOptions
 from verifier.vocabulary import ObservationKind, Sanitizer, TrialOutcome, VerdictKind
+
+from conftest import FIXTURES, ROOT, run_cli
 
 UAF = FIXTURES / "uaf-on-command.diff"
 TSAN_REPORT = ROOT / "tests" / "fixtures" / "sanitizer" / "tsan-data-race.txt"
@@ -210,3 +211,60 @@ def test_bisect_resume_key_covers_the_sanitizer_and_the_report_hunted() -> None:
         resume_key("src", commits, asan, hunting, settings, toolchain)[1],
     }
     assert len(keys) == 3
+
+
+def _uaf_history(debian_repo: Path, base_ref: str, dest: Path) -> list[str]:
+    """base -> 0..3 harmless -> 4 brings the use-after-free fixture -> 5..7 harmless."""
+    subprocess.run(["git", "clone", "-q", str(debian_repo), str(dest)], check=True)
+    env = {
+        "GIT_AUTHOR_NAME": "Synthetic", "GIT_AUTHOR_EMAIL": "synthetic@example.invalid",
+        "GIT_COMMITTER_NAME": "Synthetic", "GIT_COMMITTER_EMAIL": "synthetic@example.invalid",
+        "PATH": "/usr/bin:/bin",
+    }  # fmt: skip
+
+    def git(*args: str, stamp: str = "") -> str:
+        extra = {"GIT_AUTHOR_DATE": stamp, "GIT_COMMITTER_DATE": stamp} if stamp else {}
+        return subprocess.run(
+            ["git", "-C", str(dest), *args], check=True, capture_output=True, text=True,
+            env={**env, **extra},
+        ).stdout.strip()  # fmt: skip
+
+    git("checkout", "-q", "-B", "uaf-history", base_ref)
+    shas = []
+    for index in range(8):
+        if index == 4:
+            subprocess.run(["patch", "-p1", "-s", "-i", str(UAF)], cwd=dest, check=True)
+            subject = "Copy the key for the get path"
+        else:
+            with (dest / "doc" / "protocol.txt").open("a") as handle:
+                handle.write(f"\nSynthetic note {index}: a harmless edit.\n")
+            subject = f"Docs: harmless edit {index}"
+        git("add", "-A")
+        stamp = f"2024-02-{index + 1:02d}T12:00:00Z"
+        git("commit", "-q", "--no-verify", "-m", subject, stamp=stamp)
+        shas.append(git("rev-parse", "HEAD"))
+    return shas
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_bisect_hunts_the_use_after_free_by_its_signature(
+    cache_layout: CacheLayout, debian_source, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """ASan builds of each commit: the report's signature is the bug key, and the commit
+    that brought the use-after-free is named (about 250 s on 2 shared cores: -m slow)."""
+    assert debian_source.default_ref
+    shas = _uaf_history(debian_source.git.path, debian_source.default_ref, tmp_path / "repo")
+    result = run_cli(
+        "bisect", "--repo", str(tmp_path / "repo"), "--good", shas[0], "--bad", shas[7],
+        "--sanitize", "address", "--scenario", "flood", "--report", "use-after-free",
+        "--max-soak", "10", "--endpoint-soak", "10", "--min-soak", "3", "--restart",
+        cache=cache_layout, timeout=900,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    line = next(line for line in result.stdout.splitlines() if line.startswith("report: "))
+    report = json.loads(Path(line.removeprefix("report: ")).read_text())
+    assert report["answer"]["sha"] == shas[4]
+    assert report["reference_bug_key"] == (
+        "sanitizer:heap-use-after-free:uaf_fixture_touch/uaf_fixture_touch"
+    )
