@@ -268,3 +268,30 @@ def test_bisect_hunts_the_use_after_free_by_its_signature(
     assert report["reference_bug_key"] == (
         "sanitizer:heap-use-after-free:uaf_fixture_touch/uaf_fixture_touch"
     )
+
+
+def test_parser_on_a_tsan_lock_order_inversion() -> None:
+    """From ``verify --sanitize thread --patch lock-order-inversion.diff --scenario flood``:
+    TSan reported the inversion, then the two threads deadlocked (HANG proven by the cycle)."""
+    text = (TSAN_REPORT.parent / "tsan-lock-order-inversion.txt").read_text()
+    (finding,) = parse_report(text, "fixture", 0)
+    assert finding.kind == "lock-order-inversion" and finding.finding_class == finding.kind
+    assert len(finding.stacks) == 5  # 2 acquisitions, 2 held-since, 1 thread creation
+    assert finding.signature == "lock-order-inversion:STATS_LOCK/conn_close"
+    assert finding.stacks[1].title.startswith("Mutex M1317 previously acquired")
+
+
+def test_tsan_names_the_inversion_the_deadlock_then_proves(
+    cache_layout: CacheLayout, tmp_path: Path
+) -> None:
+    """The ABBA fixture on a TSan build: the hang is proven by the cycle, and TSan's report
+    of the same inversion, hunted by its signature, is carried on the verdict."""
+    wanted = "lock-order-inversion:STATS_LOCK/conn_close"
+    status, report = _verify(
+        cache_layout, tmp_path / "run", "--sanitize", "thread", "--soak", "15",
+        "--patch", str(FIXTURES / "lock-order-inversion.diff"), "--expect", f"sanitizer:{wanted}",
+    )  # fmt: skip
+    verdict = report["verdict"]
+    assert verdict["kind"] == str(VerdictKind.HANG) and verdict["hang_class"] == "deadlock"
+    assert verdict["sanitizer"]["signature"] == wanted
+    assert status == 0

@@ -100,11 +100,22 @@ class SanitizerFinding:
         return self.tool is Sanitizer.ADDRESS
 
     @property
+    def accesses(self) -> tuple[Stack, ...]:
+        """The two stacks that make the bug: the access and the previous access (or free,
+        or allocation); for a lock-order inversion, the two acquisitions that close the
+        cycle (with second_deadlock_stack=1 each is followed by where the held lock was
+        taken)."""
+        stacks = self.stacks
+        if self.kind == "lock-order-inversion":
+            stacks = tuple(s for s in stacks if "acquired here while holding" in s.title) or stacks
+        return stacks[:2]
+
+    @property
     def signature(self) -> str:
-        """``kind:top1/top2``: the top own frames of the two accesses (a data race's two
-        in sorted order: which thread came first is chance)."""
-        tops = [s.top for s in self.stacks[:2]]
-        if self.kind == "data-race":
+        """``kind:top1/top2``: the top own frames of the two accesses; a race's or an
+        inversion's two in sorted order (which thread came first is chance)."""
+        tops = [s.top for s in self.accesses]
+        if self.kind in ("data-race", "lock-order-inversion"):
             tops.sort()
         return f"{self.kind}:{'/'.join(tops)}"
 

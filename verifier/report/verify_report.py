@@ -118,7 +118,7 @@ def sanitizer_rows(finding: SanitizerFinding, frames: int = 5) -> Rows:
     """The report's two accesses (top frames) and where the whole report is."""
     rows = [
         (f"stack {i}", f"{stack.title} " + " <- ".join(f.render() for f in stack.frames[:frames]))
-        for i, stack in enumerate(finding.stacks[:2], start=1)
+        for i, stack in enumerate(finding.accesses, start=1)
     ]
     return [*rows, ("sanitizer", finding.report)]
 

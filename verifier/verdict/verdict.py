@@ -313,6 +313,7 @@ def decide(
             hang_class=hang_class,
             proof=proof.proof,
             other_bugs=other_bugs,
+            sanitizer=reported(proof, hunted_report),  # e.g. TSan's inversion before it
             **common,
         )
     hit = next(((t, f) for t in trials if (f := reported(t, hunted_report))), None)
