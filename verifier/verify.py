@@ -22,6 +22,7 @@ from typing import Any
 
 from verifier.build.applicability import source_lacks_symbols
 from verifier.build.builder import Builder, BuildRequest, BuildResult
+from verifier.build.sanitizer import runtime_env
 from verifier.build.symbols import missing_symbols
 from verifier.build.toolchain import host_cores
 from verifier.errors import BadInput, NotApplicable
@@ -266,7 +267,9 @@ class VerifyCore:
         return auto_plan(
             target.binary,
             target.key,
-            server_config(target.binary, options.scenario, settings, {}),
+            server_config(
+                target.binary, options.scenario, settings, runtime_env(settings.sanitizer, None)
+            ),
             flood_config(1, options.scenario, settings),
             self.tools_dir,
             self.auto_dir,

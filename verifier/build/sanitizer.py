@@ -55,10 +55,13 @@ def sanitizer_cflags(cflags: str, sanitizer: Sanitizer | None) -> str:
     return " ".join([*words, f"-fsanitize={sanitizer}", "-fno-omit-frame-pointer"])
 
 
-def runtime_env(sanitizer: Sanitizer | None, report_dir: Path) -> dict[str, str]:
-    """The sanitizer's options for a server whose reports go to ``report_dir``."""
+def runtime_env(sanitizer: Sanitizer | None, report_dir: Path | None) -> dict[str, str]:
+    """The sanitizer's options for a server whose reports go to ``report_dir`` (None: to
+    its stderr, i.e. the server log; for the auto amplifier's discovery run)."""
     if sanitizer is None:
         return {}
+    if report_dir is None:
+        return {_OPTIONS_VAR[sanitizer]: _OPTIONS[sanitizer]}
     log_path = (report_dir / REPORT_PREFIX).absolute()
     return {_OPTIONS_VAR[sanitizer]: f"{_OPTIONS[sanitizer]}:log_path={log_path}"}
 
