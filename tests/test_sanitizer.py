@@ -113,6 +113,19 @@ def test_asan_use_after_free_under_the_flood_is_a_crash_with_its_stacks(
     assert other.kind == ObservationKind.OTHER_BUG and other.other_bug is not None
 
 
+def test_the_same_use_after_free_is_silent_without_a_sanitizer(
+    cache_layout: CacheLayout, tmp_path: Path
+) -> None:
+    """The plain build of the fixture serves the same flood: the read after free() finds
+    the bytes still there. Only the sanitizer build shows the bug."""
+    status, report = _verify(cache_layout, tmp_path / "run", "--patch", str(UAF), "--soak", "8")
+    trial = report["trials"][0]
+    assert report["verdict"]["kind"] == str(VerdictKind.PASS), report["verdict"]["headline"]
+    assert status == 0 and trial["sanitizer"] == []
+    # the flood's mix is 80% gets: twice 4096 answered commands reach the fixture's path
+    assert trial["flood"]["ops"] > 2 * 4096
+
+
 def test_asan_build_of_pristine_gives_a_bounded_pass(
     cache_layout: CacheLayout, tmp_path: Path
 ) -> None:
