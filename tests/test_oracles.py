@@ -8,9 +8,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from conftest import FIXTURES, run_cli
-
 from verifier.paths import CacheLayout
+
+from conftest import FIXTURES, run_cli
 
 INCR_RACE = FIXTURES / "reintroduce-incr-race.diff"
 MOVER_NEVER_FINISHES = FIXTURES / "mover-never-finishes.diff"

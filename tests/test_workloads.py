@@ -10,13 +10,14 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, run_cli
 
 from verifier.paths import CacheLayout
 from verifier.run.server import MemcachedServer, ServerConfig
 from verifier.scenario import FloodShape, load_scenario, with_workload
 from verifier.stress import Flood, FloodConfig
 from verifier.stress.workload_file import load_workload, parse_workload
+
+from conftest import ROOT, run_cli
 
 SHUTDOWN_FORGOTTEN = ROOT / "tests" / "fixtures" / "patches" / "forget-graceful-stop.diff"
 

@@ -58,6 +58,10 @@ class NoRecipe(BadInput):
     """No build recipe covers a version (a gap in recipes/build/)."""
 
 
+class NoSanitizer(NoRecipe):
+    """The build recipe of a version does not list the sanitizer asked for."""
+
+
 class PatchDoesNotApply(VerifierError):
     status = ExitStatus.PATCH_DOES_NOT_APPLY
 

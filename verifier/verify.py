@@ -22,6 +22,7 @@ from typing import Any
 
 from verifier.build.applicability import source_lacks_symbols
 from verifier.build.builder import Builder, BuildRequest, BuildResult
+from verifier.build.sanitizer import runtime_env
 from verifier.build.symbols import missing_symbols
 from verifier.build.toolchain import host_cores
 from verifier.errors import BadInput, NotApplicable
@@ -59,6 +60,7 @@ class VerifyOptions:
     baseline: bool = False
     baseline_trials: int = 3
     hunt: HangClass | None = None  # the class hunted; None: the scenario's
+    hunt_report: str | None = None  # --expect sanitizer:X: the report hunted (signature/kind)
     auto_memory: Path | None = None  # --amplify auto's memory (default: one per scenario)
 
     @property
@@ -167,6 +169,7 @@ def trial_settings(options: VerifyOptions, target: Target, soak_s: float) -> Tri
         flood_processes=options.flood_processes or max(1, host_cores() // 2),
         probe_client=options.probe_client,
         hunted=options.hunted,
+        sanitizer=target.sanitizer,
         symbols=target.symbols,
         debug_dir=target.debug_dir,
     )
@@ -278,7 +281,9 @@ class VerifyCore:
         return auto_plan(
             target.binary,
             target.key,
-            server_config(target.binary, options.scenario, settings, {}),
+            server_config(
+                target.binary, options.scenario, settings, runtime_env(settings.sanitizer, None)
+            ),
             flood_config(1, options.scenario, settings),
             self.tools_dir,
             self.auto_dir,
@@ -358,6 +363,7 @@ class VerifyCore:
             verdict = decide(
                 trials,
                 hunted=options.hunted,
+                hunted_report=options.hunt_report,
                 confidence=options.confidence,
                 amplified=prepared.amplifier.kind != AmplifierKind.NONE,
                 pass_note=prepared.amplifier.pass_note(),

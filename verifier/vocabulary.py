@@ -83,6 +83,14 @@ class CheckOutcome(enum.StrEnum):
     UNKNOWN = "unknown"  # the time budget ran out before either was shown
 
 
+class Sanitizer(enum.StrEnum):
+    """A compiler sanitizer a build can carry (``--sanitize``)."""
+
+    ADDRESS = "address"  # ASan: use-after-free, overflows; the process dies at the first
+    THREAD = "thread"  # TSan: data races, lock-order inversions; reports and runs on
+    UNDEFINED = "undefined"  # UBSan: signed overflow, misaligned loads, ...
+
+
 class AmplifierKind(enum.StrEnum):
     WATCH = "watch"
     INTERPOSE = "interpose"

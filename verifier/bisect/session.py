@@ -294,6 +294,9 @@ def resume_key(
         "probe_client": options.probe_client,
         "settings": asdict(settings),
     }
+    if request.sanitizer is not None or options.hunt_report is not None:  # else keys as before
+        params["sanitizer"] = str(request.sanitizer or "")
+        params["hunt_report"] = options.hunt_report
     return params, digest(params)[:16]
 
 
@@ -347,7 +350,7 @@ def open_session(
 ) -> Iterator[Session]:
     """Open (resume, or with ``restart`` start over) the bisection of these inputs; the
     state folder is locked until the block ends."""
-    toolchain = core.builder.toolchain(request.cflags).identity()
+    toolchain = core.builder.toolchain(request.effective_cflags).identity()
     params, key = resume_key(source_label, commits, request, options, settings, toolchain)
     state_dir = bisects_dir / key
     with _exclusive(bisects_dir / f"{key}.lock"):

@@ -22,7 +22,7 @@ from verifier.errors import (
 )
 from verifier.run.result import TrialResult
 from verifier.scenario import Scenario
-from verifier.verdict.verdict import OtherBug
+from verifier.verdict.verdict import OtherBug, reported
 from verifier.verify import SoakPlan, VerifyCore, VerifyOptions, unique_dir
 from verifier.vocabulary import HangClass, ObservationKind, SkipCause, TrialOutcome
 
@@ -111,6 +111,7 @@ class CommitTester:
             build_seconds=build_s,
             cached=cached,
             needs_emfile=self.options.scenario.exercise.emfile,
+            hunted_report=self.options.hunt_report,
         )
 
 
@@ -123,6 +124,7 @@ def observation_of(
     build_seconds: float,
     cached: bool,
     needs_emfile: bool = True,
+    hunted_report: str | None = None,
 ) -> Observation:
     """What one soak of ``sha`` tells the bisector (pure). Before the bad end has hung, the
     hunted class is the reference (any hang when nothing is hunted); after, the bad end's
@@ -133,6 +135,22 @@ def observation_of(
         "run_dir": trial.run_dir,
         "emfile_episodes": trial.emfile_episodes,
     }
+    finding = reported(trial, hunted_report)
+    if finding is not None:
+        # hunting a sanitizer report: its signature is the bug key, so another report on
+        # an intermediate commit is another bug
+        key = f"sanitizer:{finding.signature}"
+        same = reference_bug_key in (None, key) and (
+            not hunted_report or finding.matches(hunted_report)
+        )
+        reason = "" if same else f"different report: {finding.signature}"
+        other = None
+        if not same:
+            other = OtherBug(
+                trial.outcome, None, key, trial.soak_s, trial.run_dir, sha=sha, reason=reason
+            )
+        kind = ObservationKind.HANG if same else ObservationKind.OTHER_BUG
+        return Observation(sha, kind, trial.soak_s, reason, bug_key=key, other_bug=other, **common)
     if trial.outcome == TrialOutcome.CRASH:
         reason = f"crash ({trial.crash_signal})"
         other = OtherBug.from_trial(trial, sha=sha, reason=reason)

@@ -39,15 +39,23 @@ from verifier.build.isolation import (
     resolve_build_user,
 )
 from verifier.build.recipe import Recipe, load_recipes, select_recipe
-from verifier.build.toolchain import Toolchain, check_autotools, check_libevent, detect_toolchain
+from verifier.build.sanitizer import sanitizer_cflags
+from verifier.build.toolchain import (
+    DEFAULT_CFLAGS,
+    Toolchain,
+    check_autotools,
+    check_libevent,
+    detect_toolchain,
+)
 from verifier.build.versions import parse_version
-from verifier.errors import BuildFailed
+from verifier.errors import BuildFailed, NoSanitizer
 from verifier.patch.apply import PatchFile, PatchOutcome, apply_patch
 from verifier.resources import recipes_dir
 from verifier.source.select import SourceChoice
 from verifier.util.hashing import digest
 from verifier.util.locks import file_lock
 from verifier.util.proc import CommandResult, run, run_as
+from verifier.vocabulary import Sanitizer
 
 LOG_TAIL_LINES = 15
 STEP_TIMEOUT_S = 900
@@ -106,6 +114,14 @@ class BuildRequest:
     cflags: str | None = None
     rebuild: bool = False
     build_user: str | None = None  # None: $VERIFIER_BUILD_USER, else nobody (root only)
+    sanitizer: Sanitizer | None = None  # --sanitize: its flags are added to cflags
+
+    @property
+    def effective_cflags(self) -> str | None:
+        """The CFLAGS the build uses (None: the toolchain's default, unsanitized)."""
+        if self.sanitizer is None:
+            return self.cflags
+        return sanitizer_cflags(self.cflags or DEFAULT_CFLAGS, self.sanitizer)
 
 
 @dataclass
@@ -185,16 +201,24 @@ def _version_of(request: BuildRequest, sha: str) -> tuple[tuple[int, int, int], 
 
 
 def build_key(
-    sha: str, patches: list[PatchFile], reverse: bool, recipe: Recipe, toolchain: Toolchain
+    sha: str,
+    patches: list[PatchFile],
+    reverse: bool,
+    recipe: Recipe,
+    toolchain: Toolchain,
+    sanitizer: Sanitizer | None = None,
 ) -> str:
-    return digest(
+    parts: list[object] = [
         "memcached-build/1",
         sha,
         [digest(p.text) for p in patches],
         reverse,
         recipe.content_hash,
         toolchain.identity(),
-    )[:20]
+    ]
+    if sanitizer is not None:  # unsanitized keys stay what they were
+        parts.append(f"sanitize={sanitizer}")
+    return digest(*parts)[:20]
 
 
 class Builder:
@@ -215,19 +239,26 @@ class Builder:
         return self._recipes
 
     def toolchain(self, cflags: str | None) -> Toolchain:
-        if self._toolchain is None or (cflags is not None and cflags != self._toolchain.cflags):
-            self._toolchain = detect_toolchain(cflags)
+        wanted = cflags if cflags is not None else DEFAULT_CFLAGS
+        if self._toolchain is None or wanted != self._toolchain.cflags:
+            self._toolchain = detect_toolchain(wanted)
             check_libevent()
         return self._toolchain
 
     def _plan(self, request: BuildRequest) -> _Plan:
         user = resolve_build_user(request.build_user)
-        toolchain = self.toolchain(request.cflags)
+        toolchain = self.toolchain(request.effective_cflags)
         patches = [PatchFile.load(path) for path in request.patches]
         sha = request.source.git.resolve(request.ref)
         version, describe = _version_of(request, sha)
         recipe = select_recipe(self.recipes, version, describe)
-        key = build_key(sha, patches, request.reverse, recipe, toolchain)
+        if request.sanitizer is not None and request.sanitizer not in recipe.sanitizers:
+            known = ", ".join(recipe.sanitizers) or "none"
+            raise NoSanitizer(
+                f"recipe {recipe.path.name} does not build {describe} with "
+                f"--sanitize {request.sanitizer} (known to work: {known})"
+            )
+        key = build_key(sha, patches, request.reverse, recipe, toolchain, request.sanitizer)
         return _Plan(sha, describe, recipe, patches, toolchain, key, user)
 
     def is_cached(self, request: BuildRequest) -> bool:
@@ -325,6 +356,7 @@ def _meta(
         patch_notes=tuple(notes),
         recipe=plan.recipe.path.name,
         toolchain=plan.toolchain.identity(),
+        sanitizer=str(request.sanitizer or ""),
         build_user=plan.user.name if plan.user else current_user_name(),
         created=time.time(),
         phases=steps.phases,

@@ -15,6 +15,7 @@ from pathlib import Path
 from verifier.build.versions import Version, in_range
 from verifier.errors import BadInput, NoRecipe
 from verifier.util.hashing import digest
+from verifier.vocabulary import Sanitizer
 
 Command = tuple[str, ...]
 
@@ -41,6 +42,7 @@ class Recipe:
     make: tuple[Command, ...] = ()  # empty: `make -j<jobs> <targets>`
     server_options: tuple[ServerOption, ...] = field(default_factory=tuple)
     content_hash: str = ""
+    sanitizers: tuple[Sanitizer, ...] = ()  # the sanitizers this range is known to build with
 
     def matches(self, version: Version) -> bool:
         return in_range(version, self.versions)
@@ -90,6 +92,7 @@ def load_recipe(path: Path) -> Recipe:
                 for opt in server.get("options", [])
             ),
             content_hash=digest(path.read_text(encoding="utf-8")),
+            sanitizers=tuple(Sanitizer(name) for name in data.get("sanitizers", [])),
         )
         in_range((0, 0, 0), recipe.versions)  # validates the range syntax
     except (KeyError, TypeError, ValueError) as exc:

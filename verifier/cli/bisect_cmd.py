@@ -84,6 +84,14 @@ search_options = stack(
 @scenario_options
 @confidence_option
 @search_options
+@click.option(
+    "--report",
+    "hunt_report",
+    metavar="SIGNATURE|KIND",
+    default=None,
+    help="With --sanitize: hunt this sanitizer report (its signature, kind or class); "
+    "another report on a commit is another bug.",
+)
 @click.option("--restart", is_flag=True, help="Forget saved progress and start over.")
 @click.option(
     "--replay",
@@ -100,6 +108,7 @@ def bisect_command(
     patches: tuple[str, ...],
     reverse: bool,
     cflags: str | None,
+    sanitize: str | None,
     rebuild: bool,
     restart: bool,
     replay: Path | None,
@@ -117,7 +126,7 @@ def bisect_command(
     options = verify_options(**params)
     if settings.endpoint_tries == 0:
         settings = replace(settings, endpoint_tries=default_endpoint_tries(options))
-    request = workspace.request(good, patches, reverse, cflags, rebuild)
+    request = workspace.request(good, patches, reverse, cflags, rebuild, sanitize)
     commits = commit_range(git, good, bad, find_fix)
     progress = ProgressLine()
     core = VerifyCore(workspace.builder, workspace.cache.tools, progress)

@@ -66,6 +66,7 @@ def _step(
     patches: tuple[str, ...],
     reverse: bool,
     cflags: str | None,
+    sanitize: str | None,
     rebuild: bool,
     soak_s: float,
     trials: int,
@@ -76,7 +77,7 @@ def _step(
     workspace.source = SourceChoice(git, None, repo)
     head = git.repo.head.commit.hexsha
     options = verify_options(trials=trials, soak_s=soak_s, **flood)
-    request = workspace.request(head, patches, reverse, cflags, rebuild)
+    request = workspace.request(head, patches, reverse, cflags, rebuild, sanitize)
     run_dir = workspace.cache.runs / f"bisect-step-{head[:12]}-{os.getpid()}"
     outcome = verify(workspace.builder, request, options, workspace.cache.tools, run_dir)
     verdict = outcome.verdict

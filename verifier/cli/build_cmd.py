@@ -15,6 +15,8 @@ def describe_build(result: BuildResult) -> list[tuple[str, str]]:
         ("commit", f"{result.commit[:12]} ({result.describe})"),
         ("recipe", result.recipe.path.name),
     ]
+    if result.meta.sanitizer:
+        rows.append(("sanitizer", result.meta.sanitizer))
     for patch in result.patches:
         for field, value in patch.header.summary_rows():
             rows.append((f"{patch.name} {field}", value))
@@ -43,12 +45,15 @@ def register(cli: click.Group) -> None:
         patches: tuple[str, ...],
         reverse: bool,
         cflags: str | None,
+        sanitize: str | None,
         rebuild: bool,
         quiet: bool,
     ) -> ExitStatus:
         """Build memcached at REF with the given patches (cached)."""
         workspace = open_workspace(repo, source, cache_dir)  # type: ignore[arg-type]
-        result = workspace.builder.build(workspace.request(ref, patches, reverse, cflags, rebuild))
+        result = workspace.builder.build(
+            workspace.request(ref, patches, reverse, cflags, rebuild, sanitize)
+        )
         if not quiet:
             click.echo(key_value_table(describe_build(result)), err=True)
         click.echo(str(result.binary))

@@ -20,7 +20,7 @@ from verifier.scenario import AMPLIFIERS, DEFAULT_SCENARIO, load_scenario, with_
 from verifier.source.select import SourceChoice, choose_source
 from verifier.stress.workload_file import load_workload
 from verifier.verify import VerifyOptions
-from verifier.vocabulary import AmplifierKind, HangClass, ProbeClient
+from verifier.vocabulary import AmplifierKind, HangClass, ProbeClient, Sanitizer
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -59,6 +59,12 @@ patch_options = stack(
     ),
     click.option("--reverse", is_flag=True, help="Apply the patches reversed (take a fix out)."),
     click.option("--cflags", default=None, help="Compiler flags (default: -O2 -g -march=native)."),
+    click.option(
+        "--sanitize",
+        type=click.Choice([s.value for s in Sanitizer]),
+        default=None,
+        help="Build with this sanitizer (its reports under the flood are verdicts).",
+    ),
     click.option("--rebuild", is_flag=True, help="Ignore a cached build of the same inputs."),
     click.option(
         "--build-user",
@@ -83,6 +89,7 @@ class Workspace:
         reverse: bool,
         cflags: str | None,
         rebuild: bool,
+        sanitize: str | None = None,
     ) -> BuildRequest:
         chosen = ref or self.source.default_ref
         if not chosen:
@@ -94,6 +101,7 @@ class Workspace:
             reverse=reverse,
             cflags=cflags,
             rebuild=rebuild,
+            sanitizer=Sanitizer(sanitize) if sanitize else None,
         )
 
 

@@ -115,8 +115,9 @@ def workloads_command() -> ExitStatus:
 @click.option(
     "--expect",
     default=None,
-    metavar="pass|hang|hang:CLASS|crash",
-    help="For CI: exit 0 when the verdict is this, 12 otherwise.",
+    metavar="pass|hang|hang:CLASS|crash|sanitizer[:REPORT]",
+    help="For CI: exit 0 when the verdict is this, 12 otherwise. sanitizer:REPORT hunts a "
+    "sanitizer report by its signature, kind or class (with --sanitize).",
 )
 @click.option(
     "--run-dir",
@@ -148,6 +149,7 @@ def verify_command(
     patches: tuple[str, ...],
     reverse: bool,
     cflags: str | None,
+    sanitize: str | None,
     rebuild: bool,
     **soak: Any,
 ) -> ExitStatus:
@@ -156,12 +158,16 @@ def verify_command(
     HANG and CRASH are proof (exit 1). No hang is a bound, never a bare PASS (exit 0).
     """
     expectation = Expectation.parse(expect) if expect else None
-    options = verify_options(hunt=expectation.hang_class if expectation else None, **soak)
+    options = verify_options(
+        hunt=expectation.hang_class if expectation else None,
+        hunt_report=expectation.report if expectation else None,
+        **soak,
+    )
     if binary is not None:
-        if repo or source or ref or patches or reverse or cflags or options.baseline:
+        if repo or source or ref or patches or reverse or cflags or sanitize or options.baseline:
             raise BadInput(
                 "--binary verifies the binary as shipped: no --repo/--source/--ref, "
-                "--patch, --cflags or --baseline"
+                "--patch, --cflags, --sanitize or --baseline"
             )
         workspace = open_workspace(None, None, cache_dir)
         what: BuildRequest | Target = shipped_binary(binary, debug_dir, workspace.builder.recipes)
@@ -170,7 +176,7 @@ def verify_command(
         if debug_dir is not None:
             raise BadInput("--debug-dir goes with --binary (a build has its own symbols)")
         workspace = open_workspace(repo, source, cache_dir)
-        what = workspace.request(ref, patches, reverse, cflags, rebuild)
+        what = workspace.request(ref, patches, reverse, cflags, rebuild, sanitize)
         label = what.ref
     folder = run_dir or default_run_dir(workspace.cache.runs, label, options.scenario.name)
     outcome = verify_and_report(workspace, what, options, folder)

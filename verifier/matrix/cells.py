@@ -24,14 +24,18 @@ class CellOptions:
     soak_s: float
     confidence: float = 0.95
     amplify: str | None = None  # None: the scenario's default
+    sanitize: str | None = None  # the builds' sanitizer (None: plain builds)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "trials": self.trials,
             "soak_s": self.soak_s,
             "confidence": self.confidence,
             "amplify": self.amplify,
         }
+        if self.sanitize:  # absent otherwise: plain cells keep their cache keys
+            data["sanitize"] = self.sanitize
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> CellOptions:
@@ -40,6 +44,7 @@ class CellOptions:
             float(data["soak_s"]),
             float(data["confidence"]),
             data.get("amplify"),
+            data.get("sanitize"),
         )
 
 

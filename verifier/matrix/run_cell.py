@@ -25,6 +25,7 @@ from verifier.paths import CacheLayout, default_cache_dir
 from verifier.scenario import load_scenario
 from verifier.util.atomic import write_json, write_text
 from verifier.verify import VerifyOptions, verify
+from verifier.vocabulary import Sanitizer
 
 Progress = Callable[[str], None]
 
@@ -71,7 +72,13 @@ def run_cell(job: CellJob, layout: CacheLayout, progress: Progress | None = None
         patches, scenario_file = _materialise(job, run_dir)
         choice = open_source(job.source, layout)
         builder = Builder(layout.builds, layout.locks)
-        request = BuildRequest(source=choice, ref=job.commit, patches=patches)
+        sanitize = job.options.sanitize
+        request = BuildRequest(
+            source=choice,
+            ref=job.commit,
+            patches=patches,
+            sanitizer=Sanitizer(sanitize) if sanitize else None,
+        )
         options = VerifyOptions(
             scenario=load_scenario(str(scenario_file)),
             amplify=job.options.amplify,

@@ -32,7 +32,7 @@ from typing import Any
 from verifier.errors import BadInput, VerifierError
 from verifier.scenario import AMPLIFIERS, Scenario, load_scenario
 from verifier.verdict.verdict import Expectation
-from verifier.vocabulary import HangClass
+from verifier.vocabulary import HangClass, Sanitizer
 
 DEFAULT_REFERENCE = "as-shipped"
 DEFAULT_EXPECTATION = "pass"
@@ -47,6 +47,7 @@ KNOWN_KEYS = frozenset(
         "soak",
         "confidence",
         "amplify",
+        "sanitize",
         "reference",
         "patch_sets",
         "expect",
@@ -96,6 +97,7 @@ class MatrixSpec:
     soak_s: float
     confidence: float = 0.95
     amplify: str | None = None
+    sanitize: str | None = None  # every cell's build carries this sanitizer
     reference: str = DEFAULT_REFERENCE
     expect: dict[str, str] = field(default_factory=dict)  # "SET/SCENARIO" -> expectation
 
@@ -239,6 +241,9 @@ def parse_matrix(path: Path, text: str) -> MatrixSpec:
                 f"amplify {amplify!r}: scenario {scenario.name} defines only "
                 f"{', '.join(scenario.amplifiers())}"
             )
+    sanitize = data.get("sanitize")
+    if sanitize is not None and sanitize not in {s.value for s in Sanitizer}:
+        raise reader.fail(f"sanitize {sanitize!r}: one of {', '.join(Sanitizer)}")
     names = [s.name for s in sets]
     reference = data.get("reference", DEFAULT_REFERENCE if DEFAULT_REFERENCE in names else None)
     reference = reference or names[0]
@@ -261,6 +266,7 @@ def parse_matrix(path: Path, text: str) -> MatrixSpec:
         soak_s=reader.number("soak", 20.0, 1.0, 7 * 86400.0),
         confidence=reader.number("confidence", 0.95, 0.5, 0.999),
         amplify=amplify,
+        sanitize=sanitize,
         reference=reference,
         expect=_expectations(reader, sets, scenarios),
     )

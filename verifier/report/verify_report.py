@@ -6,6 +6,7 @@ import datetime as dt
 from pathlib import Path
 from typing import Any
 
+from verifier.evidence.sanitizer import SanitizerFinding
 from verifier.report.table import key_value_table, table
 from verifier.run.result import TrialResult
 from verifier.run.timeline import EventKind
@@ -49,6 +50,8 @@ def summary_rows(outcome: VerifyOutcome) -> Rows:
     rows.append(("verdict", outcome.verdict.headline))
     if hang_trial is not None:
         rows += _stop_rows(hang_trial)
+    if outcome.verdict.sanitizer is not None:
+        rows += sanitizer_rows(outcome.verdict.sanitizer)
     for bug in outcome.verdict.other_bugs:
         if hang_trial is None or bug.trial != hang_trial.index:
             rows.append(("other bug", f"{bug.describe()}: {bug.evidence}/evidence"))
@@ -128,8 +131,19 @@ def _soak_rows(outcome: VerifyOutcome) -> Rows:
     return rows
 
 
+def sanitizer_rows(finding: SanitizerFinding, frames: int = 5) -> Rows:
+    """The report's two accesses (top frames) and where the whole report is."""
+    rows = [
+        (f"stack {i}", f"{stack.title} " + " <- ".join(f.render() for f in stack.frames[:frames]))
+        for i, stack in enumerate(finding.accesses, start=1)
+    ]
+    return [*rows, ("sanitizer", finding.report)]
+
+
 def _stop_rows(trial: TrialResult) -> Rows:
     """The trial that stopped the run: when and how the hang was proven, or the crash."""
+    if trial.fatal_finding is not None:
+        return []  # the report's stacks are the evidence (sanitizer_rows)
     if trial.outcome == TrialOutcome.CRASH:
         text = trial.crash_backtrace.replace("\n", " <- ")[:300]
         return [("backtrace", text)] if text else []

@@ -8,6 +8,7 @@ from typing import Any
 from verifier.check.checker import CheckReport
 from verifier.check.witness import Witness
 from verifier.evidence.classify import Diagnosis
+from verifier.evidence.sanitizer import SanitizerFinding
 from verifier.run.timeline import Timeline
 from verifier.stress.tally import ClientReport
 from verifier.vocabulary import HangClass, HangProof, Liveness, TrialOutcome
@@ -86,6 +87,15 @@ class TrialResult:
         """The first proven wrong answer (a WRONG trial)."""
         return self.check.violations[0] if self.check and self.check.violations else None
 
+    sanitizer: list[SanitizerFinding] = field(default_factory=list)  # its reports, in order
+
+    @property
+    def fatal_finding(self) -> SanitizerFinding | None:
+        """The report a sanitizer ended the server with (ASan halts at its first)."""
+        if self.outcome != TrialOutcome.CRASH:
+            return None
+        return next((f for f in self.sanitizer if f.fatal), None)
+
     @property
     def hang_class(self) -> HangClass | None:
         return self.diagnosis.hang_class if self.diagnosis else None
@@ -128,6 +138,7 @@ class TrialResult:
             "events": self.events,
             "server_counts": self.server_counts,
             "check": self.check.to_json() if self.check else None,
+            "sanitizer": [f.to_json() for f in self.sanitizer],
         }
 
     @classmethod
@@ -158,4 +169,5 @@ class TrialResult:
             events=list(data.get("events", [])),
             server_counts={k: int(v) for k, v in (data.get("server_counts") or {}).items()},
             check=CheckReport.from_json(data["check"]) if data.get("check") else None,
+            sanitizer=[SanitizerFinding.from_json(f) for f in data.get("sanitizer", [])],
         )

@@ -21,6 +21,7 @@ from verifier.build.versions import parse_version
 from verifier.errors import BadInput, EnvironmentMissing
 from verifier.evidence.symtab import DEBUG_ROOT, debug_file, elf_info
 from verifier.util.proc import run
+from verifier.vocabulary import Sanitizer
 
 MEMCACHED_VERSION_HINT = "memcached -V prints it"
 
@@ -34,10 +35,15 @@ class Target:
     label: str  # how reports name it
     debug_dir: Path | None = None  # where gdb looks for separate debug info
     degraded: tuple[str, ...] = field(default_factory=tuple)  # what cannot work, and why
+    sanitizer: Sanitizer | None = None  # the build's --sanitize (its reports are findings)
 
     @classmethod
     def of_build(cls, build: BuildResult) -> Target:
-        return cls(build.binary, build.binary, build.recipe, build.key, build.describe)
+        sanitizer = Sanitizer(build.meta.sanitizer) if build.meta.sanitizer else None
+        return cls(
+            build.binary, build.binary, build.recipe, build.key, build.describe,
+            sanitizer=sanitizer,
+        )  # fmt: skip
 
 
 def _content_key(binary: Path) -> str:

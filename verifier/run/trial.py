@@ -25,6 +25,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import os
+import pwd
+import shutil
 import signal
 import tempfile
 import time
@@ -32,11 +35,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from verifier.build.sanitizer import report_files, runtime_env
 from verifier.check.checker import check_files
 from verifier.errors import EnvironmentMissing, VerifierError
 from verifier.evidence.classify import Diagnosis
 from verifier.evidence.collect import collect_hang, symbolise_crash
 from verifier.evidence.procfs import fd_usage
+from verifier.evidence.sanitizer import read_reports
 from verifier.limits import CONFIRM_WINDOW_S
 from verifier.probe.telnet import ProbeTimeout, TelnetSession, client_kind, probe_new_connection
 from verifier.run.amplifier import AmplifierPlan
@@ -58,7 +63,7 @@ from verifier.scenario import Scenario
 from verifier.stress import Flood, FloodConfig, FloodStats
 from verifier.stress.workload_file import Event, EventAction
 from verifier.util.atomic import write_json
-from verifier.vocabulary import HangClass, HangProof, Liveness, TrialOutcome
+from verifier.vocabulary import HangClass, HangProof, Liveness, Sanitizer, TrialOutcome
 
 Progress = Callable[[str], None]
 SEEN_BY_PROBE = "failed probe"
@@ -84,6 +89,7 @@ class TrialSettings:
     drain_timeout_s: float = 2.0
     probe_client: str | None = None  # "telnet", "socket" or None (auto)
     hunted: HangClass | None = None  # for the record only: proofs name any class
+    sanitizer: Sanitizer | None = None  # the build's: its runtime options, its reports read
     prove: bool = True  # try the wait-for graph and state proofs before timing
     watch_interval_s: float = 0.1  # the wait-for graph is read this often while flooding
     symbols: Path | None = None  # where the binary's symbols are (a debug file), if not in it
@@ -464,9 +470,9 @@ def run_trial(
         run_dir=str(trial_dir),
         probe_client=client_kind(settings.probe_client),
     )
-    config = server_config(
-        binary, scenario, settings, amplifier.env(binary, status_file), trial_dir / "scratch"
-    )
+    reports = sanitizer_dir(trial_dir, settings.sanitizer)
+    env = {**amplifier.env(binary, status_file), **runtime_env(settings.sanitizer, reports)}
+    config = server_config(binary, scenario, settings, env, trial_dir / "scratch")
     server = MemcachedServer(config, trial_dir / "server.log")
 
     def triggers() -> int:
@@ -480,6 +486,7 @@ def run_trial(
         with contextlib.ExitStack() as stack:
             # registered first, so it runs last: after everything else, even on errors
             stack.callback(lambda: write_json(trial_dir / "trial.json", result.to_json()))
+            stack.callback(_read_sanitizer, result, reports, trial_dir)  # after the server
             stack.callback(server.stop)
             server.start()
             prover = Prover(
@@ -661,6 +668,34 @@ def _take_evidence(
         base = int(held_stats.get("listen_disabled_num", 0))
         result.emfile_episodes = max(result.emfile_episodes, base)
     result.diagnosis = diagnosis
+
+
+def sanitizer_dir(trial_dir: Path, sanitizer: Sanitizer | None) -> Path:
+    """Where a sanitized server writes its reports. As root, memcached runs as nobody
+    after its setuid, and the trial folder may sit under a 0700 parent (pytest's): then a
+    fresh folder in the temporary directory, owned by nobody, moved into the trial folder
+    afterwards (measured: else the report is lost, the sanitizer cannot open its file)."""
+    folder = trial_dir / "sanitizer"
+    if sanitizer is None:
+        return folder
+    if os.geteuid() != 0:
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+    staging = Path(tempfile.mkdtemp(prefix="verifier-sanitizer-"))
+    os.chown(staging, pwd.getpwnam("nobody").pw_uid, -1)
+    return staging
+
+
+def _read_sanitizer(result: TrialResult, folder: Path, trial_dir: Path) -> None:
+    """The reports, moved into ``trial_dir/sanitizer`` first when they were staged."""
+    final = trial_dir / "sanitizer"
+    if folder != final and folder.is_dir():
+        final.mkdir(parents=True, exist_ok=True)
+        for path in report_files(folder):
+            shutil.move(path, final / path.name)
+        shutil.rmtree(folder, ignore_errors=True)
+    if final.is_dir():
+        result.sanitizer = read_reports(report_files(final))
 
 
 def _crash_details(

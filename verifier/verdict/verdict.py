@@ -4,7 +4,12 @@ Kinds (``VerdictKind``):
   HANG            no END to ``stats`` on any new connection, and the hang is proven: by a
                   lock cycle or the process state at once, else by 3 s of fresh probes
                   after the flood drained, with a descriptor free.
-  CRASH           the server died by a signal.
+  CRASH           the server died by a signal, or a sanitizer ended it (ASan halts at
+                  its first report): the class and stacks come from the report.
+  WRONG RESULT    a sanitizer report that does not end the server (TSan, UBSan) and is
+                  the one hunted (``--expect sanitizer[:SIGNATURE|KIND|CLASS]``): TSan
+                  reports many benign races in memcached's counters, so only the hunted
+                  one is a verdict; the others are counted in the PASS line.
   PASS            no hang: stated as "0 hangs in T s over n trials; rate < 3/T at 95%",
                   T counting only the seconds the flood ran at full strength.
   INCONCLUSIVE    the soak never reached the buggy path (no EMFILE episode), so its
@@ -26,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from verifier.errors import BadInput, ExitStatus
+from verifier.evidence.sanitizer import SanitizerFinding, distinct
 from verifier.run.result import TrialResult
 from verifier.verdict.stats import describe_bound, rate_upper_bound
 from verifier.vocabulary import HangClass, HangProof, TrialOutcome, VerdictKind, WrongClass
@@ -68,7 +74,7 @@ class OtherBug:
         return cls(
             outcome=trial.outcome,
             hang_class=trial.hang_class,
-            bug_key=diagnosis.bug_key if diagnosis else f"crash:{trial.crash_signal}",
+            bug_key=diagnosis.bug_key if diagnosis else crash_key(trial),
             time_to_hang_s=trial.time_to_hang_s
             if trial.outcome == TrialOutcome.HANG
             else trial.soak_s,
@@ -124,6 +130,7 @@ class Verdict:
     trials: int = 0
     other_bugs: list[OtherBug] = field(default_factory=list)
     wrong_class: WrongClass | None = None  # WRONG RESULT: what the witness shows
+    sanitizer: SanitizerFinding | None = None  # the report that is the verdict's proof
 
     @property
     def status(self) -> ExitStatus:
@@ -145,6 +152,7 @@ class Verdict:
             "trials": self.trials,
             "other_bugs": [b.to_json() for b in self.other_bugs],
             "wrong_class": None if self.wrong_class is None else str(self.wrong_class),
+            "sanitizer": self.sanitizer.to_json() if self.sanitizer else None,
         }
 
     @classmethod
@@ -160,6 +168,7 @@ class Verdict:
             int(data.get("trials", 0)),
             [OtherBug.from_json(b) for b in data.get("other_bugs", [])],
             WrongClass(data["wrong_class"]) if data.get("wrong_class") else None,
+            SanitizerFinding.from_json(data["sanitizer"]) if data.get("sanitizer") else None,
         )
 
 
@@ -168,19 +177,24 @@ class ExpectKind(enum.StrEnum):
     HANG = "hang"
     CRASH = "crash"
     WRONG = "wrong"
+    SANITIZER = "sanitizer"
 
 
 @dataclass(frozen=True)
 class Expectation:
-    """``--expect pass|hang|hang:CLASS|crash`` (for CI), parsed once."""
+    """``--expect pass|hang|hang:CLASS|crash|sanitizer[:REPORT]`` (for CI), parsed once.
+    REPORT is a sanitizer report's signature, kind or class (``data-race``)."""
 
     kind: ExpectKind
     hang_class: HangClass | None = None
     wrong_class: WrongClass | None = None
+    report: str | None = None  # sanitizer: the report hunted ("" for any)
 
     @classmethod
     def parse(cls, text: str) -> Expectation:
         kind, sep, wanted = text.strip().partition(":")
+        if kind == ExpectKind.SANITIZER:
+            return cls(ExpectKind.SANITIZER, report=wanted.strip())
         usage = "pass, crash, hang, hang:CLASS, wrong or wrong:CLASS"
         try:
             expect = ExpectKind(kind)
@@ -201,6 +215,8 @@ class Expectation:
         return parsed
 
     def __str__(self) -> str:
+        if self.report:
+            return f"{self.kind}:{self.report}"
         detail = self.hang_class or self.wrong_class
         return f"{self.kind}:{detail}" if detail else str(self.kind)
 
@@ -216,6 +232,9 @@ class Expectation:
                 None,
                 verdict.wrong_class,
             )
+        if self.kind == ExpectKind.SANITIZER:
+            found = verdict.sanitizer
+            return found is not None and (not self.report or found.matches(self.report))
         if verdict.kind == VerdictKind.HANG and self.hang_class in (None, verdict.hang_class):
             return True
         return self.hang_class is not None and any(
@@ -261,6 +280,35 @@ def describe_seen(seen: dict[str, int], limit: int = 10) -> str:
     return ", ".join(parts[:limit]) + (f" and {more} more" if more > 0 else "")
 
 
+def crash_key(trial: TrialResult) -> str:
+    """A crash's bug key: the sanitizer report's signature when one ended the server."""
+    finding = trial.fatal_finding
+    return f"sanitizer:{finding.signature}" if finding else f"crash:{trial.crash_signal}"
+
+
+def reported(trial: TrialResult, hunted_report: str | None) -> SanitizerFinding | None:
+    """The report that proves the bug in ``trial``: the one that ended the server, else,
+    when a report is hunted, the first that matches it ("": any)."""
+    if trial.fatal_finding is not None:
+        return trial.fatal_finding
+    if hunted_report is None:
+        return None
+    return next((f for f in trial.sanitizer if not hunted_report or f.matches(hunted_report)), None)
+
+
+def _unhunted_note(trials: list[TrialResult]) -> str:
+    """How many sanitizer reports a run saw that nothing hunted (TSan's benign races)."""
+    findings = [f for t in trials for f in t.sanitizer]
+    if not findings:
+        return ""
+    signatures = distinct(findings)
+    return (
+        f"{findings[0].tool} sanitizer: {len(findings)} reports, {len(signatures)} "
+        f"signatures, none hunted (--expect sanitizer:SIGNATURE hunts one; top: "
+        f"{next(iter(signatures))})"
+    )
+
+
 def exposure_s(trial: TrialResult) -> float:
     """Seconds of full-strength flood the trial ran clean: up to the first failed probe."""
     if trial.outcome == TrialOutcome.HANG and trial.time_to_hang_s is not None:
@@ -272,6 +320,7 @@ def decide(
     trials: list[TrialResult],
     *,
     hunted: HangClass | None,
+    hunted_report: str | None = None,
     confidence: float = 0.95,
     amplified: bool = False,
     pass_note: str = "",
@@ -297,6 +346,16 @@ def decide(
             other_bugs=other_bugs,
             **common,
         )
+    if proof is not None and proof.fatal_finding is not None:
+        found = proof.fatal_finding
+        return Verdict(
+            VerdictKind.CRASH,
+            f"CRASH: {found.finding_class} ({found.tool} sanitizer, {found.signature}) after "
+            f"{proof.soak_s:.1f} s of flood (trial {proof.index}){also}",
+            other_bugs=other_bugs,
+            sanitizer=found,
+            **common,
+        )
     if proof is not None and proof.outcome == TrialOutcome.CRASH:
         return Verdict(
             VerdictKind.CRASH,
@@ -317,8 +376,21 @@ def decide(
             hang_class=hang_class,
             proof=proof.proof,
             other_bugs=other_bugs,
+            sanitizer=reported(proof, hunted_report),  # e.g. TSan's inversion before it
             **common,
         )
+    hit = next(((t, f) for t in trials if (f := reported(t, hunted_report))), None)
+    if hit is not None:
+        trial, found = hit
+        return Verdict(
+            VerdictKind.WRONG,
+            f"WRONG RESULT: {found.finding_class} reported by the {found.tool} sanitizer "
+            f"under the flood ({found.signature}; trial {trial.index}){also}",
+            other_bugs=other_bugs,
+            sanitizer=found,
+            **common,
+        )
+    pass_note = "; ".join(n for n in (pass_note, _unhunted_note(trials)) if n)
     errors = [t for t in trials if t.outcome == TrialOutcome.ERROR]
     if errors:
         return Verdict(VerdictKind.ERROR, f"ERROR: {errors[0].error}", **common)
