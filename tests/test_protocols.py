@@ -224,7 +224,9 @@ def test_ascii_flush_verbosity_version(client: Client) -> None:
         [Command("flush_all"), Command("get", key=b"f"), Command("flush_all", arg="3")],
     )
     assert [r.status for r in replies] == [Status.OK, Status.MISS, Status.OK]
-    assert grew["cmd_flush"] == 2 and grew["get_flushed"] == 1
+    # get_flushed only when the get meets the flushed item itself: the LRU maintainer may
+    # reap it first (seen 1 run in 6), a plain miss then
+    assert grew["cmd_flush"] == 2 and grew["get_misses"] == 1
     assert client.call(ASCII, Command("verbosity", arg="1")).status is Status.OK
     version = client.call(ASCII, Command("version"))
     assert version.status is Status.OK and version.text == "VERSION 1.6.18"
@@ -254,7 +256,13 @@ def test_ascii_admin_slabs_crawler_metadump(client: Client) -> None:
     assert reassign.status is not Status.OTHER or reassign.text.startswith("NOSPARE")
     assert client.call(ASCII, Command("slabs_automove", arg="1")).status is Status.OK
     assert client.call(ASCII, Command("lru_crawler_disable")).status is Status.OK
-    assert client.call(ASCII, Command("lru_crawler_enable")).status is Status.OK
+    deadline = time.monotonic() + 10
+    while True:  # right after a disable: "ERROR failed to start lru crawler thread" (1 in 6)
+        enable = client.call(ASCII, Command("lru_crawler_enable"))
+        if enable.status is not Status.ERROR or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert enable.status is Status.OK, enable.text
     before = client.stats()
     crawl = client.call(ASCII, Command("lru_crawler_crawl", arg="all"))
     assert crawl.status in (Status.OK, Status.BUSY)
