@@ -108,31 +108,29 @@ def parse_retrieval(command: Command, buf: bytes, start: int) -> tuple[Reply | N
     values: list[tuple[bytes, bytes, int | None]] = []
     pos = start
     while True:
+        if buf.startswith(b"END\r\n", pos):
+            if not values:
+                return Reply(Status.MISS), pos + 5
+            _, value, cas = values[0]
+            return Reply(Status.HIT, value=value, cas=cas, values=values), pos + 5
         eol = buf.find(_CRLF, pos)
         if eol < 0:
             return _no_line(buf, pos) if not values else (None, start)
         if buf.startswith(b"VALUE ", pos):
             parts = buf[pos + 6 : eol].split()
             try:
-                size = int(parts[2])
+                end = eol + 2 + int(parts[2])
                 cas = int(parts[3]) if len(parts) > 3 else None
             except (IndexError, ValueError):
                 raise ProtocolError(f"bad VALUE line {buf[pos:eol][:80]!r}") from None
-            data = eol + 2
-            end = data + size
             if len(buf) < end + 2:
                 return None, start
             if buf[end : end + 2] != _CRLF:
-                raise ProtocolError(f"VALUE block of {size} bytes not closed by CRLF")
-            values.append((parts[0], buf[data:end], cas))
+                raise ProtocolError(f"VALUE block of {parts[2]!r} bytes not closed by CRLF")
+            values.append((parts[0], buf[eol + 2 : end], cas))
             pos = end + 2
             continue
         line = buf[pos:eol]
-        if line == b"END":
-            if not values:
-                return Reply(Status.MISS), eol + 2
-            first = values[0]
-            return Reply(Status.HIT, value=first[1], cas=first[2], values=values), eol + 2
         if values:
             raise ProtocolError(f"{line[:60]!r} inside a multi-get answer")
         return _line_reply(line), eol + 2
