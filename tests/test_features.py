@@ -156,7 +156,7 @@ def test_shipped_table_on_an_old_release_lookalike(tmp_path: Path) -> None:
         assert features.presence[name] == FeaturePresence.ABSENT
     reasons = features.missing_for(["get", "mg", "lru_crawler_crawl", "watch", "gat", "set"])
     assert [r.split(":")[0] for r in reasons] == ["mg", "lru_crawler_crawl", "watch", "gat"]
-    assert "version 1.4.5 < 1.5.19" in reasons[0]
+    assert "version 1.4.5 < 1.6.10" in reasons[0]
 
 
 def test_bad_table_is_bad_input(tmp_path: Path) -> None:

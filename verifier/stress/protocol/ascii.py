@@ -21,7 +21,8 @@ Command names (the workload file's vocabulary) and what each sends:
   ``debugitem``; ``debugtime`` is its only debug command).
 
 ``noreply`` (storage, incr/decr, delete, touch, flush_all, verbosity) appends a closer,
-``mn`` by default (1.6+) or ``version`` (``AsciiCodec(closer="version")``, every release),
+``mn`` by default (builds with 1.6.10+ meta: ``features.has("meta")``; 1.5.19 answers it
+EN) or ``version`` (``AsciiCodec(closer="version")``, every release),
 and the reply is that closer's answer: OK, or the first error line met before it.
 
 Measured (``benchmarks/protocol_codecs.py --runs 5``, encode + parse from a buffer of 64 pipelined

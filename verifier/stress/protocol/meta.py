@@ -1,4 +1,8 @@
-"""memcached's meta protocol (mg/ms/md/ma/mn, 1.6+) as a codec.
+"""memcached's meta protocol (mg/ms/md/ma/mn) as a codec, in its 1.6.10+ syntax.
+
+1.6.10 made the data length of ``ms`` a token and the success code HD; 1.5.19-1.6.9 spoke
+an older meta (measured on 1.5.19: this codec's ``ms`` gets "CLIENT_ERROR invalid or
+duplicate flag"), which ``verifier.stress.features`` reports as no meta.
 
 Command names (``arg`` adds flags verbatim, e.g. "I" to invalidate, "MD" for decrement):
 
