@@ -215,3 +215,10 @@ def test_settings_gaps_match_what_the_server_refuses(  # type: ignore[no-untyped
                 assert sock.recv(65536).endswith(b"ERROR\r\n")
     finally:
         server.stop()
+
+
+def test_server_options_for_reads_the_same_help(pristine) -> None:  # type: ignore[no-untyped-def]
+    from verifier.run.server import server_options_for
+
+    options = [(("-o", "ext_path=/x:64m"), "ext_path"), (("-Z",), "enable-ssl"), (("-A",), "")]
+    assert server_options_for(pristine.binary, options) == ["-o", "ext_path=/x:64m", "-A"]
