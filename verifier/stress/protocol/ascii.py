@@ -27,7 +27,8 @@ and the reply is that closer's answer: OK, or the first error line met before it
 
 Measured (``benchmarks/protocol_codecs.py --runs 5``, encode + parse from a buffer of 64 pipelined
 replies, best of 5, on this 2-core box at load average 15-19 from other jobs: figures are a
-floor): get hit of 32 bytes 96 k ops/s, set 144 k, incr 173 k.
+floor): get hit of 32 bytes 96 k ops/s, set 144 k, incr 173 k; at load 8-10, best of 15:
+198 k, 324 k, 502 k.
 Single-line replies are one ``find(b"\\r\\n")`` and one dict lookup;
 VALUE blocks are taken by their byte count, never scanned.
 """

@@ -24,7 +24,8 @@ server answers only failures under ``q``: NS/EX/NF, errors); ``number`` = how ma
 
 Measured (``benchmarks/protocol_codecs.py --runs 5``, encode + parse from a buffer of 64 pipelined
 replies, best of 5, on this 2-core box at load average 15-19 from other jobs: figures are a
-floor): mg hit (v c t) 85 k ops/s, ms 178 k, ma 86 k; the return
+floor): mg hit (v c t) 85 k ops/s, ms 178 k, ma 86 k (at load 8-10, best of 15: 210 k,
+224 k, 169 k); the return
 flags cost the difference (one pass over the tokens, an int() per c/t/O).
 """
 
