@@ -127,7 +127,10 @@ def _one(
 
 
 def _flags(c: Command, extra: bytes) -> bytes:
-    return (extra + b" " + c.arg.encode()) if c.arg else extra
+    """``extra`` then the command's own ``arg`` flags, single-spaced."""
+    if not c.arg:
+        return extra
+    return extra + b" " + c.arg.encode() if extra else c.arg.encode()
 
 
 def _ms_flags(c: Command) -> bytes:
