@@ -4,15 +4,17 @@ of our own that print a memcached-like ``-h`` and have, or lack, a symbol or a s
 from __future__ import annotations
 
 import shutil
+import socket
 import subprocess
 import textwrap
 from pathlib import Path
 
 import pytest
 
-from verifier.stress.features import FeatureTable, command_key, detect
+from verifier.run.server import HOST, MemcachedServer, ServerConfig
+from verifier.stress.features import FeatureTable, command_key, detect, settings_gaps
 from verifier.stress.protocol.ascii import AsciiCodec
-from verifier.stress.protocol.base import Command
+from verifier.stress.protocol.base import Command, Reply, Status
 from verifier.stress.protocol.binary import BinaryCodec
 from verifier.stress.protocol.meta import MetaCodec
 from verifier.vocabulary import FeaturePresence
@@ -154,7 +156,7 @@ def test_shipped_table_on_an_old_release_lookalike(tmp_path: Path) -> None:
         assert features.presence[name] == FeaturePresence.ABSENT
     reasons = features.missing_for(["get", "mg", "lru_crawler_crawl", "watch", "gat", "set"])
     assert [r.split(":")[0] for r in reasons] == ["mg", "lru_crawler_crawl", "watch", "gat"]
-    assert "version 1.4.5 < 1.5.19" in reasons[0]
+    assert "version 1.4.5 < 1.6.10" in reasons[0]
 
 
 def test_bad_table_is_bad_input(tmp_path: Path) -> None:
@@ -167,3 +169,56 @@ def test_bad_table_is_bad_input(tmp_path: Path) -> None:
     path.write_text('[features.x]\nwhat = "x"\n[commands]\nmg = ["nope"]\n')
     with pytest.raises(BadInput, match="unknown feature 'nope'"):
         FeatureTable.load(path)
+
+
+def _ask(port: int, command: Command) -> Reply:
+    codec = AsciiCodec()
+    with socket.create_connection((HOST, port), timeout=10) as sock:
+        sock.sendall(codec.encode(command))
+        buf = b""
+        while True:
+            reply, _ = codec.parse(command, buf, 0)
+            if reply is not None:
+                return reply
+            data = sock.recv(65536)
+            assert data, f"closed during {command}"
+            buf += data
+
+
+@pytest.mark.parametrize(
+    ("args", "gaps"),
+    [
+        (("-o", "no_lru_crawler"), ["shutdown", "lru_crawler_crawl"]),
+        (("-A", "-B", "ascii"), ["bin_get"]),
+    ],
+)
+def test_settings_gaps_match_what_the_server_refuses(  # type: ignore[no-untyped-def]
+    pristine, tmp_path: Path, args: tuple[str, ...], gaps: list[str]
+) -> None:
+    config = ServerConfig(binary=pristine.binary, threads=2, maxconns=32, extra_args=args)
+    server = MemcachedServer(config, tmp_path / "memcached.log")
+    server.start()
+    try:
+        settings = _ask(server.port, Command("stats", arg="settings")).stats
+        wanted = ["get", "shutdown", "lru_crawler_crawl", "bin_get", "mg"]
+        reasons = settings_gaps(wanted, settings)
+        assert [r.split(":")[0] for r in reasons] == gaps
+        if "shutdown" in gaps:
+            assert "-A" in reasons[0]
+            assert _ask(server.port, Command("shutdown")).text == "ERROR: shutdown not enabled"
+            crawl = _ask(server.port, Command("lru_crawler_crawl", arg="all"))
+            assert crawl.status is Status.CLIENT_ERROR  # "lru crawler disabled"
+        else:
+            with socket.create_connection((HOST, server.port), timeout=10) as sock:
+                # an ascii-only server reads a binary request as a text line: an error
+                sock.sendall(BinaryCodec().encode(Command("bin_get", key=b"k")) + b"\r\n")
+                assert sock.recv(65536).endswith(b"ERROR\r\n")
+    finally:
+        server.stop()
+
+
+def test_server_options_for_reads_the_same_help(pristine) -> None:  # type: ignore[no-untyped-def]
+    from verifier.run.server import server_options_for
+
+    options = [(("-o", "ext_path=/x:64m"), "ext_path"), (("-Z",), "enable-ssl"), (("-A",), "")]
+    assert server_options_for(pristine.binary, options) == ["-o", "ext_path=/x:64m", "-A"]

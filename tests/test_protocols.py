@@ -224,7 +224,9 @@ def test_ascii_flush_verbosity_version(client: Client) -> None:
         [Command("flush_all"), Command("get", key=b"f"), Command("flush_all", arg="3")],
     )
     assert [r.status for r in replies] == [Status.OK, Status.MISS, Status.OK]
-    assert grew["cmd_flush"] == 2 and grew["get_flushed"] == 1
+    # get_flushed only when the get meets the flushed item itself: the LRU maintainer may
+    # reap it first (seen 1 run in 6), a plain miss then
+    assert grew["cmd_flush"] == 2 and grew["get_misses"] == 1
     assert client.call(ASCII, Command("verbosity", arg="1")).status is Status.OK
     version = client.call(ASCII, Command("version"))
     assert version.status is Status.OK and version.text == "VERSION 1.6.18"
@@ -254,7 +256,13 @@ def test_ascii_admin_slabs_crawler_metadump(client: Client) -> None:
     assert reassign.status is not Status.OTHER or reassign.text.startswith("NOSPARE")
     assert client.call(ASCII, Command("slabs_automove", arg="1")).status is Status.OK
     assert client.call(ASCII, Command("lru_crawler_disable")).status is Status.OK
-    assert client.call(ASCII, Command("lru_crawler_enable")).status is Status.OK
+    deadline = time.monotonic() + 10
+    while True:  # right after a disable: "ERROR failed to start lru crawler thread" (1 in 6)
+        enable = client.call(ASCII, Command("lru_crawler_enable"))
+        if enable.status is not Status.ERROR or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert enable.status is Status.OK, enable.text
     before = client.stats()
     crawl = client.call(ASCII, Command("lru_crawler_crawl", arg="all"))
     assert crawl.status in (Status.OK, Status.BUSY)
@@ -643,3 +651,69 @@ def test_desync_raises_protocol_error_and_unknown_names_value_error() -> None:
         with pytest.raises(ValueError):
             codec.encode(Command(name, key=b"k"))
     assert [codec_for(n) for n in ("mgets", "bin_getkq", "ma")] == ["ascii", "binary", "meta"]
+
+
+def test_every_status_word_maps() -> None:
+    """Canned answers the server gives only under load or misuse (BUSY, SERVER_ERROR,
+    binary status codes), mapped without a server."""
+    lines = {
+        b"BUSY currently processing reassign request": Status.BUSY,
+        b"ERROR": Status.ERROR,
+        b"ERROR: shutdown not enabled": Status.ERROR,
+        b"CLIENT_ERROR bad data chunk": Status.CLIENT_ERROR,
+        b"SERVER_ERROR out of memory storing object": Status.SERVER_ERROR,
+        b"NOSPARE source class has no spare pages": Status.OTHER,
+    }
+    for line, status in lines.items():
+        reply, end = ASCII.parse(Command("slabs_reassign", arg="1 2"), line + b"\r\n", 0)
+        assert reply is not None and reply.status is status and end == len(line) + 2
+        assert reply.text == line.decode() or (status is Status.OTHER and reply.text)
+    from verifier.stress.protocol import binary as b
+
+    codes = {
+        0x00: Status.STORED,
+        0x02: Status.NOT_STORED,  # add on an existing key
+        0x04: Status.CLIENT_ERROR,
+        0x05: Status.NOT_STORED,
+        0x81: Status.ERROR,
+        0x82: Status.SERVER_ERROR,
+        0x86: Status.SERVER_ERROR,
+        0x20: Status.OTHER,  # auth error
+    }
+    for code, status in codes.items():
+        body = b"" if code == 0 else b"msg"
+        packet = b.HEADER.pack(b.RES, b.ADD, 0, 0, 0, code, len(body), 0, 0) + body
+        reply, end = BINARY.parse(Command("bin_add", key=b"k"), packet, 0)
+        assert reply is not None and reply.status is status and end == len(packet)
+    meta = {
+        ("ms", b"NS"): Status.NOT_STORED,
+        ("ms", b"EX"): Status.EXISTS,
+        ("ms", b"NF"): Status.NOT_FOUND,
+        ("md", b"HD"): Status.DELETED,
+        ("mg", b"HD c5"): Status.HIT,
+        ("ma", b"NF"): Status.NOT_FOUND,
+        ("mn", b"MN"): Status.OK,
+        ("mg", b"SERVER_ERROR out of memory"): Status.SERVER_ERROR,
+    }
+    for (name, line), status in meta.items():
+        reply, _ = META.parse(Command(name, key=b"k"), line + b"\r\n", 0)
+        assert reply is not None and reply.status is status
+
+
+def test_large_metadump_split_across_reads(server: MemcachedServer, client: Client) -> None:
+    n = 5000
+    loader = Client(server.port)
+    try:
+        keys = tuple(b"dump:%05d" % i for i in range(n))
+        assert loader.call(BINARY, Command("bin_setq", keys=keys, value=b"x")).number == 0
+    finally:
+        loader.close()
+    deadline = time.monotonic() + 20
+    while True:
+        dump = client.call(ASCII, Command("lru_crawler_metadump", arg="all"))
+        if dump.status is not Status.BUSY or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert dump.status is Status.OK and dump.number == n and dump.value is not None
+    assert len(dump.value) > 65536  # more than one read of the client
+    assert dump.value.count(b"key=dump%3A") == n  # keys are URI-encoded in the dump

@@ -8,7 +8,14 @@ while symbols may not (1.6.18's -O2 build has no ``process_mget_command``: inlin
 symbol-only rule would call meta absent). Measured on upstream 1.4.5 (built here): meta,
 meta_arithmetic, gat, touch, lru_crawler, metadump, watch, slabs_reassign/automove,
 shutdown, shutdown_graceful, stats_conns absent; binary, stats sizes/detail, verbosity
-present. On Debian's 1.6.18: all present but tls and debugtime.
+present. On Debian's 1.6.18: all present but tls and debugtime. On upstream 1.4.26 (built
+with -fcommon), each ascii command sent by hand was refused exactly where this said absent
+(gat, metadump, mg, shutdown graceful: ERROR) and answered where it said present (touch,
+stats conns, watch, slabs automove, shutdown).
+
+A build may have what its server was started without: ``settings_gaps`` reads the server's
+``stats settings`` (1.4.26 starts with lru_crawler and slab_reassign off; 1.6.18 without -A
+has shutdown_command off; -B ascii refuses binary).
 """
 
 from __future__ import annotations
@@ -42,11 +49,22 @@ class FeatureRule:
 
 
 @dataclass(frozen=True)
+class SettingRule:
+    """A ``stats settings`` line that, reading ``off``, disables ``commands``."""
+
+    name: str
+    off: str
+    enable: str
+    commands: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class FeatureTable:
     rules: Mapping[str, FeatureRule]
     commands: Mapping[str, tuple[str, ...]]
     prefixes: Mapping[str, tuple[str, ...]]
     options: Mapping[str, tuple[str, ...]]
+    settings: Mapping[str, SettingRule] = field(default_factory=dict)
 
     @classmethod
     def load(cls, path: Path | None = None) -> FeatureTable:
@@ -78,7 +96,12 @@ class FeatureTable:
                 for need in needs:
                     if need not in rules:
                         raise BadInput(f"{path}: [{table}] {key!r} needs unknown feature {need!r}")
-        return cls(rules, *maps)
+        settings: dict[str, SettingRule] = {}
+        for name, spec in data.get("settings", {}).items():
+            if set(spec) != {"off", "enable", "commands"}:
+                raise BadInput(f"{path}: [settings.{name}] needs exactly off, enable, commands")
+            settings[name] = SettingRule(name, spec["off"], spec["enable"], tuple(spec["commands"]))
+        return cls(rules, *maps, settings=settings)
 
 
 def _strs(value: str | Sequence[str]) -> tuple[str, ...]:
@@ -136,6 +159,31 @@ class Features:
                     reasons.append(f"{item}: {what} unknown ({self.evidence[need]})")
                 break
         return reasons
+
+
+def settings_gaps(
+    commands: Iterable[str], settings: Mapping[str, str], table: FeatureTable | None = None
+) -> list[str]:
+    """One reason per command the running server refuses by its configuration, read from
+    its ``stats settings`` (``Reply.stats``): the build has it, the server was started
+    without it. ``binding_protocol`` ascii / binary (-B) refuses the other protocols."""
+    table = table or FeatureTable.load()
+    reasons: list[str] = []
+    binding = settings.get("binding_protocol", "")
+    for command in dict.fromkeys(commands):
+        head = command.split(" ", 1)[0]
+        binary = head.startswith("bin_")
+        if (binding == "ascii" and binary) or (binding == "binary" and not binary):
+            reasons.append(f"{command}: the server speaks only {binding} (-B {binding})")
+            continue
+        for rule in table.settings.values():
+            if command in rule.commands and settings.get(rule.name) == rule.off:
+                reasons.append(
+                    f"{command}: off in this server (stats settings {rule.name} {rule.off}); "
+                    f"start it with {rule.enable}"
+                )
+                break
+    return reasons
 
 
 def command_key(command: Command) -> str:

@@ -1,5 +1,10 @@
 """memcached's three wire protocols as codecs: a ``Command`` in, bytes out; bytes in, a
-``Reply`` out. The workload clients speak through these and nothing else."""
+``Reply`` out. The workload clients speak through these and nothing else.
+
+``encode`` is pure and a ``Command`` is frozen: the engine may encode a command once and send
+the same bytes every time (the flood's hot path then costs only the parse). Which commands a
+build and its running server accept: ``verifier.stress.features`` (``detect``,
+``settings_gaps``)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,8 @@
-"""memcached's meta protocol (mg/ms/md/ma/mn, 1.6+) as a codec.
+"""memcached's meta protocol (mg/ms/md/ma/mn) as a codec, in its 1.6.10+ syntax.
+
+1.6.10 made the data length of ``ms`` a token and the success code HD; 1.5.19-1.6.9 spoke
+an older meta (measured on 1.5.19: this codec's ``ms`` gets "CLIENT_ERROR invalid or
+duplicate flag"), which ``verifier.stress.features`` reports as no meta.
 
 Command names (``arg`` adds flags verbatim, e.g. "I" to invalidate, "MD" for decrement):
 
@@ -20,7 +24,8 @@ server answers only failures under ``q``: NS/EX/NF, errors); ``number`` = how ma
 
 Measured (``benchmarks/protocol_codecs.py --runs 5``, encode + parse from a buffer of 64 pipelined
 replies, best of 5, on this 2-core box at load average 15-19 from other jobs: figures are a
-floor): mg hit (v c t) 85 k ops/s, ms 178 k, ma 86 k; the return
+floor): mg hit (v c t) 85 k ops/s, ms 178 k, ma 86 k (at load 8-10, best of 15: 210 k,
+224 k, 169 k); the return
 flags cost the difference (one pass over the tokens, an int() per c/t/O).
 """
 
@@ -122,7 +127,10 @@ def _one(
 
 
 def _flags(c: Command, extra: bytes) -> bytes:
-    return (extra + b" " + c.arg.encode()) if c.arg else extra
+    """``extra`` then the command's own ``arg`` flags, single-spaced."""
+    if not c.arg:
+        return extra
+    return extra + b" " + c.arg.encode() if extra else c.arg.encode()
 
 
 def _ms_flags(c: Command) -> bytes:
