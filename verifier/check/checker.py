@@ -1,4 +1,4 @@
-"""Judge a history: cheap witnesses first, then the WGL search per key, within a budget.
+"""Judge a history: the WGL search per key within a budget, cheap witnesses where it fails.
 
 Keys are independent (memcached's ops each touch one key, and linearizability is local:
 a history is linearizable iff each key's is), so each key is judged alone. A key the
@@ -7,6 +7,12 @@ VIOLATION if any key is, else UNKNOWN if any key is, else OK.
 
 Budget: first pass, each remaining key gets an equal share of the time left; keys that ran
 out get a second try with what the fast ones left over.
+
+Order: the cheap rules (cheap.py) are sound, so on a key the search finds linearizable
+they cannot fire; they run only on keys the search did not clear (violation or budget
+spent), where they name the class and give a two- or three-op witness, even on a key the
+search could not finish. Running them first on every key cost more than the search
+itself: on 10^5 correct ops over 1,000 keys, 1.7 s of rules against 0.9 s of search.
 
 The model starts every key missing: the workload must use keys nothing stored before the
 history began.
@@ -42,7 +48,7 @@ class CheckReport:
     seconds: float
     violations: list[Witness] = field(default_factory=list)
     unknown_keys: list[str] = field(default_factory=list)
-    searched_keys: int = 0  # keys that needed the search (no cheap witness)
+    cheap_keys: int = 0  # keys the cheap rules looked at (those the search did not clear)
     steps: int = 0  # search steps over all keys
     may_vanish: bool = False
 
@@ -79,7 +85,7 @@ class CheckReport:
             "seconds": self.seconds,
             "violations": [w.to_json() for w in self.violations],
             "unknown_keys": list(self.unknown_keys),
-            "searched_keys": self.searched_keys,
+            "cheap_keys": self.cheap_keys,
             "steps": self.steps,
             "may_vanish": self.may_vanish,
         }
@@ -93,7 +99,7 @@ class CheckReport:
             seconds=float(data["seconds"]),
             violations=[Witness.from_json(w) for w in data.get("violations", [])],
             unknown_keys=list(data.get("unknown_keys", [])),
-            searched_keys=int(data.get("searched_keys", 0)),
+            cheap_keys=int(data.get("cheap_keys", 0)),
             steps=int(data.get("steps", 0)),
             may_vanish=bool(data.get("may_vanish", False)),
         )
@@ -207,33 +213,40 @@ def check_history(
     origin = min((o.call_ns for key_ops in per_key.values() for o in key_ops), default=0)
     model = MemcachedKey(may_vanish=may_vanish)
     violations: list[Witness] = []
-    to_search: list[str] = []
-    for key in sorted(per_key):
-        key_ops = per_key[key]
-        key_ops.sort(key=lambda o: o.call_ns)
-        found = cheap_witnesses(key_ops, origin, may_vanish=may_vanish)
-        if found:
-            violations += found
-        else:
-            to_search.append(key)
+    keys = sorted(per_key)
+    for key in keys:
+        per_key[key].sort(key=lambda o: o.call_ns)
     steps = 0
     unknown: list[str] = []
+    cheap_done: set[str] = set()
     for attempt in range(2):
-        pending, unknown = to_search if attempt == 0 else unknown, []
+        pending, unknown = keys if attempt == 0 else unknown, []
         for n, key in enumerate(pending):
             left = deadline - time.monotonic()
             if left <= 0:
                 unknown += pending[n:]
                 break
-            key_deadline = time.monotonic() + left / (len(pending) - n)
-            result = _search_key(per_key[key], model, key_deadline)
+            key_ops = per_key[key]
+            result = _search_key(key_ops, model, time.monotonic() + left / (len(pending) - n))
             steps += result.steps
+            if result.outcome is CheckOutcome.OK:
+                continue
+            if key not in cheap_done:  # sound rules: they name the class, or prove it anyway
+                cheap_done.add(key)
+                found = cheap_witnesses(key_ops, origin, may_vanish=may_vanish)
+                if found:
+                    violations += found
+                    continue
             if result.outcome is CheckOutcome.UNKNOWN:
                 unknown.append(key)
-            elif result.outcome is CheckOutcome.VIOLATION and result.stuck is not None:
-                violations.append(_search_witness(key, per_key[key], result.stuck, model, origin))
+            elif result.stuck is not None:
+                violations.append(_search_witness(key, key_ops, result.stuck, model, origin))
         if not unknown or deadline - time.monotonic() <= 0:
             break
+    for key in unknown:  # keys the budget never reached still get the cheap rules
+        if key not in cheap_done:
+            violations += cheap_witnesses(per_key[key], origin, may_vanish=may_vanish)
+    unknown = [k for k in unknown if not any(w.key == k for w in violations)]
     if violations:
         verdict = CheckOutcome.VIOLATION
     elif unknown:
@@ -247,7 +260,7 @@ def check_history(
         seconds=time.monotonic() - start,
         violations=violations,
         unknown_keys=sorted(unknown),
-        searched_keys=len(to_search),
+        cheap_keys=len(cheap_done | set(unknown)),
         steps=steps,
         may_vanish=may_vanish,
     )
