@@ -120,22 +120,30 @@ _NEEDS: dict[OpKind, tuple[str, ...]] = {
 
 def validate(op: Op) -> None:
     """Refuse an op the model cannot read (one line, BadInput)."""
-    where = f"history: {op.client} {op.kind} {op.key}"
-    if op.result is not Result.UNKNOWN and op.result not in ALLOWED[op.kind]:
-        raise BadInput(f"{where}: {op.kind} cannot answer {op.result}")
-    if op.return_ns is None and op.result is not Result.UNKNOWN:
-        raise BadInput(f"{where}: no return time but an answer ({op.result})")
-    if op.return_ns is not None and op.return_ns < op.call_ns:
-        raise BadInput(f"{where}: returned before it was called")
+    problem = _problem(op)
+    if problem:
+        raise BadInput(f"history: {op.client} {op.kind} {op.key}: {problem}")
+
+
+def _problem(op: Op) -> str:
+    result, ret = op.result, op.return_ns
+    if result is not Result.UNKNOWN and result not in ALLOWED[op.kind]:
+        return f"{op.kind} cannot answer {result}"
+    if ret is None and result is not Result.UNKNOWN:
+        return f"no return time but an answer ({result})"
+    if ret is not None and ret < op.call_ns:
+        return "returned before it was called"
     for name in _NEEDS.get(op.kind, ()):
         if getattr(op, name) is None:
-            raise BadInput(f"{where}: missing {name}")
-    if op.result is Result.HIT and op.value is None:
-        raise BadInput(f"{where}: a hit without its value")
-    if op.kind is OpKind.GETS and op.result is Result.HIT and op.cas is None:
-        raise BadInput(f"{where}: a gets hit without its cas token")
-    if op.result is Result.NUMBER and op.number is None:
-        raise BadInput(f"{where}: a number answer without its number")
+            return f"missing {name}"
+    if result is Result.HIT:
+        if op.value is None:
+            return "a hit without its value"
+        if op.kind is OpKind.GETS and op.cas is None:
+            return "a gets hit without its cas token"
+    if result is Result.NUMBER and op.number is None:
+        return "a number answer without its number"
+    return ""
 
 
 def _normalise(op: Op) -> Op:
