@@ -226,6 +226,9 @@ def test_memcached_number_rules_wrap_clamp_and_padding() -> None:
         op("s2", OpKind.SET, 6, 7, Result.STORED, value="100"),
         op("d2", OpKind.DECR, 8, 9, Result.NUMBER, delta=1, number=99),
         op("g", OpKind.GET, 10, 11, Result.HIT, value="99 "),  # decr in place pads
+        op("a", OpKind.APPEND, 12, 13, Result.STORED, value="x"),
+        op("g2", OpKind.GET, 14, 15, Result.HIT, value="99 x"),  # ... or not: either way
+        op("g3", OpKind.GETS, 16, 17, Result.HIT, value="99x", cas=0),  # memcached -C: cas 0
     ]
     assert verdict(ops).verdict is CheckOutcome.OK
 
@@ -486,9 +489,25 @@ async def _one_op(conn: Conn, rng: random.Random, seq: int, tokens: dict[str, in
     return Op(**base, call_ns=call, return_ns=ret, result=results[reply[0]], value=value, cas=cas)
 
 
-async def _drive(port: int, clients: int, per_client: int, seed: int, limit_s: float) -> list[Op]:
+async def _drive(
+    port: int, clients: int, per_client: int, seed: int, limit_s: float, flush_every_s: float = 0
+) -> list[Op]:
+    """Run the clients (and, if ``flush_every_s``, an unrecorded ``flush_all`` loop)."""
     ops: list[Op] = []
     stop_at = time.monotonic() + limit_s
+    done = asyncio.Event()
+
+    async def flusher() -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            while not done.is_set() and time.monotonic() < stop_at:
+                writer.write(b"flush_all\r\n")
+                await writer.drain()
+                assert (await asyncio.wait_for(reader.readline(), 5.0)) == b"OK\r\n"
+                await asyncio.sleep(flush_every_s)
+        finally:
+            writer.close()
+            await writer.wait_closed()
 
     async def client(c: int) -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -506,7 +525,11 @@ async def _drive(port: int, clients: int, per_client: int, seed: int, limit_s: f
             writer.close()
             await writer.wait_closed()
 
-    await asyncio.gather(*(client(c) for c in range(clients)))
+    async def clients_then_done() -> None:
+        await asyncio.gather(*(client(c) for c in range(clients)))
+        done.set()
+
+    await asyncio.gather(clients_then_done(), *([flusher()] if flush_every_s else []))
     return ops
 
 
@@ -535,3 +558,19 @@ def test_long_real_histories_of_a_correct_memcached_are_ok(pristine, tmp_path: P
     broken = check_history(ops, budget_s=300)
     assert broken.verdict is CheckOutcome.VIOLATION
     assert {w.key for w in broken.violations} == {ops[last].key}
+
+
+def test_real_history_with_flush_all_needs_may_vanish(pristine, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """flush_all every 20 ms (unrecorded) empties keys under the clients: judged with
+    may_vanish the history is OK (no false WRONG RESULT); judged without, the misses after
+    stores cannot be explained."""
+    config = ServerConfig(binary=pristine.binary, threads=4, maxconns=64)
+    with MemcachedServer(config, tmp_path / "server.log") as server:
+        ops = asyncio.run(
+            _drive(server.port, clients=8, per_client=1000, seed=2, limit_s=60, flush_every_s=0.02)
+        )
+    assert len(ops) >= 7_000
+    vanishing = check_history(ops, may_vanish=True, budget_s=300)
+    assert vanishing.verdict is CheckOutcome.OK, "\n".join(vanishing.describe())
+    strict = check_history(ops, may_vanish=False, budget_s=300)
+    assert strict.verdict is CheckOutcome.VIOLATION

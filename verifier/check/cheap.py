@@ -214,7 +214,7 @@ def stale_reads(ops: Sequence[Op], origin: int) -> list[Witness]:
     writers: dict[str, list[Op]] = defaultdict(list)
     for o in ops:
         if _writes_value(o) and o.value is not None:
-            writers[o.value.rstrip(" ")].append(o)
+            writers[o.value.replace(" ", "")].append(o)
     later = sorted((o for o in ops if _overwrites(o)), key=lambda o: o.call_ns)
     later_calls = [o.call_ns for o in later]
     suffix: list[Op | None] = [None] * (len(later) + 1)  # the earliest-returning from i on
@@ -223,7 +223,7 @@ def stale_reads(ops: Sequence[Op], origin: int) -> list[Witness]:
         o = later[i]
         suffix[i] = o if best is None or (o.return_ns or 0) < (best.return_ns or 0) else best
     for r in reads:
-        v = (r.value or "").rstrip(" ")
+        v = (r.value or "").replace(" ", "")
         numeric = v.isdigit()
         ws = writers.get(v, [])
         explained = any(w.call_ns < _ret(r) for w in ws)

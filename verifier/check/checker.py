@@ -178,7 +178,7 @@ def _search_witness(
         blocking.kind is OpKind.GETS
         and blocking.result is Result.HIT
         and stuck.state[0] is not None
-        and (blocking.value or "").rstrip(" ") == stuck.state[0].rstrip(" ")
+        and (blocking.value or "").replace(" ", "") == stuck.state[0].replace(" ", "")
     ):
         wrong = WrongClass.CAS_CHANGED
     after = (

@@ -26,9 +26,11 @@ delete needs a store), two increments answering the same number (lost-update), a
 token that changed with no write (cas-changed). What is lost: a MISS where the key should
 exist, and double-create (a vanish between two creations makes both right).
 
-Numbers: memcached's incr wraps at 2^64, decr clamps at 0; a decr done in place pads the
-shorter number with spaces (``"100"`` -> ``"99 "``), so reads compare with trailing
-spaces stripped.
+Numbers: memcached's incr wraps at 2^64, decr clamps at 0. An incr/decr done in place pads
+a shorter number with spaces (``"100"`` -> ``"99 "``), but only when no other connection
+holds the item (``refcount == 2`` in ``do_add_delta``), else it makes a new unpadded item:
+the padding is not determined by the history, so values compare with spaces removed (an
+append after a decr reads ``"99 x"`` or ``"99x"``). Workload values carry no spaces.
 """
 
 from __future__ import annotations
@@ -113,9 +115,10 @@ def _number(value: str) -> int | None:
 
 
 def _same(read: str | None, stored: str) -> bool:
+    """Is ``read`` the stored value, up to the spaces an in-place incr/decr pads with?"""
     if read == stored:
         return True
-    return read is not None and read.rstrip(" ") == stored.rstrip(" ")
+    return read is not None and read.replace(" ", "") == stored.replace(" ", "")
 
 
 def _apply(s: State, op: Encoded) -> tuple[State, ...]:
@@ -133,6 +136,8 @@ def _apply(s: State, op: Encoded) -> tuple[State, ...]:
             return (s,)
         if res != R_HIT or not present or not _same(value, val):  # type: ignore[arg-type]
             return ()
+        if not cas:  # memcached -C: every token reads 0, nothing to bind
+            return (s,)
         if tok:
             return (s,) if cas == tok else ()
         return ((val, cas, cas),) if cas > floor else ()
