@@ -3,9 +3,11 @@
 Histories come from tests/simulated_history.py (a linearizable memcached in a dict, clients
 with overlapping random intervals), so every cell must come out OK; a cell the budget did
 not cover prints "budget" instead of a rate. Each cell is judged ``--runs`` times on the
-same history; the median is printed. The last column says what the goal "a 60 s soak's
-history is judged in under 10% of the soak" means at that rate: the workload may record up
-to rate / 10 checked ops per second of soak.
+same history; medians are printed, per CPU second of this process (what the checker costs
+on a core of its own; on a shared machine wall time also counts other processes' turns)
+and per wall second. The last column says what the goal "a 60 s soak's history is judged in
+under 10% of the soak" means at the CPU rate: the workload may record up to rate / 10
+checked ops per second of soak.
 
     .venv/bin/python benchmarks/checker_cost.py --runs 3
     .venv/bin/python benchmarks/checker_cost.py --sizes 10000 100000 --keys 1 10 --runs 5
@@ -53,32 +55,45 @@ def main() -> int:
             )
             made = time.monotonic() - made
             rates: list[float] = []
+            cpu_rates: list[float] = []
             secs: list[float] = []
             outcome = CheckOutcome.OK
             for _ in range(args.runs):
+                cpu = time.process_time()
                 report = check_history(ops, budget_s=args.budget)
+                cpu = time.process_time() - cpu
                 if report.verdict is not CheckOutcome.OK:
                     outcome = report.verdict
                     break
                 secs.append(report.seconds)
                 rates.append(size / report.seconds)
+                cpu_rates.append(size / cpu)
             if outcome is not CheckOutcome.OK:
                 shown = "budget" if outcome is CheckOutcome.UNKNOWN else "FALSE WRONG RESULT"
-                rows.append([size, keys, shown, "", "", ""])
+                rows.append([size, keys, shown, "", "", "", ""])
             else:
-                rate = statistics.median(rates)
+                cpu_rate = statistics.median(cpu_rates)
                 rows.append(
                     [
                         size,
                         keys,
-                        f"{rate:,.0f}",
+                        f"{cpu_rate:,.0f}",
+                        f"{statistics.median(rates):,.0f}",
                         f"{statistics.median(secs):.2f}",
                         f"{len(rates)}",
-                        f"{rate / 10:,.0f}",
+                        f"{cpu_rate / 10:,.0f}",
                     ]
                 )
             print(f"  {size}x{keys}: history made in {made:.1f} s", file=sys.stderr, flush=True)
-    headers = ["ops", "keys", "ops/s (median)", "s (median)", "runs", "60 s soak in 10%: ops/s"]
+    headers = [
+        "ops",
+        "keys",
+        "ops/CPU-s",
+        "ops/wall-s",
+        "wall s",
+        "runs",
+        "soak ops/s judged in 10%",
+    ]
     print(tabulate(rows, headers=headers, disable_numparse=True))
     return 0
 
