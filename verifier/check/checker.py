@@ -198,7 +198,8 @@ def _search_witness(
         f"no order explains the answers: {after}, and {brief(blocking, origin)} "
         f"could not be ordered before it returned{tail}"
     )
-    notes = [f"last ordered: {brief(ops[i], origin)}" for i in stuck.last]
+    order = " -> ".join(f"{ops[i].client} {ops[i].kind}" for i in stuck.last)
+    notes = [f"deepest order found ends: {order} (key then {state})"] if order else []
     return make_witness(
         wrong, key, (ops[i] for i in picked), sentence, origin, found_by="search", notes=notes
     )
