@@ -74,7 +74,8 @@ def sees_present(op: Op) -> bool:
 
 
 class Overlaps:
-    """Which of some ops could be ordered inside a span: call < hi and return > lo."""
+    """Could one of some ops be ordered inside a span: call <= hi and return >= lo (equal
+    times read as concurrent, as the search reads them)."""
 
     def __init__(self, ops: Sequence[Op]) -> None:
         ordered = sorted(ops, key=lambda o: o.call_ns)
@@ -86,8 +87,8 @@ class Overlaps:
             self.best.append(running)
 
     def any(self, lo: float, hi: float) -> bool:
-        idx = bisect_left(self.calls, hi)
-        return idx > 0 and self.best[idx - 1] > lo
+        idx = bisect_right(self.calls, hi)
+        return idx > 0 and self.best[idx - 1] >= lo
 
 
 def _pair_span(a: Op, b: Op) -> tuple[float, float]:
