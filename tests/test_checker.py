@@ -406,7 +406,7 @@ def test_search_and_cheap_rules_agree_with_brute_force(may_vanish: bool) -> None
 @pytest.mark.parametrize("may_vanish", [False, True])
 def test_simulated_correct_histories_are_ok(may_vanish: bool) -> None:
     for seed, (n, keys) in enumerate([(20_000, 1), (20_000, 10), (20_000, 100)]):
-        ops = simulate(n, keys, clients=12, seed=seed, indeterminate=0.002)
+        ops = simulate(n, keys, clients=8, seed=seed, indeterminate=0.002)
         report = check_history(ops, may_vanish=may_vanish, budget_s=120)
         assert report.verdict is CheckOutcome.OK, report.describe()
 
