@@ -584,3 +584,12 @@ def test_real_history_with_flush_all_needs_may_vanish(pristine, tmp_path: Path) 
     assert vanishing.verdict is CheckOutcome.OK, "\n".join(vanishing.describe())
     strict = check_history(ops, may_vanish=False, budget_s=300)
     assert strict.verdict is CheckOutcome.VIOLATION
+
+
+def test_unreadable_history_file_is_bad_input(tmp_path: Path) -> None:
+    path = tmp_path / "history.jsonl"
+    path.write_text('{"client": "a", "key": "k", "kind": "fetch"}\n')
+    with pytest.raises(BadInput, match="history unreadable"):
+        check_files([path])
+    with pytest.raises(BadInput, match="history unreadable"):
+        check_files([tmp_path / "missing.jsonl"])

@@ -280,6 +280,7 @@ def check_files(
 ) -> CheckReport:
     """Judge the histories in ``paths`` (JSON lines, see history.py) as one history."""
     try:
-        return check_history(read_history(paths), may_vanish=may_vanish, budget_s=budget_s)
-    except (OSError, ValueError, KeyError) as exc:
+        ops = list(read_history(paths))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
         raise BadInput(f"history unreadable: {exc}") from exc
+    return check_history(ops, may_vanish=may_vanish, budget_s=budget_s)
