@@ -281,8 +281,18 @@ Rule = Callable[[Sequence[Op], int], list[Witness]]
 
 
 def cheap_witnesses(ops: Sequence[Op], origin: int, *, may_vanish: bool) -> list[Witness]:
-    """Every rule over one key's ops (at most one witness per rule)."""
+    """Every rule over one key's ops (at most one witness per rule; a witness whose ops an
+    earlier one already shows is left out: a hit after a delete is a lost delete, not also a
+    stale read)."""
     found = lost_updates(ops, origin, may_vanish)
     for rule in (lost_deletes, stale_reads, cas_changes):
         found += rule(ops, origin)
-    return found
+    kept: list[Witness] = []
+    shown: set[tuple[str, float, str]] = set()
+    for w in found:
+        mine = {(o.client, o.call_s, o.kind) for o in w.ops}
+        if mine & shown:
+            continue
+        shown |= mine
+        kept.append(w)
+    return kept
