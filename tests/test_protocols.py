@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from verifier.run.server import HOST, MemcachedServer, ServerConfig
-from verifier.stress.protocol import ProtocolError, codec_for
+from verifier.stress.protocol import ProtocolError, protocol_of
 from verifier.stress.protocol.ascii import AsciiCodec
 from verifier.stress.protocol.base import Codec, Command, Reply, Status
 from verifier.stress.protocol.binary import BinaryCodec
@@ -650,7 +650,7 @@ def test_desync_raises_protocol_error_and_unknown_names_value_error() -> None:
     for codec, name in ((ASCII, "mg"), (BINARY, "get"), (META, "bin_get")):
         with pytest.raises(ValueError):
             codec.encode(Command(name, key=b"k"))
-    assert [codec_for(n) for n in ("mgets", "bin_getkq", "ma")] == ["ascii", "binary", "meta"]
+    assert [protocol_of(n) for n in ("mgets", "bin_getkq", "ma")] == ["ascii", "binary", "meta"]
 
 
 def test_every_status_word_maps() -> None:

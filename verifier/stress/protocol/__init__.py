@@ -22,7 +22,7 @@ __all__ = [
     "ProtocolError",
     "Reply",
     "Status",
-    "codec_for",
+    "protocol_of",
 ]
 
 _BY_PROTOCOL: dict[str, type[AsciiCodec] | type[BinaryCodec] | type[MetaCodec]] = {
@@ -32,7 +32,7 @@ _BY_PROTOCOL: dict[str, type[AsciiCodec] | type[BinaryCodec] | type[MetaCodec]] 
 }
 
 
-def codec_for(command_name: str) -> str:
+def protocol_of(command_name: str) -> str:
     """The protocol ("ascii", "binary", "meta") whose codec speaks ``command_name``
     (ValueError for a name none speaks). Command names are unique across codecs."""
     for protocol, codec in _BY_PROTOCOL.items():
