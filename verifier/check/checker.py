@@ -181,6 +181,19 @@ def _search_witness(
         and (blocking.value or "").replace(" ", "") == stuck.state[0].replace(" ", "")
     ):
         wrong = WrongClass.CAS_CHANGED
+    twin = _same_answer(ops, stuck.blocking)
+    if twin is not None:
+        # An arithmetic answer the search cannot place, and an earlier one on the key gave
+        # the same number: one of the two updates worked on a value the other had replaced.
+        sentence = (
+            f"{brief(blocking, origin)} repeats the answer of {brief(ops[twin], origin)}, and "
+            "no order of the operations between them explains it (the search found none): "
+            "one update was applied to a stale value, so an update was lost"
+        )
+        return make_witness(
+            WrongClass.LOST_UPDATE, key, (ops[twin], blocking), sentence, origin,
+            found_by="search",
+        )  # fmt: skip
     after = (
         f"after {stuck.linearized} ops in some valid order the key was {state}"
         if stuck.linearized
@@ -203,6 +216,29 @@ def _search_witness(
     return make_witness(
         wrong, key, (ops[i] for i in picked), sentence, origin, found_by="search", notes=notes
     )
+
+
+_ARITHMETIC = (OpKind.INCR, OpKind.DECR, OpKind.INCR_INIT)
+
+
+def _same_answer(ops: Sequence[Op], index: int) -> int | None:
+    """The latest other arithmetic op on the key, called before ``ops[index]`` returned,
+    that answered the same number (None when the stuck op is no such answer)."""
+    op = ops[index]
+    if op.kind not in _ARITHMETIC or op.result is not Result.NUMBER or op.return_ns is None:
+        return None
+    best = None
+    for i, other in enumerate(ops):
+        if (
+            i != index
+            and other.kind in _ARITHMETIC
+            and other.result is Result.NUMBER
+            and other.number == op.number
+            and other.call_ns <= op.return_ns
+            and (best is None or other.call_ns > ops[best].call_ns)
+        ):
+            best = i
+    return best
 
 
 def check_history(
