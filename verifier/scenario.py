@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from verifier.errors import BadInput
+from verifier.harness_options import refuse_harness_options
 from verifier.limits import CONFIRM_WINDOW_S, MAX_AMPLIFIER_DELAY_US
 from verifier.resources import recipes_dir
-from verifier.run.server import refuse_harness_options
 from verifier.stress.workload_file import (
     Connection,
     Group,

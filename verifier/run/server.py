@@ -20,32 +20,12 @@ from pathlib import Path
 from types import TracebackType
 
 from verifier.build.help import help_text
-from verifier.errors import BadInput, HarnessError
+from verifier.errors import HarnessError
+from verifier.harness_options import refuse_harness_options
 from verifier.util import pidlog
 from verifier.util.proc import die_with_parent, kill_group
 
 HOST = "127.0.0.1"
-# memcached options the harness sets itself or that would escape it (short and long forms)
-_HARNESS_OPTIONS = {
-    "-d": "daemonise",
-    "--daemon": "daemonise",
-    "-l": "listen address",
-    "--listen": "listen address",
-    "-p": "TCP port",
-    "--port": "TCP port",
-    "-U": "UDP port",
-    "--udp-port": "UDP port",
-    "-u": "user",
-    "--user": "user",
-    "-s": "unix socket",
-    "--unix-socket": "unix socket",
-    "-P": "pid file",
-    "--pidfile": "pid file",
-    "-c": "connection limit (set [server] maxconns)",
-    "--conn-limit": "connection limit (set [server] maxconns)",
-    "-t": "threads (use --threads)",
-    "--threads": "threads (use --threads)",
-}
 READY_TIMEOUT_S = 10.0
 
 
@@ -182,20 +162,6 @@ def _answering_pid(port: int, timeout_s: float = 0.5) -> int | None:
         if len(parts) == 3 and parts[:2] == ["STAT", "pid"] and parts[2].isdigit():
             return int(parts[2])
     return None
-
-
-def refuse_harness_options(args: Sequence[str], where: str) -> None:
-    """Refuse server arguments that would take the server out of the harness."""
-    for arg in args:
-        option = arg.split("=", 1)[0]
-        if option in _HARNESS_OPTIONS or (
-            option[:2] in _HARNESS_OPTIONS and not option.startswith("--")
-        ):
-            what = _HARNESS_OPTIONS.get(option) or _HARNESS_OPTIONS[option[:2]]
-            raise BadInput(
-                f"{where}: server argument {arg!r} is refused: the harness owns the {what} "
-                "(it keeps every server on 127.0.0.1, in the foreground, under its control)"
-            )
 
 
 def server_options_for(binary: Path, options: Sequence[tuple[tuple[str, ...], str]]) -> list[str]:

@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from verifier.errors import BadInput
+from verifier.harness_options import refuse_harness_options
 from verifier.resources import recipes_dir
 
 # Command names per protocol (the codecs in verifier/stress/protocol/ speak exactly these).
@@ -299,8 +300,6 @@ class Workload:
         return self.server.memory_mb is not None and self.server.memory_mb < 64
 
     def with_server_args_checked(self) -> Workload:
-        from verifier.run.server import refuse_harness_options
-
         refuse_harness_options(self.server.args(), f"workload {self.name}")
         return self
 
