@@ -76,3 +76,45 @@ def test_a_page_move_that_never_finishes_is_stuck_progress_and_a_real_one_is_not
     )
     assert code == 0, out
     assert report["trials"][0]["server_counts"]["slabs_moved"] > 0  # moves happened, and ended
+
+
+STALL_ONE_WORKER = FIXTURES / "stall-one-worker.diff"
+STALL_SCENARIO = """
+name = "stall"
+summary = "kv traffic, and a rare get of a stall: key"
+requires_symbols = []
+[server]
+maxconns = 128
+[workload]
+name = "stall"
+[[workload.group]]
+name = "kv"
+clients = 4
+rate = 400
+keys = { count = 100, prefix = "kv:" }
+commands = { get = 3, set = 1 }
+[[workload.group]]
+name = "staller"
+clients = 1
+rate = 0.5
+keys = { count = 1, prefix = "stall:" }
+commands = { get = 1 }
+[exercise]
+emfile = false
+[amplify]
+default = "none"
+"""
+
+
+def test_one_stalled_worker_is_part_hung_not_saturation(
+    tmp_path: Path, cache_layout: CacheLayout, build_debian
+) -> None:  # type: ignore[no-untyped-def]
+    scenario = tmp_path / "stall.toml"
+    scenario.write_text(STALL_SCENARIO)
+    code, out, report = _verify(
+        cache_layout, "--patch", str(STALL_ONE_WORKER), "--scenario", str(scenario),
+        "--soak", "15", "--trials", "1", "--threads", "2",
+    )  # fmt: skip
+    assert code == 1, out
+    assert report["verdict"]["hang_class"] == "part-hung", report["verdict"]["headline"]
+    assert "1 of 2 worker threads never answered" in report["trials"][0]["diagnosis"]["summary"]

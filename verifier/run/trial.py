@@ -43,6 +43,7 @@ from verifier.evidence.collect import collect_hang, symbolise_crash
 from verifier.evidence.procfs import fd_usage
 from verifier.evidence.sanitizer import read_reports
 from verifier.limits import CONFIRM_WINDOW_S
+from verifier.probe.parts import part_hung, probe_parts
 from verifier.probe.telnet import ProbeTimeout, TelnetSession, client_kind, probe_new_connection
 from verifier.run.amplifier import AmplifierPlan
 from verifier.run.events import (
@@ -68,6 +69,8 @@ from verifier.vocabulary import HangClass, HangProof, Liveness, Sanitizer, Trial
 Progress = Callable[[str], None]
 SEEN_BY_PROBE = "failed probe"
 SEEN_BY_GRAPH = "wait-for graph read between probes"
+PARTS_EVERY_S = 5.0  # a per-worker set/get/stats round this often (~10 ms on a healthy server)
+PART_TIMEOUT_S = 1.0
 FLOOD_BACKSTOP_S = 30.0  # the flood's own time bound beyond the soak (the trial stops it)
 MAX_CYCLES_PER_S = 100_000  # the flood's count bound per second of soak: ~10x its best rate
 
@@ -155,6 +158,7 @@ class _Soak:
         self.resume_at: float | None = None  # a pause event's end
         self.stopped_by: Due | None = None  # the event that asked the server to stop
         self.background = ProgressWatch(load_works())
+        self.parts_at = 0.0  # soak time of the last per-worker round
 
     # -- the loop --------------------------------------------------------------------------
     def run(self) -> None:
@@ -228,6 +232,8 @@ class _Soak:
                 break
             if probe.ok:
                 result.last_good_s = self.clock.now()
+                if self._parts_due() and self._hung(self.clock.now(), flood):
+                    break  # a worker or an operation does not answer: judged like a probe
             elif self._hung(self.clock.now(), flood):
                 break
             self._sample(probe.ok, probe.latency_s, stats.cycles_per_s)
@@ -383,12 +389,47 @@ class _Soak:
                 HOST, self.server.port, settings.confirm_timeout_s, settings.probe_client
             )
             if probe.ok:
-                return None
+                return self._part_hung()
             sent += 1
             fds = fd_usage(self.server.pid)
             if fds is not None and fds.exhausted and sent_at - start < settings.confirm_max_s:
                 window = time.monotonic()
             time.sleep(max(0.0, settings.confirm_interval_s - (time.monotonic() - sent_at)))
+        return HangProof.TIMING
+
+    def _parts_due(self) -> bool:
+        """Every PARTS_EVERY_S, one round of per-worker set/get/stats: True when an
+        operation failed on a connection that did connect (a refused or unanswered
+        connect is the saturation the stats probe already judges)."""
+        now = self.clock.now()
+        if now - self.parts_at < PARTS_EVERY_S:
+            return False
+        self.parts_at = now
+        results = probe_parts(HOST, self.server.port, self.settings.threads, PART_TIMEOUT_S)
+        return any(r.failed_op not in ("", "connect") for r in results)
+
+    def _part_hung(self) -> HangProof | None:
+        """A stats probe answered: unless one worker or one operation stays silent in
+        two rounds (with a descriptor free), it was saturation (None)."""
+        fds = fd_usage(self.server.pid)
+        if fds is not None and fds.exhausted:
+            return None
+        threads = self.settings.threads
+        rounds = [probe_parts(HOST, self.server.port, threads, PART_TIMEOUT_S)]
+        if not any(r.failed_op for r in rounds[0]):
+            return None
+        time.sleep(0.3)
+        rounds.append(probe_parts(HOST, self.server.port, threads, PART_TIMEOUT_S))
+        what = part_hung(rounds)
+        if not what:
+            return None
+        self.proven = Diagnosis(
+            HangClass.PART_HUNG,
+            Liveness.WORKERS_ALIVE,
+            what,
+            {"rounds": [[r.failed_op or "ok" for r in results] for results in rounds]},
+            proof=HangProof.TIMING,
+        )
         return HangProof.TIMING
 
     def _sample(self, ok: bool, latency_s: float, cycles_per_s: float) -> None:
