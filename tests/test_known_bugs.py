@@ -145,6 +145,8 @@ def _known_bugs(cache: CacheLayout, out: Path, *args: str) -> tuple[Any, dict[st
         f"{out}.json",
         "--junit",
         f"{out}.xml",
+        "--html",
+        f"{out}.html",
         *args,
         cache=cache,
     )
@@ -177,6 +179,8 @@ def test_pristine_debian_still_has_the_listener_lost_wakeup(
     cases = {case.name: case for case in suite}
     assert isinstance(cases["listener-lost-wakeup"].result[0], Failure)
     assert isinstance(cases["maxconns-146"].result[0], Skipped)
+    page = (tmp_path / "pristine.html").read_text()
+    assert page.count("<figure") == 4 and "<script" not in page
 
 
 @pytest.mark.timeout(600)
