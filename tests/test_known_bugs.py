@@ -259,3 +259,12 @@ def test_bin_incr_double_create_fixture(build_debian, pristine, tmp_path: Path) 
             results[name] = _binary_incr_pairs(server.port, budget, name == "fixture")
     assert results["fixture"]["double create"] > 0, results
     assert results["pristine"]["double create"] == 0, results
+
+
+def test_list_names_every_bug_and_what_reaches_it(cache_layout: CacheLayout) -> None:
+    result = run_cli("known-bugs", "--list", cache=cache_layout)
+    assert result.returncode == ExitStatus.SUCCESS, result.stderr
+    for bug in load_known_bugs():
+        (line,) = [row for row in result.stdout.splitlines() if row.startswith(bug.id + " ")]
+        assert str(bug.bug_class) in line
+        assert (bug.scenario.name if bug.scenario else str(bug.workload)) in line
