@@ -145,6 +145,8 @@ def _known_bugs(cache: CacheLayout, out: Path, *args: str) -> tuple[Any, dict[st
         f"{out}.json",
         "--junit",
         f"{out}.xml",
+        "--html",
+        f"{out}.html",
         *args,
         cache=cache,
     )
@@ -177,6 +179,8 @@ def test_pristine_debian_still_has_the_listener_lost_wakeup(
     cases = {case.name: case for case in suite}
     assert isinstance(cases["listener-lost-wakeup"].result[0], Failure)
     assert isinstance(cases["maxconns-146"].result[0], Skipped)
+    page = (tmp_path / "pristine.html").read_text()
+    assert page.count("<figure") == 4 and "<script" not in page
 
 
 @pytest.mark.timeout(600)
@@ -255,3 +259,12 @@ def test_bin_incr_double_create_fixture(build_debian, pristine, tmp_path: Path) 
             results[name] = _binary_incr_pairs(server.port, budget, name == "fixture")
     assert results["fixture"]["double create"] > 0, results
     assert results["pristine"]["double create"] == 0, results
+
+
+def test_list_names_every_bug_and_what_reaches_it(cache_layout: CacheLayout) -> None:
+    result = run_cli("known-bugs", "--list", cache=cache_layout)
+    assert result.returncode == ExitStatus.SUCCESS, result.stderr
+    for bug in load_known_bugs():
+        (line,) = [row for row in result.stdout.splitlines() if row.startswith(bug.id + " ")]
+        assert str(bug.bug_class) in line
+        assert (bug.scenario.name if bug.scenario else str(bug.workload)) in line

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from verifier.build.versions import parse_version
-from verifier.errors import ExitStatus
+from verifier.errors import BadInput, ExitStatus
 from verifier.knownbugs.applicability import BuildFacts, Decision, changed_lines, decide, shown
 from verifier.knownbugs.spec import KnownBug, known_bugs_dir
 from verifier.matrix.cells import CellResult
@@ -106,8 +106,6 @@ def run_suite(
     choice = open_source(source, layout)
     chosen = ref or choice.default_ref
     if chosen is None:
-        from verifier.errors import BadInput
-
         raise BadInput("--ref is required with --repo (e.g. --ref 1.4.6)")
     commit = choice.git.resolve(chosen)
     facts = BuildFacts(
