@@ -68,7 +68,7 @@ SCENARIOS = {
     "very-rare": Scenario("very-rare", 120.0, 60.0, 5.0, 60.0),
     # bisect_compare.py's rare mode (--amplify-every 40, --max-soak 24): mean time to hang
     # measured on the 1.4.6 race put back in Debian's 1.6.18 (README-PROPOSAL.md)
-    "amplify-every-40": Scenario("amplify-every-40", 8.0, 24.0, 2.0, 6.0),
+    "amplify-every-40": Scenario("amplify-every-40", 2.6, 24.0, 3.0, 6.0),
 }
 
 

@@ -222,7 +222,7 @@ def test_worker_killed_mid_cell_is_retried_on_another_worker(
     assert (cell["verdict"]["kind"], len(cell["trials"])) == ("PASS", 1)
     assert cell["worker"] and cell["worker"] != victim[1]
     (note,) = cell["notes"]
-    assert f"worker {victim[1]} on " in note and "lost mid-cell" in note
+    assert f"worker {victim[1]} on " in note and "lost mid-run" in note
     assert "the lost attempt is not counted" in note and f"note: {note}" in stderr
 
 

@@ -1,5 +1,5 @@
 """``python -m verifier.matrix.cell_child JOB.json RESULT.json``: run one cell in this
-process and write its ``CellResult`` (see ``verifier.matrix.cell_process``).
+process and write its ``CellResult`` (on a cluster worker, see ``verifier.cluster.child``).
 
 Exit 0 with the result written (a failed build or soak is a result too); any other exit
 is a harness failure whose traceback is on stderr, which the parent keeps in a file.

@@ -4,7 +4,7 @@ with the patch set, verify the scenario, and return the result as data.
 The job's patch and scenario texts are written into the cell's run directory first, so a
 worker needs no shared files. The result names the host and the run directory, because
 the evidence stays where the soak ran. On a cluster worker the cell runs in a child process
-of its own (``verifier.matrix.cell_process``), under the worker's own cache.
+of its own (``verifier.cluster.child``), under the worker's own cache.
 """
 
 from __future__ import annotations
