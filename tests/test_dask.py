@@ -18,8 +18,10 @@ import pytest
 
 from verifier.errors import ExitStatus
 from verifier.paths import CacheLayout
+from verifier.source.select import SourceChoice
 
 from conftest import LOST_WAKEUP_FIX, ROOT, run_cli
+from synthetic_history import History, make_history
 
 distributed = pytest.importorskip("distributed")
 
@@ -43,6 +45,7 @@ soak = 6
 with-fix = ["fix.diff"]
 """
 DASK = Path(sys.executable).parent / "dask"
+BISECT_FAST = ["--max-soak", "10", "--endpoint-soak", "10", "--min-soak", "3"]
 WORKERS = 2
 
 
@@ -237,3 +240,39 @@ def test_unreachable_scheduler_is_one_line(cache_layout: CacheLayout, tmp_path: 
     assert result.returncode == ExitStatus.HARNESS_ERROR, result.stderr
     assert "cannot reach the Dask scheduler at dask://127.0.0.1:9" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.fixture(scope="module")
+def history(debian_source: SourceChoice, tmp_path_factory: pytest.TempPathFactory) -> History:
+    assert debian_source.default_ref
+    return make_history(
+        debian_source.git.path,
+        debian_source.default_ref,
+        tmp_path_factory.mktemp("history") / "repo",
+    )
+
+
+def _bisect(cache: CacheLayout, history: History, *args: str) -> tuple[str, dict]:
+    result = run_cli(
+        "bisect", "--repo", str(history.path), "--good", history.good,
+        "--bad", history.regression_bad, "--restart", *BISECT_FAST, *args, cache=cache,
+    )  # fmt: skip
+    assert result.returncode == ExitStatus.SUCCESS, result.stdout + result.stderr
+    line = next(line for line in result.stdout.splitlines() if line.startswith("report: "))
+    return result.stdout, json.loads(Path(line.removeprefix("report: ")).read_text())
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_dask_bisect_names_the_same_commit_as_local(
+    cluster: str, cache_layout: CacheLayout, history: History
+) -> None:
+    """The same bisect, here and on two workers (one soak each at a time, planned given
+    the other's): both name the introducing commit, confidently."""
+    _, local = _bisect(cache_layout, history)
+    port = cluster.rsplit(":", 1)[1]
+    stdout, remote = _bisect(cache_layout, history, "--executor", f"dask://127.0.0.1:{port}")
+    assert local["answer"]["sha"] == remote["answer"]["sha"] == history.introduce
+    assert remote["confident"] and f"introduced by {history.introduce[:12]}" in stdout
+    soaked = [s for s in remote["steps"] if s["run_dir"]]
+    assert soaked and all(":" in s["run_dir"] for s in soaked)  # host:path on the worker
