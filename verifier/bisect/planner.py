@@ -363,6 +363,7 @@ def plan_with_pending(
     if not cands:
         return None
     patterns = _outcome_patterns(posterior, pending)
+    builds = {i: build_cost(i) for i in cands}  # a cache lookup each: once per commit
     best: tuple[float, Step] | None = None
     for t in soak_grid(posterior.rate.mean_time_to_hang, min_soak_s, max_soak_s):
         gains = conditional_gains(posterior, t, patterns)
@@ -370,7 +371,7 @@ def plan_with_pending(
         for i in cands:
             if gains[i] < min_gain_bits:
                 continue
-            cost = build_cost(i) + overhead_s + durations[i]
+            cost = builds[i] + overhead_s + durations[i]
             score = gains[i] / cost
             if best is None or score > best[0]:
                 best = (score, Step(i, t, gains[i], p_bads[i], cost))
