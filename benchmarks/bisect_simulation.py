@@ -19,7 +19,8 @@ wrong commit while claiming confidence (for the baselines: every wrong answer).
 --machines K [K ...] runs ``ours`` on a cluster of K machines instead (the model that plans:
 ``FlakyBisector.next_step(pending=..., built=...)``): whenever a machine is free it gets the
 step with the most bits given the soaks still running elsewhere, per second of that
-machine. Each machine builds in its own cache (the first machine has the endpoints built);
+machine. Each machine builds in its own cache (the first machine has the endpoints built), or with
+--shared-cache all share one;
 the run stops as soon as the posterior is confident, cancelling the soaks still running.
 "wall s" is the time until then, "machine s" the busy seconds of all machines.
 
@@ -168,8 +169,10 @@ def run_cluster(
     max_steps: int,
     model: dict[str, Any],
     machines: int,
+    shared_cache: bool = False,
 ) -> ClusterOutcome:
-    """``ours`` on ``machines`` machines, event by event (see the module docstring)."""
+    """``ours`` on ``machines`` machines, event by event (see the module docstring);
+    ``shared_cache``: one build cache for all (a commit is built once, on one machine)."""
     bis = FlakyBisector(
         m.n,
         confidence,
@@ -182,7 +185,8 @@ def run_cluster(
     )
     for soak in confirm_bad_endpoint(m, sc.max_soak_s):
         bis.record_endpoint(soak)
-    built = [{0, m.n} if k == 0 else set() for k in range(machines)]
+    own = [{0, m.n} if k == 0 else set() for k in range(machines)]
+    built = [own[0]] * machines if shared_cache else own
     free_at = [0.0] * machines
     running: dict[int, tuple[float, Step, Soak]] = {}  # machine -> (ends at, step, soak)
     clock = busy = 0.0
@@ -227,6 +231,7 @@ def simulate_cluster(
     endpoint_factor: float = 1.0,
     max_steps: int = 500,
     model: dict[str, Any] | None = None,
+    shared_cache: bool = False,
 ) -> list[list[object]]:
     """One row per machine count: scenario, machines, accuracy, wrong+sure, soaks, machine
     seconds, wall seconds and wall time relative to one machine (same culprits for all)."""
@@ -246,7 +251,9 @@ def simulate_cluster(
                 overhead_s=overhead_s,
                 endpoint_factor=endpoint_factor,
             )
-            outcomes.append(run_cluster(m, sc, confidence, max_steps, model or {}, machines))
+            outcomes.append(
+                run_cluster(m, sc, confidence, max_steps, model or {}, machines, shared_cache)
+            )
         wall = statistics.fmean(o.wall_s for o in outcomes)
         base_wall = wall if base_wall is None else base_wall
         rows.append(
@@ -380,6 +387,12 @@ def main(argv: list[str] | None = None) -> int:
         nargs="+",
         help="run ours on clusters of these sizes instead (wall time against the first)",
     )
+    ap.add_argument(
+        "--shared-cache",
+        action="store_true",
+        help="with --machines: the machines share one build cache (VERIFIER_CACHE_DIR on a "
+        "shared file system); default: each builds in its own",
+    )
     args = ap.parse_args(argv)
     model = {
         "prior_shape": args.prior_shape,
@@ -413,6 +426,7 @@ def main(argv: list[str] | None = None) -> int:
                 endpoint_factor=args.endpoint_factor,
                 max_steps=args.max_steps,
                 model=model,
+                shared_cache=args.shared_cache,
             )
             continue
         rows += simulate(

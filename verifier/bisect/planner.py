@@ -563,7 +563,8 @@ class FlakyBisector:
             def build_cost(index: int) -> float:
                 return 0.0 if index in mine else self._raw_build_cost(index)
 
-        if self._calibrating(sum(1 for s in pending if s.calibration)):
+        has_bad_end = built is None or self.n in built  # else calibrating costs a build
+        if has_bad_end and self._calibrating(sum(1 for s in pending if s.calibration)):
             t = self.config.max_soak_s
             gains, durations, _ = gains_for_soak(self.posterior, t)
             cost = build_cost(self.n) + self.config.overhead_s + durations[self.n]
