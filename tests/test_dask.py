@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from verifier.cluster.dask import DaskCluster
 from verifier.errors import ExitStatus
 from verifier.paths import CacheLayout
 from verifier.source.select import SourceChoice
@@ -276,3 +277,22 @@ def test_dask_bisect_names_the_same_commit_as_local(
     assert remote["confident"] and f"introduced by {history.introduce[:12]}" in stdout
     soaked = [s for s in remote["steps"] if s["run_dir"]]
     assert soaked and all(":" in s["run_dir"] for s in soaked)  # host:path on the worker
+
+
+def test_a_failed_task_names_its_worker_the_cause_and_what_to_do(cluster: str) -> None:
+    """A task whose child process fails (here: a module the worker does not have) comes
+    back as one line naming the worker's address and host, the child's last words, where
+    its output is, and what to do; never '?'."""
+    dask_cluster = DaskCluster(cluster)
+    try:
+        future = dask_cluster.submit("verifier.no_such_module", {}, "broken")
+        ((_, outcome),) = list(dask_cluster.as_completed([future]))
+    finally:
+        dask_cluster.close()
+    assert outcome.result is None and outcome.status == ExitStatus.HARNESS_ERROR
+    assert outcome.where is not None and outcome.where.worker in _workers(cluster)
+    assert outcome.failure.startswith(f"on worker {outcome.where.worker} on {outcome.where.host}:")
+    assert "No module named verifier.no_such_module" in outcome.failure
+    assert "install the verifier" in outcome.failure and "?" not in outcome.failure
+    host, _, log = outcome.failure.partition("(its output: ")[2].partition(";")[0].partition(":")
+    assert host == outcome.where.host and Path(log).is_file()
