@@ -16,9 +16,18 @@ Methods:
 "accuracy" is the share of runs that named the culprit; "wrong+sure" the share that named a
 wrong commit while claiming confidence (for the baselines: every wrong answer).
 
+--machines K [K ...] runs ``ours`` on a cluster of K machines instead (the model that plans:
+``FlakyBisector.next_step(pending=..., built=...)``): whenever a machine is free it gets the
+step with the most bits given the soaks still running elsewhere, per second of that
+machine. Each machine builds in its own cache (the first machine has the endpoints built), or with
+--shared-cache all share one;
+the run stops as soon as the posterior is confident, cancelling the soaks still running.
+"wall s" is the time until then, "machine s" the busy seconds of all machines.
+
 Example:
   .venv/bin/python benchmarks/bisect_simulation.py --runs 500 --n 64
   .venv/bin/python benchmarks/bisect_simulation.py --scenario rare --endpoint-factor 3
+  .venv/bin/python benchmarks/bisect_simulation.py --scenario amplify-every-40 --machines 1 2 4 8
 """
 
 from __future__ import annotations
@@ -42,7 +51,7 @@ from verifier.bisect.model import (
     DEFAULT_PRIOR_SHAPE,
     Soak,
 )
-from verifier.bisect.planner import DEFAULT_CALIBRATION_HANGS, FlakyBisector
+from verifier.bisect.planner import DEFAULT_CALIBRATION_HANGS, FlakyBisector, Step
 
 
 @dataclass(frozen=True)
@@ -58,6 +67,9 @@ SCENARIOS = {
     "deterministic": Scenario("deterministic", 1.0, 60.0, 3.0, 10.0),
     "rare": Scenario("rare", 30.0, 60.0, 5.0, 60.0),
     "very-rare": Scenario("very-rare", 120.0, 60.0, 5.0, 60.0),
+    # bisect_compare.py's rare mode (--amplify-every 40, --max-soak 24): mean time to hang
+    # measured on the 1.4.6 race put back in Debian's 1.6.18 (README-PROPOSAL.md)
+    "amplify-every-40": Scenario("amplify-every-40", 2.6, 24.0, 3.0, 6.0),
 }
 
 
@@ -139,6 +151,125 @@ def run_ours(
     return Outcome(
         correct, m.soaks, m.seconds, res.confident and not correct, res.calibration_steps
     )
+
+
+@dataclass(frozen=True)
+class ClusterOutcome:
+    correct: bool
+    confident_wrong: bool
+    soaks: int
+    machine_s: float
+    wall_s: float
+
+
+def run_cluster(
+    m: Machine,
+    sc: Scenario,
+    confidence: float,
+    max_steps: int,
+    model: dict[str, Any],
+    machines: int,
+    shared_cache: bool = False,
+) -> ClusterOutcome:
+    """``ours`` on ``machines`` machines, event by event (see the module docstring);
+    ``shared_cache``: one build cache for all (a commit is built once, on one machine)."""
+    bis = FlakyBisector(
+        m.n,
+        confidence,
+        max_soak_s=sc.max_soak_s,
+        min_soak_s=sc.min_soak_s,
+        default_build_s=m.build_s,
+        overhead_s=m.overhead_s,
+        max_steps=max_steps,
+        **model,
+    )
+    for soak in confirm_bad_endpoint(m, sc.max_soak_s):
+        bis.record_endpoint(soak)
+    own = [{0, m.n} if k == 0 else set() for k in range(machines)]
+    built = [own[0]] * machines if shared_cache else own
+    free_at = [0.0] * machines
+    running: dict[int, tuple[float, Step, Soak]] = {}  # machine -> (ends at, step, soak)
+    clock = busy = 0.0
+    soaks = 0
+    while not bis.done():
+        for k in range(machines):
+            if k in running:
+                continue
+            pending = [step for _, step, _ in running.values()]
+            step = bis.next_step(pending=pending, built=built[k])
+            if step is None:
+                break
+            soak = m.run(step.index, step.soak_seconds, charge=False)
+            build = 0.0 if step.index in built[k] else m.build_s
+            built[k].add(step.index)
+            running[k] = (clock + build + m.overhead_s + soak.seconds, step, soak)
+            free_at[k] = clock
+        if not running:
+            break
+        k = min(running, key=lambda j: running[j][0])
+        ends, _, soak = running.pop(k)
+        busy += ends - free_at[k]
+        clock = ends
+        bis.record(soak)
+        soaks += 1
+    busy += sum(clock - free_at[k] for k in running)  # cancelled: confident already
+    res = bis.result()
+    correct = res.culprit == m.culprit
+    return ClusterOutcome(correct, res.confident and not correct, soaks, busy, clock)
+
+
+def simulate_cluster(
+    sc: Scenario,
+    machine_counts: list[int],
+    *,
+    n: int,
+    runs: int,
+    seed: int,
+    confidence: float,
+    build_s: float,
+    overhead_s: float,
+    endpoint_factor: float = 1.0,
+    max_steps: int = 500,
+    model: dict[str, Any] | None = None,
+    shared_cache: bool = False,
+) -> list[list[object]]:
+    """One row per machine count: scenario, machines, accuracy, wrong+sure, soaks, machine
+    seconds, wall seconds and wall time relative to one machine (same culprits for all)."""
+    rows: list[list[object]] = []
+    base_wall = None
+    for machines in machine_counts:
+        rng = random.Random(seed)
+        outcomes = []
+        for _ in range(runs):
+            culprit = rng.randint(1, n)
+            m = Machine(
+                n,
+                culprit,
+                sc.mean_hang_s,
+                random.Random(rng.getrandbits(64)),
+                build_s=build_s,
+                overhead_s=overhead_s,
+                endpoint_factor=endpoint_factor,
+            )
+            outcomes.append(
+                run_cluster(m, sc, confidence, max_steps, model or {}, machines, shared_cache)
+            )
+        wall = statistics.fmean(o.wall_s for o in outcomes)
+        base_wall = wall if base_wall is None else base_wall
+        rows.append(
+            [
+                sc.name,
+                machines,
+                statistics.fmean(o.correct for o in outcomes),
+                statistics.fmean(o.confident_wrong for o in outcomes),
+                statistics.fmean(o.soaks for o in outcomes),
+                statistics.fmean(o.machine_s for o in outcomes),
+                wall,
+                statistics.median(o.wall_s for o in outcomes),
+                wall / base_wall,
+            ]
+        )
+    return rows
 
 
 def run_fixed_bisect(m: Machine, timeout_s: float, tries: int) -> Outcome:
@@ -250,6 +381,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--false-hang-rate", type=float, default=0.0, help="ε of ours (per s)")
     ap.add_argument("--methods", nargs="*", help="subset of: ours bisect bisect-tries")
+    ap.add_argument(
+        "--machines",
+        type=int,
+        nargs="+",
+        help="run ours on clusters of these sizes instead (wall time against the first)",
+    )
+    ap.add_argument(
+        "--shared-cache",
+        action="store_true",
+        help="with --machines: the machines share one build cache (VERIFIER_CACHE_DIR on a "
+        "shared file system); default: each builds in its own",
+    )
     args = ap.parse_args(argv)
     model = {
         "prior_shape": args.prior_shape,
@@ -270,6 +413,22 @@ def main(argv: list[str] | None = None) -> int:
             sc.min_soak_s,
             args.timeout_s or sc.timeout_s,
         )
+        if args.machines:
+            rows += simulate_cluster(
+                sc,
+                args.machines,
+                n=args.n,
+                runs=args.runs,
+                seed=args.seed,
+                confidence=args.confidence,
+                build_s=args.build_s,
+                overhead_s=args.overhead_s,
+                endpoint_factor=args.endpoint_factor,
+                max_steps=args.max_steps,
+                model=model,
+                shared_cache=args.shared_cache,
+            )
+            continue
         rows += simulate(
             sc,
             n=args.n,
@@ -289,6 +448,12 @@ def main(argv: list[str] | None = None) -> int:
         f"build={args.build_s:g}s, overhead={args.overhead_s:g}s/soak, "
         f"endpoint-factor={args.endpoint_factor:g}"
     )
+    if args.machines:
+        headers = ["scenario", "machines", "accuracy", "wrong+sure", "soaks", "machine s"]
+        headers += ["wall s (mean)", "wall s (median)", "wall / 1st"]
+        floats = ("", "", ".3f", ".3f", ".1f", ".0f", ".0f", ".0f", ".2f")
+        print(tabulate(rows, headers=headers, floatfmt=floats))
+        return 0
     headers = ["scenario", "method", "accuracy", "wrong+sure", "soaks", "calib", "machine s"]
     print(tabulate(rows, headers=headers, floatfmt=("", "", ".3f", ".3f", ".1f", ".1f", ".0f")))
     return 0

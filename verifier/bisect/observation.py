@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from verifier.verdict.verdict import OtherBug
 from verifier.vocabulary import HangClass, ObservationKind, SkipCause
@@ -28,3 +29,39 @@ class Observation:
     def evidence(self) -> bool:
         """Whether the bisector may use it (a hang of this bug, or a clean soak)."""
         return self.kind in (ObservationKind.HANG, ObservationKind.CLEAN)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "sha": self.sha,
+            "kind": str(self.kind),
+            "seconds": self.seconds,
+            "reason": self.reason,
+            "cause": None if self.cause is None else str(self.cause),
+            "bug_key": self.bug_key,
+            "hang_class": None if self.hang_class is None else str(self.hang_class),
+            "build_seconds": self.build_seconds,
+            "build_cached": self.build_cached,
+            "run_dir": self.run_dir,
+            "emfile_episodes": self.emfile_episodes,
+            "other_bug": None if self.other_bug is None else self.other_bug.to_json(),
+            "detail": self.detail,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Observation:
+        other = data.get("other_bug")
+        return cls(
+            sha=data["sha"],
+            kind=ObservationKind(data["kind"]),
+            seconds=float(data["seconds"]),
+            reason=data.get("reason", ""),
+            cause=SkipCause(data["cause"]) if data.get("cause") else None,
+            bug_key=data.get("bug_key"),
+            hang_class=HangClass(data["hang_class"]) if data.get("hang_class") else None,
+            build_seconds=float(data.get("build_seconds", 0.0)),
+            build_cached=bool(data.get("build_cached", False)),
+            run_dir=data.get("run_dir", ""),
+            emfile_episodes=int(data.get("emfile_episodes", 0)),
+            other_bug=None if other is None else OtherBug.from_json(other),
+            detail=data.get("detail", ""),
+        )

@@ -24,10 +24,12 @@ from typing import Any
 from verifier.bisect.commits import CommitRange
 from verifier.bisect.model import Soak
 from verifier.bisect.observation import Observation
-from verifier.bisect.planner import FlakyBisector, Result
+from verifier.bisect.planner import FlakyBisector, Result, Step
+from verifier.bisect.remote import RemoteTester, Running
 from verifier.bisect.state import BisectState, Phase, StepRow, load, save
 from verifier.bisect.tester import CommitTester
 from verifier.build.builder import BuildRequest
+from verifier.cluster.dask import DaskCluster
 from verifier.errors import BadInput, BadRange
 from verifier.source.git_source import GitSource
 from verifier.util.hashing import digest
@@ -79,7 +81,7 @@ class Conclusion:
 class Bisection:
     git: GitSource
     commits: CommitRange
-    tester: CommitTester
+    tester: CommitTester | RemoteTester
     settings: BisectSettings
     state: BisectState
     state_path: Path
@@ -198,6 +200,9 @@ class Bisection:
 
     # -- search ----------------------------------------------------------------------------
     def search(self) -> None:
+        if isinstance(self.tester, RemoteTester) and self.tester.machines > 1:
+            self._search_on(self.tester)
+            return
         while self.state.phase == Phase.SEARCH:
             step = self.bisector.next_step()
             if step is None:
@@ -206,17 +211,59 @@ class Bisection:
                 return
             sha = self.commits.shas[step.index]
             obs = self.tester.test(sha, step.soak_seconds, self.state.reference_bug_key)
-            if obs.evidence:
-                self.bisector.record(
-                    Soak(step.index, obs.seconds, obs.kind == ObservationKind.HANG)
-                )
-            elif step.index == self.commits.n:
-                raise BadRange(f"the bad end stopped being testable: {obs.reason}")
-            elif obs.kind != ObservationKind.OTHER_BUG or self._other_bugs(sha) >= OTHER_BUG_TRIES:
-                self.bisector.record_skip(step.index)
-            # else: another bug cut this soak short; the next may not (it is tested again)
-            role = "calibration" if step.calibration else "step"
-            self._row(step.index, obs, role, step.soak_seconds)
+            self._take(step, obs)
+
+    def _take(self, step: Step, obs: Observation) -> None:
+        """Record one soak the planner asked for (evidence, a skip, or another bug's hang)."""
+        sha = self.commits.shas[step.index]
+        if obs.evidence:
+            self.bisector.record(Soak(step.index, obs.seconds, obs.kind == ObservationKind.HANG))
+        elif step.index == self.commits.n:
+            raise BadRange(f"the bad end stopped being testable: {obs.reason}")
+        elif obs.kind != ObservationKind.OTHER_BUG or self._other_bugs(sha) >= OTHER_BUG_TRIES:
+            self.bisector.record_skip(step.index)
+        # else: another bug cut this soak short; the next may not (it is tested again)
+        role = "calibration" if step.calibration else "step"
+        self._row(step.index, obs, role, step.soak_seconds)
+
+    def _search_on(self, tester: RemoteTester) -> None:
+        """One soak per machine, each planned given the soaks still running on the others;
+        recorded as they finish. Once confident, the soaks still running are cancelled
+        (they are not evidence). An interrupted search resumes from the recorded soaks."""
+        running: dict[Running, Step] = {}
+        completion = tester.completion()
+        try:
+            while self.state.phase == Phase.SEARCH:
+                while len(running) < tester.machines:
+                    step = self.bisector.next_step(pending=list(running.values()))
+                    if step is None:
+                        break
+                    sha = self.commits.shas[step.index]
+                    started = tester.start(sha, step.soak_seconds, self.state.reference_bug_key)
+                    running[started] = step
+                    completion.add(started.future)
+                if not running:
+                    self.state.phase = Phase.DONE
+                    self._save()
+                    return
+                future = next(completion)
+                done = next(r for r in running if r.future is future)
+                step = running.pop(done)
+                self._take(step, tester.observation(done))
+                self._note(tester)
+                if self.bisector.done():
+                    tester.cancel(running)
+                    running.clear()
+        finally:
+            if running:
+                tester.cancel(running)
+
+    def _note(self, tester: RemoteTester) -> None:
+        """Lost workers go into the report's notes, once each."""
+        for note in tester.notes:
+            if note not in self.state.notes:
+                self.state.notes.append(note)
+                self._save()
 
     def _other_bugs(self, sha: str) -> int:
         """Soaks of ``sha`` so far that another bug cut short (this one included)."""
@@ -347,9 +394,12 @@ def open_session(
     *,
     restart: bool = False,
     echo: Echo | None = None,
+    cluster: DaskCluster | None = None,
+    remote_source: str = "",
 ) -> Iterator[Session]:
     """Open (resume, or with ``restart`` start over) the bisection of these inputs; the
-    state folder is locked until the block ends."""
+    state folder is locked until the block ends. With ``cluster``, the soaks run on its
+    machines (the workers find the source as ``remote_source``)."""
     toolchain = core.builder.toolchain(request.effective_cflags).identity()
     params, key = resume_key(source_label, commits, request, options, settings, toolchain)
     state_dir = bisects_dir / key
@@ -362,5 +412,9 @@ def open_session(
         else:
             state = BisectState(params=params, shas=list(commits.shas), find_fix=commits.find_fix)
         resumed = len(state.steps)
-        tester = CommitTester(core, request, options, state_dir / "runs")
+        tester: CommitTester | RemoteTester = CommitTester(
+            core, request, options, state_dir / "runs"
+        )
+        if cluster is not None:
+            tester = RemoteTester(cluster, tester, remote_source, request)
         yield Session(Bisection(git, commits, tester, settings, state, state_path, echo), resumed)

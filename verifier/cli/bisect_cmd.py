@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import replace
@@ -12,6 +13,7 @@ import click
 
 from verifier.bisect.commits import CommitRange, commit_range
 from verifier.bisect.planner import FlakyBisector
+from verifier.bisect.remote import source_spec
 from verifier.bisect.session import (
     BisectSettings,
     Conclusion,
@@ -30,6 +32,7 @@ from verifier.cli.options import (
     stack,
     verify_options,
 )
+from verifier.cluster.dask import DASK_PREFIX, DaskCluster
 from verifier.errors import BadInput, ExitStatus
 from verifier.report.bisect_report import (
     STEP_HEADERS,
@@ -94,6 +97,13 @@ search_options = stack(
 )
 @click.option("--restart", is_flag=True, help="Forget saved progress and start over.")
 @click.option(
+    "--executor",
+    default="local",
+    show_default=True,
+    help="Where soaks run: local, or dask://HOST:PORT (several commits at once, one per "
+    "worker machine).",
+)
+@click.option(
     "--replay",
     type=click.Path(dir_okay=False, exists=True, path_type=Path),
     help="Replay a saved state file (no builds, no soaks) and print the report.",
@@ -111,6 +121,7 @@ def bisect_command(
     sanitize: str | None,
     rebuild: bool,
     restart: bool,
+    executor: str,
     replay: Path | None,
     **params: Any,
 ) -> ExitStatus:
@@ -130,18 +141,24 @@ def bisect_command(
     commits = commit_range(git, good, bad, find_fix)
     progress = ProgressLine()
     core = VerifyCore(workspace.builder, workspace.cache.tools, progress)
-    with open_session(
-        core,
-        git,
-        workspace.source.label,
-        commits,
-        request,
-        options,
-        settings,
-        workspace.cache.bisects,
-        restart=restart,
-        echo=LiveTable(progress).row,
-    ) as session:
+    cluster = open_cluster(executor)
+    with (
+        contextlib.closing(cluster) if cluster else contextlib.nullcontext(),
+        open_session(
+            core,
+            git,
+            workspace.source.label,
+            commits,
+            request,
+            options,
+            settings,
+            workspace.cache.bisects,
+            restart=restart,
+            echo=LiveTable(progress).row,
+            cluster=cluster,
+            remote_source=source_spec(repo, source),
+        ) as session,
+    ):
         if session.resumed_steps:
             click.echo(
                 f"resuming: {session.resumed_steps} step(s) done, state {session.state_path}",
@@ -161,6 +178,15 @@ def bisect_command(
         report_path = session.state_path.parent / "report.json"
         write_report(report_path, report_document(git, state, conclusion, time.time() - started))
     return _print_conclusion(git, state, conclusion, report_path, find_fix)
+
+
+def open_cluster(executor: str) -> DaskCluster | None:
+    """None for ``local``; the cluster for ``dask://HOST:PORT``."""
+    if executor == "local":
+        return None
+    if executor.startswith(DASK_PREFIX) and len(executor) > len(DASK_PREFIX):
+        return DaskCluster.from_spec(executor)
+    raise BadInput(f"bad --executor {executor!r} (local or dask://HOST:PORT)")
 
 
 def _settings(params: dict[str, Any]) -> BisectSettings:

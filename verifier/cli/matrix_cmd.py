@@ -63,6 +63,8 @@ def register(cli: click.Group) -> None:
                 f"{verdict_text(result)} ({result.seconds:.0f} s on {result.host})",
                 err=True,
             )
+            for note in result.notes:
+                click.echo(f"  note: {note}", err=True)
 
         try:
             report = run_matrix(spec, layout, runner, use_cache=not no_cache, on_cell=cell_done)

@@ -117,6 +117,8 @@ class CellResult:
     verdict: Verdict | None = None
     trials: tuple[TrialResult, ...] = ()
     failure: CellFailure | None = None
+    worker: str = ""  # the cluster worker's address ("" when run here)
+    notes: tuple[str, ...] = ()  # what happened on the way (a lost worker, a retry)
     cached: bool = False  # set when read from the cell cache, never stored
 
     @property
@@ -148,6 +150,8 @@ class CellResult:
             "verdict": None if self.verdict is None else self.verdict.to_json(),
             "trials": [t.to_json() for t in self.trials],
             "failure": None if self.failure is None else self.failure.to_json(),
+            "worker": self.worker,
+            "notes": list(self.notes),
         }
 
     @classmethod
@@ -168,5 +172,7 @@ class CellResult:
             verdict=None if verdict is None else Verdict.from_json(verdict),
             trials=tuple(TrialResult.from_json(t) for t in data.get("trials", [])),
             failure=None if failure is None else CellFailure(**failure),
+            worker=data.get("worker", ""),
+            notes=tuple(data.get("notes", ())),
             cached=cached,
         )

@@ -1,110 +1,58 @@
-"""Cells on an existing Dask distributed cluster, one whole machine per cell.
+"""Cells on an existing Dask distributed cluster, one whole machine per cell
+(``verifier.cluster.dask``: workers under their nanny are fine; a worker lost mid-cell is
+retried on another, and the cell's notes say so; the lost attempt is never counted).
 
-Trials that share a machine change the race timing, so each worker offers one
-``machine`` resource and runs one task at a time (``dask worker --nthreads 1 --resources
-machine=1``), and every cell asks for ``resources={"machine": 1}``. A worker must not run
-as a daemonic process (the flood starts child processes): start it with ``--no-nanny``,
-or set ``DASK_DISTRIBUTED__WORKER__DAEMON=False``.
-
-The task is ``run_cell_json``: JSON in, JSON out. The worker builds in its own cache and
-keeps the evidence; the result says on which host and in which directory.
+Each cell runs as ``python -m verifier.matrix.cell_child`` on the worker, which builds in
+its own cache and keeps the evidence; the result says on which host and in which folder.
 """
 
 from __future__ import annotations
 
-import json
 import time
-import uuid
 from collections.abc import Iterator, Sequence
-from typing import Any
+from dataclasses import replace
 
-from verifier.errors import EnvironmentMissing, ExitStatus, HarnessError
+from verifier.cluster.dask import DaskCluster, TaskOutcome, host_of
 from verifier.matrix.cells import CellFailure, CellJob, CellResult
-from verifier.matrix.run_cell import run_cell_json
-from verifier.util.env import seconds_from_env
 
-CONNECT_TIMEOUT_S = 15.0
-CONNECT_TIMEOUT_ENV = "VERIFIER_DASK_TIMEOUT"
-RESOURCE = "machine"
-
-
-def _import_distributed() -> Any:
-    try:
-        import distributed
-    except ImportError:
-        raise EnvironmentMissing(
-            "the dask executor needs the 'distributed' package: pip install -e '.[cluster]' "
-            "(./bootstrap installs it)"
-        ) from None
-    return distributed
-
-
-def _machine_workers(client: Any) -> list[str]:
-    try:
-        info = client.scheduler_info(n_workers=-1)
-    except TypeError:  # older distributed: every worker, no argument
-        info = client.scheduler_info()
-    return [
-        address
-        for address, worker in info.get("workers", {}).items()
-        if worker.get("resources", {}).get(RESOURCE, 0) >= 1
-    ]
+CELL_MODULE = "verifier.matrix.cell_child"
 
 
 class DaskExecutor:
     def __init__(self, address: str) -> None:
-        distributed = _import_distributed()
-        self.address = address
-        self.name = "dask://" + address.removeprefix("tcp://")
-        try:
-            self.client = distributed.Client(
-                address, timeout=seconds_from_env(CONNECT_TIMEOUT_ENV, CONNECT_TIMEOUT_S)
-            )
-        except (OSError, TimeoutError) as error:
-            raise HarnessError(f"cannot reach the Dask scheduler at {self.name}: {error}") from None
-        self._as_completed = distributed.as_completed
-        if not _machine_workers(self.client):
-            self.client.close()
-            raise HarnessError(
-                f"no worker of {self.name} offers the resource {RESOURCE}=1 (start workers "
-                f"with: dask worker {address} --nthreads 1 --resources {RESOURCE}=1 --no-nanny)"
-            )
+        self.cluster = DaskCluster(address)
+        self.name = self.cluster.name
+
+    def _result(self, job: CellJob, outcome: TaskOutcome) -> CellResult:
+        where = outcome.where
+        if outcome.result is not None:
+            result = CellResult.from_json(outcome.result)
+            worker = where.worker if where else result.worker
+            return replace(result, worker=worker, notes=result.notes + outcome.notes)
+        host, _, scratch = outcome.scratch.partition(":")
+        return CellResult(
+            key=job.key,
+            row=job.row,
+            patch_set=job.patch_set,
+            scenario=job.scenario,
+            commit=job.commit,
+            host=where.host if where else host or host_of(self.cluster.address),
+            run_dir=scratch,
+            started=time.time(),
+            seconds=0.0,
+            failure=CellFailure(int(outcome.status), outcome.failure),
+            worker=where.worker if where else "",
+            notes=outcome.notes,
+        )
 
     def run(self, jobs: Sequence[CellJob]) -> Iterator[CellResult]:
-        batch = uuid.uuid4().hex[:8]
-        by_key: dict[str, CellJob] = {}
-        futures = []
-        for job in jobs:
-            key = f"verifier-cell-{job.key}-{batch}"
-            by_key[key] = job
-            futures.append(
-                self.client.submit(
-                    run_cell_json,
-                    json.dumps(job.to_json()),
-                    key=key,
-                    pure=False,
-                    resources={RESOURCE: 1},
-                )
-            )
-        for future in self._as_completed(futures):
-            job = by_key[future.key]
-            try:
-                yield CellResult.from_json(json.loads(future.result()))
-            except Exception as error:  # the task's exception, or a lost worker
-                status = getattr(error, "status", ExitStatus.HARNESS_ERROR)
-                message = getattr(error, "message", f"{type(error).__name__}: {error}")
-                yield CellResult(
-                    key=job.key,
-                    row=job.row,
-                    patch_set=job.patch_set,
-                    scenario=job.scenario,
-                    commit=job.commit,
-                    host="?",
-                    run_dir="",
-                    started=time.time(),
-                    seconds=0.0,
-                    failure=CellFailure(int(status), f"on {self.name}: {message}"),
-                )
+        futures = [
+            (self.cluster.submit(CELL_MODULE, job.to_json(), f"cell-{job.key[:12]}"), job)
+            for job in jobs
+        ]
+        by_key = {future.key: job for future, job in futures}
+        for future, outcome in self.cluster.as_completed(f for f, _ in futures):
+            yield self._result(by_key[future.key], outcome)
 
     def close(self) -> None:
-        self.client.close()
+        self.cluster.close()

@@ -3,14 +3,13 @@ with the patch set, verify the scenario, and return the result as data.
 
 The job's patch and scenario texts are written into the cell's run directory first, so a
 worker needs no shared files. The result names the host and the run directory, because
-the evidence stays where the soak ran. ``run_cell_json`` is the cluster entry point: JSON
-in, JSON out, the worker's own cache (``$VERIFIER_CACHE_DIR`` or the default).
+the evidence stays where the soak ran. On a cluster worker the cell runs in a child process
+of its own (``verifier.cluster.child``), under the worker's own cache.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import socket
 import time
@@ -21,7 +20,7 @@ from verifier.build.builder import Builder, BuildRequest
 from verifier.errors import EnvironmentMissing, VerifierError
 from verifier.matrix.cells import CellFailure, CellJob, CellResult
 from verifier.matrix.plan import open_source
-from verifier.paths import CacheLayout, default_cache_dir
+from verifier.paths import CacheLayout
 from verifier.scenario import load_scenario
 from verifier.util.atomic import write_json, write_text
 from verifier.verify import VerifyOptions, verify
@@ -108,10 +107,3 @@ def run_cell(job: CellJob, layout: CacheLayout, progress: Progress | None = None
         )
     write_json(run_dir / "cell.json", result.to_json())
     return result
-
-
-def run_cell_json(job_json: str) -> str:
-    """The cluster task: a ``CellJob`` as JSON in, a ``CellResult`` as JSON out."""
-    job = CellJob.from_json(json.loads(job_json))
-    layout = CacheLayout(default_cache_dir().expanduser().resolve())
-    return json.dumps(run_cell(job, layout).to_json())
