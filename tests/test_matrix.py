@@ -72,7 +72,10 @@ def test_matrix_file_parses_with_paths_relative_to_the_file(tmp_path: Path) -> N
         (lambda t: "soaks = 3\n" + t, "unknown key 'soaks'"),
         (lambda t: t.replace('"listener-lost-wakeup"]', '"no-such"]'), "unknown scenario"),
         (lambda t: t.replace('["fix.diff"]', '["missing.diff"]'), "patch file not found"),
-        (lambda t: t.replace('"hang:listener-lost-wakeup"', '"hang:no-such-class"'), "bad expectation"),
+        (
+            lambda t: t.replace('"hang:listener-lost-wakeup"', '"hang:no-such-class"'),
+            "bad expectation",
+        ),
         (lambda t: t.replace('"as-shipped/listener', '"shipped/listener'), "no patch set"),
         (lambda t: t.replace('"as-shipped/listener-lost-wakeup"', '"as-shipped"'), "PATCHSET/"),
         (lambda t: t.replace("trials = 2", "trials = 0"), "out of range"),

@@ -324,3 +324,33 @@ commands = { get = 1, set = 1 }
     assert "debugtime" in left_out and "made_up_option" in left_out
     sent = {row["command"] for row in trial["clients"]["commands"]}
     assert "debugtime" not in sent and {"get", "set"} <= sent
+
+
+def test_the_matrix_takes_a_workload_for_every_cell(
+    tmp_path: Path, cache_layout: CacheLayout, pristine
+) -> None:  # type: ignore[no-untyped-def]
+    """`matrix --workload` replaces every scenario's clients (and is part of the cells'
+    key: the same cell under another workload is soaked, not taken from the cache)."""
+    matrix = _write(tmp_path, "gate.toml", """
+sources = ["debian"]
+scenarios = ["flood"]
+trials = 1
+soak = 4
+[patch_sets]
+as-shipped = []
+""")  # fmt: skip
+    out = tmp_path / "out.json"
+    done = run_cli("matrix", str(matrix), "--workload", "incr-race", "--json", str(out),
+                   cache=cache_layout)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    cell = json.loads(out.read_text())["cells"][0]
+    trial = cell["result"]["trials"][0]
+    commands = {row["command"] for row in trial["clients"]["commands"]}
+    assert {"incr", "decr", "set", "get"} <= commands
+    assert trial["check"]["verdict"] == "ok"
+    done = run_cli("matrix", str(matrix), "--workload", "kv-mix", "--json", str(out),
+                   cache=cache_layout)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    cell = json.loads(out.read_text())["cells"][0]
+    assert not cell["result"].get("cached"), "another workload must not come from the cache"
+    assert "mget" in {r["command"] for r in cell["result"]["trials"][0]["clients"]["commands"]}

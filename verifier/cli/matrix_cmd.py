@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import click
@@ -15,6 +16,7 @@ from verifier.matrix.spec import load_matrix
 from verifier.report.html import render_html
 from verifier.report.junit import junit_xml
 from verifier.report.matrix_grid import render_matrix, verdict_text
+from verifier.stress.workload_file import load_workload
 from verifier.util.atomic import write_json, write_text
 
 _OUT = click.Path(dir_okay=False, path_type=Path)
@@ -36,6 +38,12 @@ def register(cli: click.Group) -> None:
     @click.option(
         "--no-cache", is_flag=True, help="Soak every cell again (results are still kept)."
     )
+    @click.option(
+        "--workload",
+        metavar="NAME|FILE",
+        default=None,
+        help="What the clients do in every cell, instead of each scenario's own.",
+    )
     @cache_option
     def matrix_command(
         matrix_file: Path,
@@ -44,6 +52,7 @@ def register(cli: click.Group) -> None:
         html_path: Path | None,
         executor: str,
         no_cache: bool,
+        workload: str | None,
         cache_dir: Path | None,
     ) -> ExitStatus:
         """Verify every source@ref x patch set x scenario cell against its expectation.
@@ -52,6 +61,8 @@ def register(cli: click.Group) -> None:
         had a harness error and none failed.
         """
         spec = load_matrix(matrix_file)
+        if workload is not None:
+            spec = dataclasses.replace(spec, workload=load_workload(workload))
         layout = cache_layout(cache_dir)
         progress = ProgressLine()
         runner = open_executor(executor, layout, progress)

@@ -60,6 +60,8 @@ class CellJob:
     scenario: str
     scenario_text: str
     options: CellOptions
+    workload_text: str = ""  # the workload file the cell runs (its scenario's, or --workload)
+    workload_override: bool = False  # True: it replaces the scenario's own (--workload)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -73,6 +75,8 @@ class CellJob:
             "scenario": self.scenario,
             "scenario_text": self.scenario_text,
             "options": self.options.to_json(),
+            "workload_text": self.workload_text,
+            "workload_override": self.workload_override,
         }
 
     @classmethod
@@ -88,6 +92,8 @@ class CellJob:
             scenario=data["scenario"],
             scenario_text=data["scenario_text"],
             options=CellOptions.from_json(data["options"]),
+            workload_text=data.get("workload_text", ""),
+            workload_override=bool(data.get("workload_override", False)),
         )
 
 

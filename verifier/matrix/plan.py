@@ -17,7 +17,9 @@ from verifier.errors import BadInput
 from verifier.matrix.cells import CellJob, CellOptions
 from verifier.matrix.spec import MatrixSpec, is_debian, is_remote
 from verifier.paths import CacheLayout
+from verifier.scenario import Scenario
 from verifier.source.select import SourceChoice, choose_source
+from verifier.stress.workload_file import Workload, load_workload
 from verifier.util.hashing import digest
 
 KEY_SCHEMA = "matrix-cell/1"
@@ -65,6 +67,20 @@ def source_label(source: str) -> str:
     return source.rstrip("/").rsplit("/", 1)[-1] or source
 
 
+def workload_text(scenario: Scenario, override: Workload | None) -> str:
+    """The text of the workload file a cell runs: ``--workload``'s, else the scenario's
+    own when it is a file of its own ("" for churn scenarios and inline workloads, whose
+    text is the scenario's)."""
+    if override is not None:
+        return override.path.read_text(encoding="utf-8") if override.path else ""
+    if not scenario.workload_name:
+        return ""
+    own = load_workload(scenario.workload_name) if scenario.workload is None else scenario.workload
+    if own.path is None or own.path == scenario.path:
+        return ""
+    return own.path.read_text(encoding="utf-8")
+
+
 def plan_cells(
     spec: MatrixSpec, layout: CacheLayout, toolchain: dict[str, str]
 ) -> list[PlannedCell]:
@@ -75,6 +91,7 @@ def plan_cells(
         for s in spec.patch_sets
     }
     scenario_texts = {s.name: s.path.read_text(encoding="utf-8") for s in spec.scenarios}
+    workload_texts = {s.name: workload_text(s, spec.workload) for s in spec.scenarios}
     cells: list[PlannedCell] = []
     for source in spec.sources:
         choice = open_source(source, layout)
@@ -92,7 +109,7 @@ def plan_cells(
                         choice.label,
                         commit,
                         [text for _, text in patches],
-                        scenario_texts[scenario.name],
+                        scenario_texts[scenario.name] + workload_texts[scenario.name],
                         options,
                         toolchain,
                     )
@@ -107,6 +124,8 @@ def plan_cells(
                         scenario=scenario.name,
                         scenario_text=scenario_texts[scenario.name],
                         options=options,
+                        workload_text=workload_texts[scenario.name],
+                        workload_override=spec.workload is not None,
                     )
                     cells.append(
                         PlannedCell(

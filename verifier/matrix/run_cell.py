@@ -21,7 +21,8 @@ from verifier.errors import EnvironmentMissing, VerifierError
 from verifier.matrix.cells import CellFailure, CellJob, CellResult
 from verifier.matrix.plan import open_source
 from verifier.paths import CacheLayout
-from verifier.scenario import load_scenario
+from verifier.scenario import Scenario, load_scenario, with_workload
+from verifier.stress.workload_file import load_workload
 from verifier.util.atomic import write_json, write_text
 from verifier.verify import VerifyOptions, verify
 from verifier.vocabulary import Sanitizer
@@ -44,6 +45,18 @@ def _materialise(job: CellJob, run_dir: Path) -> tuple[tuple[Path, ...], Path]:
     scenario = run_dir / "inputs" / "scenario" / f"{job.scenario}.toml"
     write_text(scenario, job.scenario_text)
     return tuple(patches), scenario
+
+
+def cell_scenario(job: CellJob, scenario_file: Path, run_dir: Path) -> Scenario:
+    """The cell's scenario, with the workload text the coordinator planned (so a worker
+    whose recipes differ runs the same clients)."""
+    scenario = load_scenario(str(scenario_file))
+    if not job.workload_text:
+        return scenario
+    path = run_dir / "inputs" / "workload" / "workload.toml"
+    write_text(path, job.workload_text)
+    exercise = None if job.workload_override else scenario.exercise
+    return with_workload(scenario, load_workload(str(path)), exercise)
 
 
 def run_cell(job: CellJob, layout: CacheLayout, progress: Progress | None = None) -> CellResult:
@@ -79,7 +92,7 @@ def run_cell(job: CellJob, layout: CacheLayout, progress: Progress | None = None
             sanitizer=Sanitizer(sanitize) if sanitize else None,
         )
         options = VerifyOptions(
-            scenario=load_scenario(str(scenario_file)),
+            scenario=cell_scenario(job, scenario_file, run_dir),
             amplify=job.options.amplify,
             trials=job.options.trials,
             soak_s=job.options.soak_s,

@@ -31,6 +31,7 @@ from typing import Any
 
 from verifier.errors import BadInput, VerifierError
 from verifier.scenario import AMPLIFIERS, Scenario, load_scenario
+from verifier.stress.workload_file import Workload, load_workload
 from verifier.verdict.verdict import Expectation
 from verifier.vocabulary import HangClass, Sanitizer
 
@@ -48,6 +49,7 @@ KNOWN_KEYS = frozenset(
         "confidence",
         "amplify",
         "sanitize",
+        "workload",
         "reference",
         "patch_sets",
         "expect",
@@ -98,6 +100,7 @@ class MatrixSpec:
     confidence: float = 0.95
     amplify: str | None = None
     sanitize: str | None = None  # every cell's build carries this sanitizer
+    workload: Workload | None = None  # replaces every scenario's own (``--workload``)
     reference: str = DEFAULT_REFERENCE
     expect: dict[str, str] = field(default_factory=dict)  # "SET/SCENARIO" -> expectation
 
@@ -241,6 +244,14 @@ def parse_matrix(path: Path, text: str) -> MatrixSpec:
                 f"amplify {amplify!r}: scenario {scenario.name} defines only "
                 f"{', '.join(scenario.amplifiers())}"
             )
+    workload = None
+    if data.get("workload") is not None:
+        given = str(data["workload"])
+        beside = path.parent / given  # a file path is relative to the matrix file
+        try:
+            workload = load_workload(str(beside) if beside.is_file() else given)
+        except BadInput as error:
+            raise reader.fail(error.message) from None
     sanitize = data.get("sanitize")
     if sanitize is not None and sanitize not in {s.value for s in Sanitizer}:
         raise reader.fail(f"sanitize {sanitize!r}: one of {', '.join(Sanitizer)}")
@@ -267,6 +278,7 @@ def parse_matrix(path: Path, text: str) -> MatrixSpec:
         confidence=reader.number("confidence", 0.95, 0.5, 0.999),
         amplify=amplify,
         sanitize=sanitize,
+        workload=workload,
         reference=reference,
         expect=_expectations(reader, sets, scenarios),
     )

@@ -80,10 +80,6 @@ def send_shutdown(host: str, port: int, graceful: bool, timeout_s: float = 2.0) 
         return f"not sent: {error.strerror or error}"
 
 
-def is_stop(event: Event) -> bool:
-    return event.stops_server
-
-
 def describe(due: Due, answer: str = "") -> str:
     what = due.event.signal if due.event.action == EventAction.SIGNAL else str(due.event.action)
     text = f"{what} at {due.at_s:.1f} s"

@@ -125,26 +125,6 @@ class ClientReport:
     processes_reporting: int = 0
     processes: int = 0
 
-    def total(self, command: str) -> int:
-        return sum(c.ok for c in self.commands if c.command == command)
-
-    def never_answered(self) -> list[str]:
-        """Commands sent but never answered without an error (what did not happen)."""
-        by_command: dict[str, int] = {}
-        for seen in self.commands:
-            by_command[seen.command] = by_command.get(seen.command, 0) + seen.ok
-        return [c for c, ok in by_command.items() if ok == 0]
-
-    def headline(self, limit: int = 8) -> str:
-        """ "12,400 incr, 3,100 slabs_reassign, 40 watch" (the most frequent first)."""
-        totals: Counter[str] = Counter()
-        for seen in self.commands:
-            totals[seen.command] += seen.ok
-        parts = [f"{n:,} {c}" for c, n in totals.most_common() if n]
-        more = len(parts) - limit
-        text = ", ".join(parts[:limit]) + (f" and {more} more commands" if more > 0 else "")
-        return text
-
     def to_json(self) -> dict[str, Any]:
         return {
             "commands": [c.to_json() for c in self.commands],
