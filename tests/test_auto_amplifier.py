@@ -420,6 +420,35 @@ def test_a_credited_point_that_keeps_missing_yields_to_the_deck(recorded: Discov
     assert text.startswith("auto: ") and STORE_MAIN in text
 
 
+def test_credited_points_are_ranked_by_hazard_not_by_count_and_name(
+    recorded: Discovery, tmp_path: Path
+) -> None:
+    """Seen on upstream 1.4.6: a verify credited stats_lock for a lost wake-up after 60 s
+    stretched and allow_new_conns for the self-deadlock after 1 s. Ranked by count (a
+    tie) and then by name, a bisect hunting any hang stretched stats_lock first, every
+    try; by hangs per second stretched, the point that hangs at once comes first."""
+    slow, fast = "lock:stats_lock@any", STORE_MAIN
+    assert slow < fast  # the old tie-break picks the slow one
+    memory = AutoMemory(tmp_path / "auto.json")
+    for key, cls, seconds in ((slow, LOST, 60.0), (fast, SELF, 1.0)):
+        memory.note_trial(key, 3, seconds)
+        point = next(p for p in recorded.points() if p.key == key)
+        memory.note_hang(key, cls, 1_000, point.to_json())
+    memory.save()
+    loaded = AutoMemory.load(memory.path)  # type: ignore[arg-type]
+    assert loaded.points[slow].stretched_s == 60.0
+    assert [p["name"] for p in loaded.credited_points(None)] == ["allow_new_conns", "stats_lock"]
+    for seed in (1, 2, 3):
+        sel = AutoPlanner(recorded, loaded, None, seed).choose(0)
+        assert sel.mode is SelectionMode.CREDITED and [p.key for p in sel.points] == [fast]
+    # a credited point that keeps missing sinks below the other (its seconds count)
+    planner = AutoPlanner(recorded, loaded, None, 1)
+    sel = planner.choose(0)
+    planner.record(sel, TrialOutcome.CLEAN, None, status_for([fired(2, 1)]), None, seconds=90.0)
+    assert loaded.hazard(fast, None) < loaded.hazard(slow, None)
+    assert [p.key for p in AutoPlanner(recorded, loaded, None, 2).choose(0).points] == [slow]
+
+
 def test_memory_rejects_a_bad_file(tmp_path: Path) -> None:
     path = tmp_path / "auto.json"
     path.write_text("[1, 2]")

@@ -33,6 +33,7 @@ from verifier.run.server import server_options_for
 from verifier.run.target import Target
 from verifier.run.trial import Progress, TrialSettings, flood_config, run_trial, server_config
 from verifier.scenario import Scenario
+from verifier.util.atomic import write_json
 from verifier.verdict.compare import Comparison, SoakSummary, compare, summarize
 from verifier.verdict.stats import rate_lower_bound, soak_for_fix
 from verifier.verdict.verdict import Verdict, decide, is_this_bug
@@ -192,6 +193,7 @@ class VerifyCore:
         self.progress = progress
         # what --amplify auto discovered and learned (default: beside tools/ in the cache)
         self.auto_dir = auto_dir or CacheLayout(tools_dir.parent).auto
+        self._auto_plans: dict[tuple[str, str, str, str], AutoPlan] = {}
 
     @contextlib.contextmanager
     def prepare(self, request: BuildRequest, options: VerifyOptions) -> Iterator[Prepared]:
@@ -260,17 +262,24 @@ class VerifyCore:
             )
         if target.degraded:
             raise NotApplicable(f"--amplify auto needs symbols: {target.degraded[0]}")
-        settings = trial_settings(options, target, options.soak_s)
-        return auto_plan(
-            target.binary,
-            target.key,
-            server_config(target.binary, options.scenario, settings, {}),
-            flood_config(1, options.scenario, settings),
-            self.tools_dir,
-            self.auto_dir,
-            options.auto_memory or self.auto_dir / f"memory-{options.scenario.name}.json",
-            options.hunted,
-        )
+        memory = options.auto_memory or self.auto_dir / f"memory-{options.scenario.name}.json"
+        # one plan per build for this core's life: a bisect prepares its bad end once per
+        # try, and a fresh plan would stretch the same credited point every time (seen on
+        # upstream 1.4.6: 12 tries of a point that had missed, never the one that hangs)
+        key = (target.key, str(memory), str(options.hunted), options.scenario.name)
+        if key not in self._auto_plans:
+            settings = trial_settings(options, target, options.soak_s)
+            self._auto_plans[key] = auto_plan(
+                target.binary,
+                target.key,
+                server_config(target.binary, options.scenario, settings, {}),
+                flood_config(1, options.scenario, settings),
+                self.tools_dir,
+                self.auto_dir,
+                memory,
+                options.hunted,
+            )
+        return self._auto_plans[key]
 
     def soak(self, prepared: Prepared, run_dir: Path, plan: SoakPlan) -> list[TrialResult]:
         """``plan.count`` trials; with ``plan.total_soak_s``, as many as it takes to spend it."""
@@ -299,6 +308,8 @@ class VerifyCore:
                 self.progress,
             )
             amplifier.observe(trial)
+            if trial.stretched:  # what auto stretched and named, learned after the trial
+                write_json(Path(trial.run_dir) / "trial.json", trial.to_json())
             trials.append(trial)
             spent += trial.soak_s
             if trial.outcome == TrialOutcome.ERROR:

@@ -139,6 +139,9 @@ class AutoPlan:
             trial.diagnosis.hung_functions
             if trial.diagnosis and trial.diagnosis.proof == HangProof.CYCLE
             else frozenset(),
+            seconds=trial.time_to_hang_s
+            if trial.outcome == TrialOutcome.HANG and trial.time_to_hang_s is not None
+            else trial.soak_s,
         )
         trial.stretched = {"selection": selection.to_json(), "described": selection.describe()}
         if attribution is not None:

@@ -30,8 +30,10 @@ sleeps. 1 and 5 ms stretch hot points without starving the server.
 
 Learning. A point named for a hang of the hunted class (``record``) is credited in the
 memory; the next trials (of this run and of later runs loading the memory) stretch the
-most credited point alone, with the delay of its hang, until it has missed
-``exploit_tries`` times in this run; then the deck resumes. A hang of another class is
+credited point of highest hazard (hangs per second stretched, ``AutoMemory.hazard``)
+alone, with the delay of its hang, until it has missed ``exploit_tries`` times in this
+run (a bisect's core keeps one plan per build, so its tries count too); then the next
+credited point, then the deck. A hang of another class is
 recorded under that class and not credited for this hunt.
 
 Naming. The library records each rule's last trigger (CLOCK_MONOTONIC ns, tid, code
@@ -212,7 +214,7 @@ class AutoPlanner:
             if self.memory.credits(p.key, self.hunted) > 0
             and self._tally[p.key].exploit_misses < self.exploit_tries
         ]
-        return sorted(ranked, key=lambda p: (-self.memory.credits(p.key, self.hunted), p.key))
+        return sorted(ranked, key=lambda p: (-self.memory.hazard(p.key, self.hunted), p.key))
 
     def _shuffle(self) -> list[Point]:
         """A weighted random permutation: sort by u^(1/w), largest first."""
@@ -264,8 +266,12 @@ class AutoPlanner:
         hung_tid: int | None = None,
         last_good_monotonic_ns: int | None = None,
         hung_functions: frozenset[str] = frozenset(),
+        seconds: float = 0.0,
     ) -> Attribution | None:
         """Count the trial's stretches; after a hang, name the point and credit it.
+
+        ``seconds``: of flood the selection was stretched in (to the hang, if any): the
+        memory's hazard of each point is its hangs over these seconds.
 
         ``hung_functions``: for a deadlock, the functions in the blocked thread's frames
         (the attribution says whether its stretch is in them; see ``attribute``).
@@ -286,7 +292,7 @@ class AutoPlanner:
             tally = self._tally.setdefault(point.key, _Tally())
             tally.trials += 1
             tally.triggers += triggers
-            self.memory.note_trial(point.key, triggers)
+            self.memory.note_trial(point.key, triggers, seconds)
         hang = TrialOutcome(outcome) is TrialOutcome.HANG
         named_class = str(hang_class) if hang_class is not None else HangClass.UNKNOWN.value
         hit = hang and (self.hunted is None or named_class == self.hunted)
