@@ -116,6 +116,7 @@ class _Soak:
         triggers: Callable[[], int],
         progress: Progress | None,
         pause_stretches: Callable[[bool], None],
+        tick: Callable[[float, int], None] = lambda now_s, cycles: None,
     ) -> None:
         self.result = result
         self.server = server
@@ -126,6 +127,7 @@ class _Soak:
         self.triggers = triggers
         self.progress = progress
         self.pause_stretches = pause_stretches
+        self.tick = tick  # the amplifier's, once a probe interval (auto switches stretches)
         self.disabled_at_start = int(before.get("listen_disabled_num", 0))
         self.last_stats = before
         self.clock = _Clock()
@@ -178,6 +180,7 @@ class _Soak:
             elif self._hung(self.clock.now(), flood):
                 break
             self._sample(probe.ok, probe.latency_s, stats.cycles_per_s)
+            self.tick(self.clock.now(), flood.snapshot().cycles)
             next_probe += settings.probe_interval_s
             if watch.found.wait(max(0.0, next_probe - self.clock.now())):
                 self._proven_by_watch(watch)
@@ -352,6 +355,7 @@ def run_trial(
             soak = _Soak(
                 result, server, flood, held, before, settings, prover, triggers, progress,
                 functools.partial(amplifier.pause, status_file),
+                functools.partial(amplifier.tick, status_file),
             )  # fmt: skip
             stack.callback(flood.stop)  # also when the summary below fails
             stack.callback(_summarise_flood, result, flood, soak)
