@@ -187,6 +187,7 @@ class VerifyCore:
         tools_dir: Path,
         progress: Progress | None = None,
         auto_dir: Path | None = None,
+        auto_sweep: bool = True,  # False: auto's previous schedule (benchmarks compare)
     ) -> None:
         self.builder = builder
         self.tools_dir = tools_dir
@@ -194,6 +195,7 @@ class VerifyCore:
         # what --amplify auto discovered and learned (default: beside tools/ in the cache)
         self.auto_dir = auto_dir or CacheLayout(tools_dir.parent).auto
         self._auto_plans: dict[tuple[str, str, str, str], AutoPlan] = {}
+        self.auto_sweep = auto_sweep
 
     @contextlib.contextmanager
     def prepare(self, request: BuildRequest, options: VerifyOptions) -> Iterator[Prepared]:
@@ -278,6 +280,7 @@ class VerifyCore:
                 self.auto_dir,
                 memory,
                 options.hunted,
+                self.auto_sweep,
             )
         return self._auto_plans[key]
 

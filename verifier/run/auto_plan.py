@@ -44,6 +44,7 @@ class AutoPlan:
     auto_dir: Path
     memory: AutoMemory
     hunted: HangClass | None
+    sweep: bool = True  # False: the previous schedule, one hand per trial (benchmarks)
     kind: AmplifierKind = AmplifierKind.AUTO
     library: Path = field(init=False)
     remembered: AutoPlanner | None = field(init=False, default=None)
@@ -106,7 +107,7 @@ class AutoPlan:
     # -- what the trial loop asks of any plan ----------------------------------------------
     def for_trial(self, index: int) -> AmplifierPlan:
         planner = self._current()
-        selection = planner.choose_sweep(index)
+        selection = planner.choose_sweep(index) if self.sweep else planner.choose(index)
         self.selections[index] = (selection, planner)
         sweep = None
         if selection.hypotheses:
@@ -206,7 +207,8 @@ def auto_plan(
     auto_dir: Path,
     memory_path: Path,
     hunted: HangClass | None,
+    sweep: bool = True,
 ) -> AutoPlan:
     """The auto plan of this build, with the memory at ``memory_path``."""
     memory = AutoMemory.load(memory_path)
-    return AutoPlan(binary, build_key, server, flood, tools_dir, auto_dir, memory, hunted)
+    return AutoPlan(binary, build_key, server, flood, tools_dir, auto_dir, memory, hunted, sweep)
