@@ -131,6 +131,7 @@ class Bisection:
             best_probability=round(now.probability, 4),
             run_dir=obs.run_dir,
             cause=obs.cause,
+            stretched=obs.stretched,
         )
         self.state.steps.append(row)
         if obs.other_bug is not None:

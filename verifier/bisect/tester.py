@@ -125,6 +125,7 @@ def observation_of(
         "build_cached": cached,
         "run_dir": trial.run_dir,
         "emfile_episodes": trial.emfile_episodes,
+        "stretched": str(trial.stretched.get("named") or trial.stretched.get("described", "")),
     }
     if trial.outcome == TrialOutcome.CRASH:
         reason = f"crash ({trial.crash_signal})"
