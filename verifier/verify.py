@@ -58,7 +58,7 @@ class VerifyOptions:
     baseline: bool = False
     baseline_trials: int = 3
     hunt: HangClass | None = None  # the class hunted; None: the scenario's
-    auto_memory: Path | None = None  # --amplify auto's memory (default: one per scenario)
+    auto_memory: Path | None = None  # --amplify auto's memory (default: one in the cache)
 
     @property
     def hunted(self) -> HangClass | None:
@@ -86,6 +86,7 @@ class Prepared:
 
 
 EXTRA_TRIALS_FOR_TOTAL = 3
+AUTO_MEMORY = "memory.json"  # in the cache's auto folder, shared by scenarios and commands
 MIN_TRIAL_SOAK_S = 1.0
 
 
@@ -264,7 +265,9 @@ class VerifyCore:
             )
         if target.degraded:
             raise NotApplicable(f"--amplify auto needs symbols: {target.degraded[0]}")
-        memory = options.auto_memory or self.auto_dir / f"memory-{options.scenario.name}.json"
+        # one memory for every scenario and command: a credit is a point's hangs per class,
+        # whatever flood found it (flood, everything), and verify's learning is bisect's
+        memory = options.auto_memory or self.auto_dir / AUTO_MEMORY
         # one plan per build for this core's life: a bisect prepares its bad end once per
         # try, and a fresh plan would stretch the same credited point every time (seen on
         # upstream 1.4.6: 12 tries of a point that had missed, never the one that hangs)
