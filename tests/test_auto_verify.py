@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -234,6 +235,7 @@ def test_bisect_with_auto_finds_the_culprit(
     )
     bad_end = next(s for s in report["steps"] if s["role"] == "bad end")
     assert bad_end["kind"] == "hang"  # the first try: the learned point was stretched first
+    assert bad_end["stretched"]  # and the step says what it stretched
 
 
 def test_one_core_keeps_one_auto_plan_per_build_and_writes_what_it_stretched(
@@ -268,6 +270,11 @@ def test_one_core_keeps_one_auto_plan_per_build_and_writes_what_it_stretched(
             run_dir = tmp_path / f"try-{attempt}"
             plan.observe(TrialResult(1, TrialOutcome.CLEAN, 20.0, str(run_dir)))
     assert stretched == [[first]] * EXPLOIT_TRIES + [[second]]
+    # another build's plan (the next commit of a bisect) learns into the same memory
+    # object: a plan kept since an earlier step must not save over what it learned
+    with core.prepare(replace(request, patches=(RACE_FIXTURE,)), options) as other:
+        assert isinstance(other.amplifier, AutoPlan) and other.amplifier is not plan
+        assert other.amplifier.memory is plan.memory
     with core.prepare(request, options) as prepared:
         (trial,) = core.soak(prepared, tmp_path / "real", SoakPlan(1, 2.0))
     saved = json.loads((Path(trial.run_dir) / "trial.json").read_text())

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from verifier.amplify.auto import AutoMemory
 from verifier.build.applicability import source_lacks_symbols
 from verifier.build.builder import Builder, BuildRequest, BuildResult
 from verifier.build.symbols import missing_symbols
@@ -196,6 +197,7 @@ class VerifyCore:
         # what --amplify auto discovered and learned (default: beside tools/ in the cache)
         self.auto_dir = auto_dir or CacheLayout(tools_dir.parent).auto
         self._auto_plans: dict[tuple[str, str, str, str], AutoPlan] = {}
+        self._auto_memories: dict[Path, AutoMemory] = {}  # one object per file
         self.auto_sweep = auto_sweep
 
     @contextlib.contextmanager
@@ -273,6 +275,8 @@ class VerifyCore:
         # upstream 1.4.6: 12 tries of a point that had missed, never the one that hangs)
         key = (target.key, str(memory), str(options.hunted), options.scenario.name)
         if key not in self._auto_plans:
+            if memory not in self._auto_memories:
+                self._auto_memories[memory] = AutoMemory.load(memory)
             settings = trial_settings(options, target, options.soak_s)
             self._auto_plans[key] = auto_plan(
                 target.binary,
@@ -281,7 +285,7 @@ class VerifyCore:
                 flood_config(1, options.scenario, settings),
                 self.tools_dir,
                 self.auto_dir,
-                memory,
+                self._auto_memories[memory],
                 options.hunted,
                 self.auto_sweep,
             )

@@ -205,10 +205,13 @@ def auto_plan(
     flood: FloodConfig,
     tools_dir: Path,
     auto_dir: Path,
-    memory_path: Path,
+    memory: Path | AutoMemory,
     hunted: HangClass | None,
     sweep: bool = True,
 ) -> AutoPlan:
-    """The auto plan of this build, with the memory at ``memory_path``."""
-    memory = AutoMemory.load(memory_path)
+    """The auto plan of this build, with the memory (or the one at that path): plans that
+    live together (a bisect's, one per build) share one memory object, so none saves over
+    what another learned."""
+    if isinstance(memory, Path):
+        memory = AutoMemory.load(memory)
     return AutoPlan(binary, build_key, server, flood, tools_dir, auto_dir, memory, hunted, sweep)
