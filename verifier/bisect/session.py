@@ -167,7 +167,7 @@ class Bisection:
                     )
                 if obs.kind == ObservationKind.HANG:
                     self.state.reference_bug_key = obs.bug_key
-                    self.state.reference_class = obs.hang_class
+                    self.state.reference_class = self.tester.reference_class = obs.hang_class
                 self._row(n, obs, "bad end", budget)
                 if obs.kind == ObservationKind.HANG:
                     break
@@ -358,4 +358,5 @@ def open_session(
             state = BisectState(params=params, shas=list(commits.shas), find_fix=commits.find_fix)
         resumed = len(state.steps)
         tester = CommitTester(core, request, options, state_dir / "runs")
+        tester.reference_class = state.reference_class
         yield Session(Bisection(git, commits, tester, settings, state, state_path, echo), resumed)
