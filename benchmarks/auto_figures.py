@@ -17,6 +17,15 @@ wake-up (pristine 1.6.18). Methods, side by side in one run:
 Then ``--fixed-runs`` trials of 60 s under auto on the fixed build (race fixture + the -42
 fix, over the lost wake-up fix): any hang there is a false one. Figures taken on a shared
 machine are skewed by its load: compare the columns of one run.
+
+With ``--repo PATH`` (a local clone of upstream memcached) the targets are the releases,
+as a new user would run them (``verify --ref R --scenario flood --amplify auto --trials
+N --soak 60 --expect hang:CLASS``, a fresh memory each run, wall time to the HANG
+verdict, at most ``--cap`` seconds of soak): 1.4.6 (self-deadlock), 1.4.5 (lost
+wake-up); methods: auto with the sweep (seconds per hypothesis), auto with the previous
+schedule (one hand per 60 s trial), no amplifier. Then 1.4.7 (fixed), hunting the
+self-deadlock under auto for ``--fixed-runs`` x 60 s: a self-deadlock there is false; its
+remaining lost wake-up may show, named as that.
 """
 
 from __future__ import annotations
@@ -110,6 +119,77 @@ def _row(label: str, method: str, runs: list[Run]) -> list[str]:
     return [label, method, f"{len(hung)}/{len(runs)}", times, f"{trials:g}", named]
 
 
+UPSTREAM_TARGETS = (
+    ("1.4.6", HangClass.SELF_DEADLOCK),
+    ("1.4.5", HangClass.LOST_WAKEUP),
+)
+UPSTREAM_FIXED = "1.4.7"
+UPSTREAM_SOAK_S = 60.0  # the issue's command: --soak 60
+
+
+def upstream(args: argparse.Namespace, cache: CacheLayout) -> None:
+    """The release targets of a local clone (see the module docstring)."""
+    source = choose_source(str(args.repo), None, cache)
+    builder = Builder(cache.builds, cache.locks)
+    flood = load_scenario("flood")
+    trials = max(1, int(args.cap // UPSTREAM_SOAK_S))
+    rows = []
+    wanted = set(args.refs.split(",")) if args.refs else None
+    with tempfile.TemporaryDirectory(prefix="auto-figures-") as tmp:
+        work = Path(tmp)
+        for ref, hunted in UPSTREAM_TARGETS:
+            if wanted is not None and ref not in wanted:
+                continue
+            request = BuildRequest(source, ref, ())
+            label = f"upstream {ref} {hunted}"
+            methods = (
+                ("auto, sweep", AmplifierKind.AUTO, True, args.runs),
+                ("auto, previous schedule", AmplifierKind.AUTO, False, args.previous_runs),
+                (f"none, {trials} x 60 s", AmplifierKind.NONE, True, args.none_runs),
+            )
+            for method, kind, sweep, count in methods:
+                runs = []
+                for i in range(count):
+                    fresh = work / f"{ref}-{kind}-{sweep}-{i}"  # no memory, no discovery
+                    core = VerifyCore(builder, cache.tools, auto_dir=fresh, auto_sweep=sweep)
+                    options = VerifyOptions(
+                        scenario=flood, amplify=kind, hunt=hunted, trials=trials,
+                        soak_s=UPSTREAM_SOAK_S,
+                    )  # fmt: skip
+                    runs.append(_run(core, request, options, fresh / "run"))
+                if runs:
+                    rows.append(_row(label, method, runs))
+        fixed_outcome = None
+        if args.fixed_runs and (wanted is None or UPSTREAM_FIXED in wanted):
+            core = VerifyCore(builder, cache.tools, auto_dir=work / "fixed-auto")
+            fixed = VerifyOptions(
+                scenario=flood, amplify=AmplifierKind.AUTO, hunt=HangClass.SELF_DEADLOCK,
+                trials=args.fixed_runs, soak_s=UPSTREAM_SOAK_S,
+            )  # fmt: skip
+            fixed_outcome = core.verify(BuildRequest(source, UPSTREAM_FIXED, ()), fixed, work / "f")
+    print(
+        f"time to a HANG verdict of the target's class, wall seconds from verify's start "
+        f"(discovery and builds of a cached tree included), median (min, max); cap "
+        f"{trials} x {UPSTREAM_SOAK_S:.0f} s of soak per run"
+    )
+    print(
+        tabulate(
+            rows,
+            headers=["target", "method", "hung", "seconds to HANG", "trials (median)", "named"],
+        )
+    )
+    if fixed_outcome is not None:
+        classes = Counter(
+            str(t.hang_class) for t in fixed_outcome.trials if t.outcome == TrialOutcome.HANG
+        )
+        exposure = sum(t.soak_s for t in fixed_outcome.trials)
+        print(
+            f"\nupstream {UPSTREAM_FIXED} (fixed), auto hunting the self-deadlock, "
+            f"{len(fixed_outcome.trials)} trial(s), {exposure:.0f} s of weighted exposure: "
+            f"hangs by class {dict(classes) or 'none'}; {fixed_outcome.verdict.headline}"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=10)
@@ -117,8 +197,14 @@ def main() -> None:
     parser.add_argument("--fixed-runs", type=int, default=10)
     parser.add_argument("--cap", type=float, default=120.0, help="seconds of soak per run")
     parser.add_argument("--cache-dir", type=Path, default=None)
+    parser.add_argument("--repo", type=Path, default=None, help="a local clone of upstream")
+    parser.add_argument("--previous-runs", type=int, default=3, help="--repo: old schedule")
+    parser.add_argument("--refs", default="", help="--repo: only these (1.4.6,1.4.5,1.4.7)")
     args = parser.parse_args()
     cache = CacheLayout(args.cache_dir or default_cache_dir())
+    if args.repo is not None:
+        upstream(args, cache)
+        return
     source = choose_source(None, "debian", cache)
     assert source.default_ref
     builder = Builder(cache.builds, cache.locks)

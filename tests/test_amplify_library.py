@@ -14,6 +14,7 @@ import pytest
 
 from verifier.amplify.counters import (
     AmplifierStatus,
+    mute_rules,
     parse_load_bias,
     pause_stretches,
     read_status,
@@ -801,3 +802,43 @@ def test_paused_stretches_count_matches_and_do_not_sleep(lib: Path, tmp_path: Pa
         assert proc.wait(timeout=10) == 0
     (rule,) = read_status(status_file).rules
     assert (rule.matches, rule.paused_matches, rule.triggers) == (5, 3, 2)
+
+
+def test_a_rule_starts_muted_and_is_switched_in_the_live_process(lib: Path, tmp_path: Path) -> None:
+    """Auto's sweep: every rule starts muted (``preload_env(muted=...)``) and the harness
+    unmutes one hypothesis at a time through the status file (``mute_rules``), with no
+    restart. A muted rule counts its matches (as paused ones) and never sleeps."""
+    prog = compile_c(tmp_path, "accept_on_demand", ACCEPT_ON_DEMAND_C)
+    rules: list[Rule] = [
+        InterposeRule(("accept",), ret=-1, errno_name="EMFILE", delay_us=DELAY_US),
+        InterposeRule(("accept",), ret=-1, errno_name="EMFILE", delay_us=DELAY_US),
+    ]
+    status_file = tmp_path / "status"
+    proc = subprocess.Popen(
+        [str(prog)],
+        env=preload_env(lib, rules, status_file, muted=[0, 1]),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+
+    def accept_once() -> float:
+        proc.stdin.write("go\n")  # type: ignore[union-attr]
+        proc.stdin.flush()  # type: ignore[union-attr]
+        ((ret, err, ms),) = accept_results(proc.stdout.readline())  # type: ignore[union-attr]
+        assert (ret, err) == (-1, "EMFILE")
+        return ms
+
+    try:
+        assert accept_once() < DELAY_MS / 2  # both muted from the start
+        mute_rules(status_file, [False, True])
+        assert DELAY_MS * 0.95 <= accept_once() < DELAY_MS * 1.9  # one rule sleeps
+        mute_rules(status_file, [True, True])
+        assert accept_once() < DELAY_MS / 2
+    finally:
+        proc.stdin.close()
+        assert proc.wait(timeout=10) == 0
+    first, second = read_status(status_file).rules
+    assert (first.matches, first.paused_matches, first.triggers) == (3, 2, 1)
+    assert (second.matches, second.paused_matches, second.triggers) == (3, 3, 0)

@@ -27,6 +27,7 @@ from verifier.amplify.auto.planner import (
     attribute,
     weight,
 )
+from verifier.amplify.auto.sweep import Sweep
 from verifier.amplify.auto.symbols import parse_nm, symbol_at, watch_span
 from verifier.amplify.counters import AmplifierStatus, RuleStatus
 from verifier.amplify.spec import InterposeRule, LockRule, WatchRule, encode_rules
@@ -420,6 +421,35 @@ def test_a_credited_point_that_keeps_missing_yields_to_the_deck(recorded: Discov
     assert text.startswith("auto: ") and STORE_MAIN in text
 
 
+def test_credited_points_are_ranked_by_hazard_not_by_count_and_name(
+    recorded: Discovery, tmp_path: Path
+) -> None:
+    """Seen on upstream 1.4.6: a verify credited stats_lock for a lost wake-up after 60 s
+    stretched and allow_new_conns for the self-deadlock after 1 s. Ranked by count (a
+    tie) and then by name, a bisect hunting any hang stretched stats_lock first, every
+    try; by hangs per second stretched, the point that hangs at once comes first."""
+    slow, fast = "lock:stats_lock@any", STORE_MAIN
+    assert slow < fast  # the old tie-break picks the slow one
+    memory = AutoMemory(tmp_path / "auto.json")
+    for key, cls, seconds in ((slow, LOST, 60.0), (fast, SELF, 1.0)):
+        memory.note_trial(key, 3, seconds)
+        point = next(p for p in recorded.points() if p.key == key)
+        memory.note_hang(key, cls, 1_000, point.to_json())
+    memory.save()
+    loaded = AutoMemory.load(memory.path)  # type: ignore[arg-type]
+    assert loaded.points[slow].stretched_s == 60.0
+    assert [p["name"] for p in loaded.credited_points(None)] == ["allow_new_conns", "stats_lock"]
+    for seed in (1, 2, 3):
+        sel = AutoPlanner(recorded, loaded, None, seed).choose(0)
+        assert sel.mode is SelectionMode.CREDITED and [p.key for p in sel.points] == [fast]
+    # a credited point that keeps missing sinks below the other (its seconds count)
+    planner = AutoPlanner(recorded, loaded, None, 1)
+    sel = planner.choose(0)
+    planner.record(sel, TrialOutcome.CLEAN, None, status_for([fired(2, 1)]), None, seconds=90.0)
+    assert loaded.hazard(fast, None) < loaded.hazard(slow, None)
+    assert [p.key for p in AutoPlanner(recorded, loaded, None, 2).choose(0).points] == [slow]
+
+
 def test_memory_rejects_a_bad_file(tmp_path: Path) -> None:
     path = tmp_path / "auto.json"
     path.write_text("[1, 2]")
@@ -460,3 +490,51 @@ def test_discovery_on_a_pristine_flood(pristine, cache_layout, tmp_path: Path) -
     assert "lock:conn_lock@any" in {p.key for p in found.points()}
     assert found.scanned > 100 and found.threads >= 4
     assert Discovery.load(tmp_path / "discovery.json") == found
+
+
+# ---- the sweep: seconds per hypothesis in one server --------------------------------------
+
+
+def test_a_sweep_measures_the_unstretched_rate_then_switches_hypotheses() -> None:
+    """Warm-up all muted; then each hand in turn: one that never fires is left after
+    ``idle_s``, one that drops the flood below the floor is a stall (dropped, and its
+    seconds count at the rate achieved), one that stretches and flows gets ``dwell_s``
+    and, in the next round, another turn."""
+    sweep = Sweep([(0,), (1,), (2,)], 3, dwell_s=3.0, idle_s=1.0, warmup_s=1.0, floor=0.25)
+    assert sweep.all_muted() == [0, 1, 2]
+    assert sweep.tick(0.0, 0, [0, 0, 0]) is None  # warm-up begins
+    assert sweep.tick(1.0, 10_000, [0, 0, 0]) == [False, True, True]  # 10,000/s; hand 0
+    assert sweep.tick(2.0, 20_000, [0, 0, 0]) == [True, False, True]  # hand 0 idle
+    assert sweep.tick(3.0, 21_000, [0, 5, 0]) == [True, True, False]  # hand 1: 1,000/s stall
+    assert sweep.tick(4.0, 30_000, [0, 5, 9]) is None  # hand 2 fires and flows
+    assert sweep.tick(6.0, 48_000, [0, 5, 20]) == [True, True, False]  # dwell over: round 2
+    sweep.finish(7.0, 57_000)
+    assert sweep.baseline_rate == 10_000
+    assert [s.ended for s in sweep.segments] == ["dwell", "idle", "stall", "dwell", "open"]
+    assert sweep.reached() == {0, 1, 2}
+    assert sweep.seconds_by_hypothesis() == {0: 1.0, 1: 1.0, 2: 4.0}
+    # 7 s of flood: warm-up 1 + idle hand 1 + the stall's second as 0.1 + hand 2's 4 s
+    # at 9,000/s as 3.6: 5.7 s of exposure
+    assert math.isclose(sweep.weighted_fraction() * 7.0, 5.7)
+
+
+def test_a_sweep_trial_fits_the_library_and_still_deals_every_point(
+    recorded: Discovery,
+) -> None:
+    planner = AutoPlanner(recorded, AutoMemory(), SELF, 11)
+    dealt: Counter[str] = Counter()
+    for t in range(6):
+        sel = planner.choose_sweep(t)
+        assert sel.mode is SelectionMode.SWEEP and sel.hypotheses
+        assert len(sel.rules) <= 16 and sum(isinstance(r, WatchRule) for r in sel.rules) <= 4
+        assert sorted(i for hand in sel.hypotheses for i in hand) == list(range(len(sel.points)))
+        reached = set(range(len(sel.hypotheses) // 2))  # the trial reached half the hands
+        for hand in reached:
+            dealt.update(sel.points[i].key for i in sel.hypotheses[hand])
+        planner.unreached(sel, reached)
+    assert set(dealt) == {p.key for p in recorded.points()}  # unreached hands come back
+    # a credited point is still stretched alone first
+    memory = AutoMemory()
+    memory.note_hang(STORE_MAIN, SELF, 1_000)
+    sel = AutoPlanner(recorded, memory, SELF, 11).choose_sweep(0)
+    assert sel.mode is SelectionMode.CREDITED and [p.key for p in sel.points] == [STORE_MAIN]

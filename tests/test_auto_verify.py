@@ -5,18 +5,29 @@ from __future__ import annotations
 
 import json
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from verifier.amplify.auto import AutoMemory, Discovery
+from verifier.amplify.auto.planner import EXPLOIT_TRIES
+from verifier.build.builder import Builder, BuildRequest
 from verifier.errors import ExitStatus
 from verifier.paths import CacheLayout
+from verifier.run.auto_plan import AutoPlan
+from verifier.run.result import TrialResult
+from verifier.scenario import load_scenario
+from verifier.source.select import SourceChoice
+from verifier.verify import SoakPlan, VerifyCore, VerifyOptions
+from verifier.vocabulary import AmplifierKind, TrialOutcome
 
 from conftest import LOST_WAKEUP_FIX, MAXCONNS_FIX, RACE_FIXTURE, run_cli
 from synthetic_history import History, make_history
 
 pytestmark = pytest.mark.timeout(900)
+RECORDED_DISCOVERY = Path(__file__).parent / "fixtures" / "auto" / "discovery-1.6.18.json"
 STORE_MAIN = "store:allow_new_conns@main"
 ACCEPT_MAIN = "call:accept|accept4:EMFILE@main"
 # the listener's EMFILE path (both hangs start there): the last of these stretched is named
@@ -224,3 +235,48 @@ def test_bisect_with_auto_finds_the_culprit(
     )
     bad_end = next(s for s in report["steps"] if s["role"] == "bad end")
     assert bad_end["kind"] == "hang"  # the first try: the learned point was stretched first
+    assert bad_end["stretched"]  # and the step says what it stretched
+
+
+def test_one_core_keeps_one_auto_plan_per_build_and_writes_what_it_stretched(
+    builder: Builder, debian_source: SourceChoice, cache_layout: CacheLayout, tmp_path: Path
+) -> None:
+    """Seen on upstream 1.4.6: bisect prepares its bad end once per try, and each try made a
+    fresh auto plan, so all 12 tries stretched the same credited point (one that had
+    missed); each trial.json also had an empty ``stretched`` (written before auto learned).
+    Through one core, the misses count across prepares: after ``EXPLOIT_TRIES`` misses the
+    next credited point is stretched; a real trial's trial.json says what it stretched."""
+    recorded = Discovery.load(RECORDED_DISCOVERY)  # Debian's 1.6.18: the same names
+    memory = AutoMemory(tmp_path / "memory.json")
+    first, second = STORE_MAIN, "lock:stats_lock@any"
+    for key, seconds in ((first, 1.0), (second, 200.0)):
+        memory.note_trial(key, 1, seconds)
+        point = next(p for p in recorded.points() if p.key == key)
+        memory.note_hang(key, "self-deadlock", 1_000, point.to_json())
+    memory.save()
+    core = VerifyCore(builder, cache_layout.tools, auto_dir=tmp_path / "auto")
+    options = VerifyOptions(
+        load_scenario("flood"), amplify=AmplifierKind.AUTO, auto_memory=memory.path
+    )
+    assert debian_source.default_ref
+    request = BuildRequest(debian_source, debian_source.default_ref)
+    stretched = []
+    for attempt in range(EXPLOIT_TRIES + 1):
+        with core.prepare(request, options) as prepared:
+            plan = prepared.amplifier
+            assert isinstance(plan, AutoPlan)
+            plan.for_trial(1)
+            stretched.append([p.key for p in plan.selections[1][0].points])
+            run_dir = tmp_path / f"try-{attempt}"
+            plan.observe(TrialResult(1, TrialOutcome.CLEAN, 20.0, str(run_dir)))
+    assert stretched == [[first]] * EXPLOIT_TRIES + [[second]]
+    # another build's plan (the next commit of a bisect) learns into the same memory
+    # object: a plan kept since an earlier step must not save over what it learned
+    with core.prepare(replace(request, patches=(RACE_FIXTURE,)), options) as other:
+        assert isinstance(other.amplifier, AutoPlan) and other.amplifier is not plan
+        assert other.amplifier.memory is plan.memory
+    with core.prepare(request, options) as prepared:
+        (trial,) = core.soak(prepared, tmp_path / "real", SoakPlan(1, 2.0))
+    saved = json.loads((Path(trial.run_dir) / "trial.json").read_text())
+    assert saved["stretched"]["selection"]["points"][0]["key"] == second
+    assert saved["stretched"]["selection"]["mode"] == "credited"

@@ -58,7 +58,7 @@ class CacheLayout:
 
     @property
     def auto(self) -> Path:
-        """--amplify auto: discoveries (per build) and memories (per scenario)."""
+        """--amplify auto: discoveries (per build) and the memory (shared)."""
         return self.root / "auto"
 
     @property

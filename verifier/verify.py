@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from verifier.amplify.auto import AutoMemory
 from verifier.build.applicability import source_lacks_symbols
 from verifier.build.builder import Builder, BuildRequest, BuildResult
 from verifier.build.sanitizer import runtime_env
@@ -36,6 +37,7 @@ from verifier.run.trial import Progress, TrialSettings, flood_config, run_trial,
 from verifier.run.workload_fit import fit_workload
 from verifier.scenario import Scenario
 from verifier.stress.features import detect
+from verifier.util.atomic import write_json
 from verifier.verdict.compare import Comparison, SoakSummary, compare, summarize
 from verifier.verdict.stats import rate_lower_bound, soak_for_fix
 from verifier.verdict.verdict import Verdict, decide, is_this_bug
@@ -61,7 +63,7 @@ class VerifyOptions:
     baseline_trials: int = 3
     hunt: HangClass | None = None  # the class hunted; None: the scenario's
     hunt_report: str | None = None  # --expect sanitizer:X: the report hunted (signature/kind)
-    auto_memory: Path | None = None  # --amplify auto's memory (default: one per scenario)
+    auto_memory: Path | None = None  # --amplify auto's memory (default: one in the cache)
 
     @property
     def hunted(self) -> HangClass | None:
@@ -90,6 +92,7 @@ class Prepared:
 
 
 EXTRA_TRIALS_FOR_TOTAL = 3
+AUTO_MEMORY = "memory.json"  # in the cache's auto folder, shared by scenarios and commands
 MIN_TRIAL_SOAK_S = 1.0
 
 
@@ -192,12 +195,16 @@ class VerifyCore:
         tools_dir: Path,
         progress: Progress | None = None,
         auto_dir: Path | None = None,
+        auto_sweep: bool = True,  # False: auto's previous schedule (benchmarks compare)
     ) -> None:
         self.builder = builder
         self.tools_dir = tools_dir
         self.progress = progress
         # what --amplify auto discovered and learned (default: beside tools/ in the cache)
         self.auto_dir = auto_dir or CacheLayout(tools_dir.parent).auto
+        self._auto_plans: dict[tuple[str, str, str, str], AutoPlan] = {}
+        self._auto_memories: dict[Path, AutoMemory] = {}  # one object per file
+        self.auto_sweep = auto_sweep
 
     @contextlib.contextmanager
     def prepare(self, request: BuildRequest, options: VerifyOptions) -> Iterator[Prepared]:
@@ -277,19 +284,31 @@ class VerifyCore:
             )
         if target.degraded:
             raise NotApplicable(f"--amplify auto needs symbols: {target.degraded[0]}")
-        settings = trial_settings(options, target, options.soak_s)
-        return auto_plan(
-            target.binary,
-            target.key,
-            server_config(
-                target.binary, options.scenario, settings, runtime_env(settings.sanitizer, None)
-            ),
-            flood_config(1, options.scenario, settings),
-            self.tools_dir,
-            self.auto_dir,
-            options.auto_memory or self.auto_dir / f"memory-{options.scenario.name}.json",
-            options.hunted,
-        )
+        # one memory for every scenario and command: a credit is a point's hangs per class,
+        # whatever flood found it (flood, everything), and verify's learning is bisect's
+        memory = options.auto_memory or self.auto_dir / AUTO_MEMORY
+        # one plan per build for this core's life: a bisect prepares its bad end once per
+        # try, and a fresh plan would stretch the same credited point every time (seen on
+        # upstream 1.4.6: 12 tries of a point that had missed, never the one that hangs)
+        key = (target.key, str(memory), str(options.hunted), options.scenario.name)
+        if key not in self._auto_plans:
+            if memory not in self._auto_memories:
+                self._auto_memories[memory] = AutoMemory.load(memory)
+            settings = trial_settings(options, target, options.soak_s)
+            self._auto_plans[key] = auto_plan(
+                target.binary,
+                target.key,
+                server_config(
+                    target.binary, options.scenario, settings, runtime_env(settings.sanitizer, None)
+                ),
+                flood_config(1, options.scenario, settings),
+                self.tools_dir,
+                self.auto_dir,
+                self._auto_memories[memory],
+                options.hunted,
+                self.auto_sweep,
+            )
+        return self._auto_plans[key]
 
     def soak(self, prepared: Prepared, run_dir: Path, plan: SoakPlan) -> list[TrialResult]:
         """``plan.count`` trials; with ``plan.total_soak_s``, as many as it takes to spend it."""
@@ -320,6 +339,8 @@ class VerifyCore:
             amplifier.observe(trial)
             if trial.clients is not None:
                 trial.clients.left_out = list(prepared.left_out)
+            if trial.stretched:  # what auto stretched and named, learned after the trial
+                write_json(Path(trial.run_dir) / "trial.json", trial.to_json())
             trials.append(trial)
             spent += trial.soak_s
             if trial.outcome == TrialOutcome.ERROR:

@@ -27,6 +27,7 @@ VERSION = 3
 _HEADER = struct.Struct("<8sIIiiiIQiI208s")  # 256 bytes
 _PAUSED_AT = struct.calcsize("<8sIIiiiIQi")  # the header's ``paused`` word
 _RULE = struct.Struct("<IiiIQQQQQqQQQQQQ16x")  # 128 bytes
+_MUTED_IN_RULE = struct.calcsize("<Iii")  # the rule's ``muted`` word
 _TABLES = struct.Struct("<IIQQQQ24x")  # 64 bytes
 _FAIL = struct.Struct("<IIQQQ")  # 32 bytes
 _MUTEX = struct.Struct("<QQQQQ8x")  # 48 bytes
@@ -200,6 +201,18 @@ def pause_stretches(status_file: Path, paused: bool) -> None:
             return
         handle.seek(_PAUSED_AT)
         handle.write(struct.pack("<I", 1 if paused else 0))
+
+
+def mute_rules(status_file: Path, muted: Sequence[bool]) -> None:
+    """Mute (True) or unmute each rule of a running library through its status file:
+    a muted rule counts its matches and never sleeps, so auto switches what it stretches
+    in a live server without a restart. A missing or unstarted file is left alone."""
+    with contextlib.suppress(FileNotFoundError), status_file.open("r+b") as handle:
+        if handle.read(len(MAGIC)) != MAGIC:
+            return
+        for i, mute in enumerate(muted[:MAX_RULES]):
+            handle.seek(_HEADER.size + i * _RULE.size + _MUTED_IN_RULE)
+            handle.write(struct.pack("<I", 1 if mute else 0))
 
 
 def _arm_hint(err: int) -> str:

@@ -127,7 +127,7 @@ struct amp_rule_status {        /* 128 bytes */
     uint32_t kind;              /* KIND_* */
     int32_t armed;              /* 1 armed, -1 arming failed, 0 not attempted */
     int32_t arm_errno;          /* errno of the failed perf_event_open / dlsym */
-    uint32_t reserved;
+    uint32_t muted;             /* written by the harness: this rule does not stretch */
     uint64_t events;            /* watch: stores trapped; interpose/lock: calls seen */
     uint64_t matches;           /* events whose value / result matched */
     uint64_t triggers;          /* matches that slept (after every/max) */
@@ -257,7 +257,8 @@ static uint64_t now_ns(void) {
  * matches are counted and nothing sleeps, so a stall of our own making drains. */
 static int take(struct rule *r, struct amp_rule_status *s) {
     ADD(s->matches, 1);
-    if (__atomic_load_n(&g_st->paused, __ATOMIC_RELAXED)) {
+    if (__atomic_load_n(&g_st->paused, __ATOMIC_RELAXED) ||
+        __atomic_load_n(&s->muted, __ATOMIC_RELAXED)) {
         ADD(s->paused_matches, 1);
         return 0;
     }
@@ -863,6 +864,14 @@ __attribute__((constructor)) static void amp_init(void) {
     const char *env = getenv("VERIFIER_AMPLIFY");
     if (env) parse_config(env);
     g_st->nrules = g_nrules;
+    /* VERIFIER_AMPLIFY_MUTED=mask: rules that start muted (bit i: rule i); the harness
+     * unmutes them one hypothesis at a time through the status file (auto's sweep). */
+    const char *muted = getenv("VERIFIER_AMPLIFY_MUTED");
+    if (muted && *muted) {
+        unsigned long mask = strtoul(muted, NULL, 0);
+        for (unsigned i = 0; i < g_nrules; i++)
+            if (mask & (1ul << i)) g_st->rules[i].muted = 1;
+    }
     int watches = 0;
     for (unsigned i = 0; i < g_nrules; i++) {
         struct rule *r = &g_rules[i];
@@ -906,6 +915,7 @@ __attribute__((constructor)) static void amp_init(void) {
     memcpy(g_st->magic, "AMPLIFY", 8);
     unsetenv("VERIFIER_AMPLIFY");
     unsetenv("VERIFIER_AMPLIFY_STATUS");
+    unsetenv("VERIFIER_AMPLIFY_MUTED");
     unsetenv("VERIFIER_AMPLIFY_EXE");
     errno = saved;
 }

@@ -10,7 +10,7 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from verifier.amplify.spec import ENV_EXE, ENV_RULES, ENV_STATUS, Rule, encode_rules
+from verifier.amplify.spec import ENV_EXE, ENV_MUTED, ENV_RULES, ENV_STATUS, Rule, encode_rules
 from verifier.errors import EnvironmentMissing
 from verifier.util.locks import file_lock
 
@@ -69,6 +69,7 @@ def preload_env(
     status_file: Path | None,
     base: Mapping[str, str] | None = None,
     target: Path | None = None,
+    muted: Sequence[int] = (),
 ) -> dict[str, str]:
     """``base`` (default: os.environ) plus LD_PRELOAD and the amplifier's variables.
 
@@ -76,13 +77,17 @@ def preload_env(
     the program is started through a wrapper (sh -c, env, setsid, timeout): without it
     the first process that loads the library takes the rules. Removes a stale
     ``status_file`` so that a reader never mistakes an old run's counters for this one's.
-    No rules: the library only installs its crash reporter.
+    No rules: the library only installs its crash reporter. ``muted``: indexes of rules
+    that start muted (``counters.mute_rules`` unmutes them while the server runs).
     """
     env = dict(os.environ if base is None else base)
     lib_path = str(lib.absolute())
     preload = [p for p in env.get("LD_PRELOAD", "").replace(":", " ").split() if p != lib_path]
     env["LD_PRELOAD"] = " ".join([lib_path, *preload])
     env[ENV_RULES] = encode_rules(rules)
+    env.pop(ENV_MUTED, None)
+    if muted:  # these rules start muted; unmuted later through the status file
+        env[ENV_MUTED] = hex(sum(1 << i for i in set(muted)))
     env.pop(ENV_STATUS, None)
     env.pop(ENV_EXE, None)
     if target is not None:

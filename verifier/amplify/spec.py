@@ -29,6 +29,7 @@ from verifier.errors import BadInput, EnvironmentMissing, NotApplicable
 
 ENV_RULES = "VERIFIER_AMPLIFY"
 ENV_STATUS = "VERIFIER_AMPLIFY_STATUS"
+ENV_MUTED = "VERIFIER_AMPLIFY_MUTED"  # mask of rules that start muted (auto's sweep)
 ENV_EXE = "VERIFIER_AMPLIFY_EXE"  # optional: only this executable takes the rules
 MAX_RULES = 16
 MAX_WATCH = 4  # x86 has four debug registers

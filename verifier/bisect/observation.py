@@ -24,6 +24,7 @@ class Observation:
     emfile_episodes: int = 0
     other_bug: OtherBug | None = None
     detail: str = ""  # e.g. the build error
+    stretched: str = ""  # --amplify auto: what the soak stretched (the point named, on a hang)
 
     @property
     def evidence(self) -> bool:

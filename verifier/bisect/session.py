@@ -133,6 +133,7 @@ class Bisection:
             best_probability=round(now.probability, 4),
             run_dir=obs.run_dir,
             cause=obs.cause,
+            stretched=obs.stretched,
         )
         self.state.steps.append(row)
         if obs.other_bug is not None:
@@ -168,7 +169,7 @@ class Bisection:
                     )
                 if obs.kind == ObservationKind.HANG:
                     self.state.reference_bug_key = obs.bug_key
-                    self.state.reference_class = obs.hang_class
+                    self.state.reference_class = self.tester.reference_class = obs.hang_class
                 self._row(n, obs, "bad end", budget)
                 if obs.kind == ObservationKind.HANG:
                     break
@@ -415,6 +416,7 @@ def open_session(
         tester: CommitTester | RemoteTester = CommitTester(
             core, request, options, state_dir / "runs"
         )
+        tester.reference_class = state.reference_class
         if cluster is not None:
             tester = RemoteTester(cluster, tester, remote_source, request)
         yield Session(Bisection(git, commits, tester, settings, state, state_path, echo), resumed)

@@ -38,6 +38,7 @@ class StepRow:
     best_probability: float
     run_dir: str = ""
     cause: SkipCause | None = None
+    stretched: str = ""  # --amplify auto: what the soak stretched (the point named, on a hang)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)

@@ -33,6 +33,11 @@ class CommitTester:
     base_request: BuildRequest
     options: VerifyOptions
     run_root: Path
+    # the bad end's hang class, once it hung: what auto hunts from then on (its credits
+    # for that class only). Seen on upstream 1.4.5..1.4.6 hunting any hang: the steps
+    # before the self-deadlock's commit hung on the lost wake-up, credited its point, and
+    # every later step stretched that point and hung on the other bug, 16 times
+    reference_class: HangClass | None = None
     _counter: int = field(default=0, init=False)
 
     @property
@@ -64,8 +69,11 @@ class CommitTester:
     def _test(self, sha: str, soak_s: float, reference_bug_key: str | None) -> Observation:
         started = time.monotonic()
         request = replace(self.base_request, ref=sha)
+        options = self.options
+        if options.hunted is None and self.reference_class is not None:
+            options = replace(options, hunt=self.reference_class)
         try:
-            with self.core.prepare(request, self.options) as prepared:
+            with self.core.prepare(request, options) as prepared:
                 build = prepared.build
                 cached = build is not None and build.cache_hit
                 build_s = build.build_seconds if build is not None and not cached else 0.0
@@ -134,6 +142,7 @@ def observation_of(
         "build_cached": cached,
         "run_dir": trial.run_dir,
         "emfile_episodes": trial.emfile_episodes,
+        "stretched": str(trial.stretched.get("named") or trial.stretched.get("described", "")),
     }
     finding = reported(trial, hunted_report)
     if finding is not None:

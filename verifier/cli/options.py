@@ -201,8 +201,8 @@ def scenario_options(func):  # type: ignore[no-untyped-def]
                 "--auto-memory",
                 type=click.Path(dir_okay=False, path_type=Path),
                 default=None,
-                help="--amplify auto: the file of what led to hangs before (default: one per "
-                "scenario in the cache; share it to carry the learning over).",
+                help="--amplify auto: the file of what led to hangs before (default: one in "
+                "the cache, shared by scenarios and commands; copy it to carry the learning).",
             ),
             click.option(
                 "--threads",

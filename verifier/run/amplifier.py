@@ -9,14 +9,16 @@ every time; a learning one (``auto``) changes its choice.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from verifier.amplify.counters import pause_stretches, read_status, require_armed
+from verifier.amplify.auto.sweep import Sweep
+from verifier.amplify.counters import mute_rules, pause_stretches, read_status, require_armed
 from verifier.amplify.library import build_library, preload_env
 from verifier.amplify.spec import InterposeRule, Rule, WatchRule, resolve_rules
-from verifier.errors import BadInput
+from verifier.errors import BadInput, VerifierError
 from verifier.limits import CONFIRM_WINDOW_S, MAX_AMPLIFIER_DELAY_US
 from verifier.scenario import GdbHoldSpec, Scenario
 from verifier.vocabulary import AmplifierKind
@@ -31,6 +33,7 @@ class AmplifierPlan:
     rules: tuple[Rule, ...]
     gdb: GdbHoldSpec | None
     library: Path
+    sweep: Sweep | None = None  # auto: rules start muted, unmuted one hypothesis at a time
 
     def for_trial(self, index: int) -> AmplifierPlan:
         """The amplifier of trial ``index`` (a fixed plan: itself)."""
@@ -64,7 +67,19 @@ class AmplifierPlan:
         return "none"
 
     def env(self, binary: Path, status_file: Path) -> dict[str, str]:
-        return preload_env(self.library, list(self.rules), status_file, target=binary)
+        muted = self.sweep.all_muted() if self.sweep is not None else ()
+        return preload_env(self.library, list(self.rules), status_file, target=binary, muted=muted)
+
+    def tick(self, status_file: Path, now_s: float, cycles: int) -> None:
+        """Once a probe interval while flooding: a sweep may switch what is stretched
+        (through the status file, in the live server)."""
+        if self.sweep is None:
+            return
+        with contextlib.suppress(VerifierError):
+            triggers = [r.triggers for r in read_status(status_file).rules]
+            mutes = self.sweep.tick(now_s, cycles, triggers)
+            if mutes is not None:
+                mute_rules(status_file, mutes)
 
     def triggers(self, status_file: Path) -> int:
         if not self.rules:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from verifier.amplify.auto import AutoMemory, AutoPlanner, Discovery, Point, Selection
+from verifier.amplify.auto.sweep import Sweep
 from verifier.amplify.auto.symbols import data_symbols
 from verifier.amplify.counters import read_status
 from verifier.amplify.library import build_library
@@ -43,11 +44,13 @@ class AutoPlan:
     auto_dir: Path
     memory: AutoMemory
     hunted: HangClass | None
+    sweep: bool = True  # False: the previous schedule, one hand per trial (benchmarks)
     kind: AmplifierKind = AmplifierKind.AUTO
     library: Path = field(init=False)
     remembered: AutoPlanner | None = field(init=False, default=None)
     planner: AutoPlanner | None = field(init=False, default=None)  # on the discovery
     selections: dict[int, tuple[Selection, AutoPlanner]] = field(init=False, default_factory=dict)
+    sweeps: dict[int, Sweep] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         self.library = build_library(self.tools_dir)
@@ -104,9 +107,13 @@ class AutoPlan:
     # -- what the trial loop asks of any plan ----------------------------------------------
     def for_trial(self, index: int) -> AmplifierPlan:
         planner = self._current()
-        selection = planner.choose(index)
+        selection = planner.choose_sweep(index) if self.sweep else planner.choose(index)
         self.selections[index] = (selection, planner)
-        return AmplifierPlan(AmplifierKind.AUTO, tuple(selection.rules), None, self.library)
+        sweep = None
+        if selection.hypotheses:
+            sweep = self.sweeps[index] = Sweep(selection.hypotheses, len(selection.rules))
+        rules = tuple(selection.rules)
+        return AmplifierPlan(AmplifierKind.AUTO, rules, None, self.library, sweep)
 
     def observe(self, trial: TrialResult) -> None:
         """Tell the planner what the trial's stretches led to; name the point of a hang."""
@@ -126,6 +133,20 @@ class AutoPlan:
             hang_at = start + int(proven * 1e9)
         if start:  # a stretch before the last good reply, or before the flood, is no cause
             last_good = start + int((trial.last_good_s or 0.0) * 1e9)
+        hang_s = trial.time_to_hang_s if trial.outcome == TrialOutcome.HANG else None
+        hang = hang_s is not None
+        seconds = hang_s if hang_s is not None else trial.soak_s
+        sweep = self.sweeps.pop(trial.index, None)
+        by_point: list[float] | None = None
+        if sweep is not None:
+            cycles = trial.flood.cycles if trial.flood is not None else 0
+            ended = seconds if hang or trial.flood is None else max(seconds, trial.flood.loaded_s)
+            sweep.finish(ended, cycles)
+            by_point = [0.0] * len(selection.points)
+            for hand, spent in sweep.seconds_by_hypothesis().items():
+                for i in selection.hypotheses[hand]:
+                    by_point[i] += spent
+            planner.unreached(selection, sweep.reached())
         attribution = planner.record(
             selection,
             str(trial.outcome),
@@ -139,8 +160,19 @@ class AutoPlan:
             trial.diagnosis.hung_functions
             if trial.diagnosis and trial.diagnosis.proof == HangProof.CYCLE
             else frozenset(),
+            seconds=seconds,
+            seconds_by_point=by_point,
         )
         trial.stretched = {"selection": selection.to_json(), "described": selection.describe()}
+        if sweep is not None:
+            trial.stretched["sweep"] = sweep.to_json()
+            fraction = sweep.weighted_fraction()
+            if fraction < 1.0:  # a stall is not exposure: the bound counts achieved flood
+                trial.notes.append(
+                    f"auto: {trial.soak_s:.1f} s of flood counted as {trial.soak_s * fraction:.1f}"
+                    f" s (achieved / unstretched rate, {sweep.baseline_rate:,.0f} cycles/s)"
+                )
+                trial.soak_s = round(trial.soak_s * fraction, 3)
         if attribution is not None:
             trial.stretched["named"] = attribution.describe()
             trial.stretched["attribution"] = attribution.to_json()
@@ -173,9 +205,13 @@ def auto_plan(
     flood: FloodConfig,
     tools_dir: Path,
     auto_dir: Path,
-    memory_path: Path,
+    memory: Path | AutoMemory,
     hunted: HangClass | None,
+    sweep: bool = True,
 ) -> AutoPlan:
-    """The auto plan of this build, with the memory at ``memory_path``."""
-    memory = AutoMemory.load(memory_path)
-    return AutoPlan(binary, build_key, server, flood, tools_dir, auto_dir, memory, hunted)
+    """The auto plan of this build, with the memory (or the one at that path): plans that
+    live together (a bisect's, one per build) share one memory object, so none saves over
+    what another learned."""
+    if isinstance(memory, Path):
+        memory = AutoMemory.load(memory)
+    return AutoPlan(binary, build_key, server, flood, tools_dir, auto_dir, memory, hunted, sweep)

@@ -138,6 +138,7 @@ class _Soak:
         progress: Progress | None,
         pause_stretches: Callable[[bool], None],
         events: tuple[Event, ...] = (),
+        tick: Callable[[float, int], None] = lambda now_s, cycles: None,
     ) -> None:
         self.result = result
         self.server = server
@@ -148,6 +149,7 @@ class _Soak:
         self.triggers = triggers
         self.progress = progress
         self.pause_stretches = pause_stretches
+        self.tick = tick  # the amplifier's, once a probe interval (auto switches stretches)
         self.disabled_at_start = int(before.get("listen_disabled_num", 0))
         self.before = before
         self.last_stats = before
@@ -237,6 +239,7 @@ class _Soak:
             elif self._hung(self.clock.now(), flood):
                 break
             self._sample(probe.ok, probe.latency_s, stats.cycles_per_s)
+            self.tick(self.clock.now(), flood.snapshot().cycles)
             if result.outcome == TrialOutcome.HANG:  # background work found stuck
                 break
             next_probe += settings.probe_interval_s
@@ -556,6 +559,7 @@ def run_trial(
                 result, server, flood, held, before, settings, prover, triggers, progress,
                 functools.partial(amplifier.pause, status_file),
                 scenario.workload.events if scenario.workload else (),
+                functools.partial(amplifier.tick, status_file),
             )  # fmt: skip
             stack.callback(flood.stop)  # also when the summary below fails
             stack.callback(_summarise_flood, result, flood, soak)

@@ -5,6 +5,12 @@ addresses, so a credit earned at one commit of a bisect (or one verify) is used 
 next: TSVD and DataCollider keep what they learned the same way. Hangs are counted per
 hang class: a point that preceded a lost wake-up earns nothing for a hunt of the
 self-deadlock; a hunt for any hang (class None) counts them all.
+
+Credited points are ranked by their hazard (``hazard``): hangs per second of flood they
+were stretched in, not by the count of hangs alone. Seen on upstream 1.4.6: a verify
+credited lock:stats_lock@main for a lost wake-up after 60 s stretched, and
+store:allow_new_conns@main for the self-deadlock after 1 s; ranked by count (a tie, then
+by name) a bisect stretched stats_lock first, 12 times, and never hung.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from verifier.errors import BadInput
 from verifier.util.atomic import write_json
 
 FORMAT = 1
+HAZARD_PRIOR_S = 1.0  # prior exposure of a credited point (its hazard stays finite)
 
 
 @dataclass
@@ -27,6 +34,7 @@ class PointRecord:
     hangs: dict[str, int] = field(default_factory=dict)  # hang class -> hangs it was named for
     hang_delay_us: int | None = None  # the delay of the latest hang it was named for
     point: dict[str, Any] | None = None  # the point named (Point.to_json), to rebase it
+    stretched_s: float = 0.0  # seconds of flood in the trials that stretched it, summed
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -35,6 +43,7 @@ class PointRecord:
             "hangs": dict(sorted(self.hangs.items())),
             "hang_delay_us": self.hang_delay_us,
             "point": self.point,
+            "stretched_s": round(self.stretched_s, 3),
         }
 
     @classmethod
@@ -45,6 +54,7 @@ class PointRecord:
             hangs={str(k): int(v) for k, v in dict(data.get("hangs", {})).items()},
             hang_delay_us=None if data.get("hang_delay_us") is None else int(data["hang_delay_us"]),
             point=data.get("point"),
+            stretched_s=float(data.get("stretched_s", 0.0)),
         )
 
 
@@ -90,10 +100,20 @@ class AutoMemory:
             return 0
         return sum(rec.hangs.values()) if hunted is None else rec.hangs.get(hunted, 0)
 
-    def note_trial(self, key: str, triggers: int) -> None:
+    def hazard(self, key: str, hunted: str | None) -> float:
+        """Hangs of the hunted class per second stretched (a Gamma posterior mean with one
+        second of prior exposure): a point that hung at once outranks one that hung once
+        after a minute, and a credited point that keeps missing sinks."""
+        rec = self.points.get(key)
+        if rec is None:
+            return 0.0
+        return self.credits(key, hunted) / (rec.stretched_s + HAZARD_PRIOR_S)
+
+    def note_trial(self, key: str, triggers: int, seconds: float = 0.0) -> None:
         rec = self.record(key)
         rec.trials += 1
         rec.triggers += triggers
+        rec.stretched_s += max(seconds, 0.0)
 
     def note_hang(
         self, key: str, hang_class: str, delay_us: int, point: dict[str, Any] | None = None
@@ -105,10 +125,10 @@ class AutoMemory:
             rec.point = point
 
     def credited_points(self, hunted: str | None) -> list[dict[str, Any]]:
-        """The points (as saved) credited for the hunted class, most credited first: what a
+        """The points (as saved) credited for the hunted class, highest hazard first: what a
         new binary can stretch before any discovery (see ``Point.rebased``)."""
         ranked = sorted(
             (k for k, rec in self.points.items() if rec.point and self.credits(k, hunted) > 0),
-            key=lambda k: (-self.credits(k, hunted), k),
+            key=lambda k: (-self.hazard(k, hunted), k),
         )
         return [self.points[k].point for k in ranked]  # type: ignore[misc]

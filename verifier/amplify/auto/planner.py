@@ -30,8 +30,10 @@ sleeps. 1 and 5 ms stretch hot points without starving the server.
 
 Learning. A point named for a hang of the hunted class (``record``) is credited in the
 memory; the next trials (of this run and of later runs loading the memory) stretch the
-most credited point alone, with the delay of its hang, until it has missed
-``exploit_tries`` times in this run; then the deck resumes. A hang of another class is
+credited point of highest hazard (hangs per second stretched, ``AutoMemory.hazard``)
+alone, with the delay of its hang, until it has missed ``exploit_tries`` times in this
+run (a bisect's core keeps one plan per build, so its tries count too); then the next
+credited point, then the deck. A hang of another class is
 recorded under that class and not credited for this hunt.
 
 Naming. The library records each rule's last trigger (CLOCK_MONOTONIC ns, tid, code
@@ -55,7 +57,7 @@ from typing import Any
 
 from verifier.amplify.auto.discovery import Discovery
 from verifier.amplify.auto.memory import AutoMemory
-from verifier.amplify.auto.points import Point, ThreadKind
+from verifier.amplify.auto.points import Point, PointKind, ThreadKind
 from verifier.amplify.auto.symbols import CodeLocation, code_locations
 from verifier.amplify.counters import AmplifierStatus, RuleStatus
 from verifier.amplify.spec import Rule
@@ -74,6 +76,12 @@ ATTRIBUTION_WINDOW_S = 5.0
 class SelectionMode(enum.StrEnum):
     CREDITED = "credited"  # a point the memory credits for the hunted class
     DECK = "deck"  # dealt from the weighted deck
+    SWEEP = "sweep"  # several deck hands, one stretched at a time in one server (sweep.py)
+
+
+MAX_RULES = 16  # the library's rule slots
+MAX_WATCH_RULES = 4  # the library's watch rules (debug registers) per trial
+SWEEP_HANDS = 12  # hypotheses armed per sweep trial (at 3 s each, a 36 s round)
 
 
 def weight(point: Point) -> float:
@@ -87,10 +95,17 @@ class Selection:
     delays_us: tuple[int, ...]
     rules: list[Rule]  # rules[i] stretches points[i]: ready for preload_env
     mode: SelectionMode
+    hypotheses: tuple[tuple[int, ...], ...] = ()  # sweep: indexes stretched together
 
     def describe(self) -> str:
         if not self.points:
             return f"auto trial {self.trial_index}: nothing to stretch"
+        if self.hypotheses:
+            hands = " | ".join(
+                " + ".join(f"{self.points[i].key} +{self.delays_us[i] / 1000:g} ms" for i in hand)
+                for hand in self.hypotheses
+            )
+            return f"auto trial {self.trial_index} (sweep of {len(self.hypotheses)}): {hands}"
         parts = "; ".join(
             f"{p.describe()} +{d / 1000:g} ms"
             for p, d in zip(self.points, self.delays_us, strict=True)
@@ -105,6 +120,7 @@ class Selection:
                 {"key": p.key, "delay_us": d}
                 for p, d in zip(self.points, self.delays_us, strict=True)
             ],
+            "hypotheses": [list(h) for h in self.hypotheses],
         }
 
 
@@ -212,7 +228,7 @@ class AutoPlanner:
             if self.memory.credits(p.key, self.hunted) > 0
             and self._tally[p.key].exploit_misses < self.exploit_tries
         ]
-        return sorted(ranked, key=lambda p: (-self.memory.credits(p.key, self.hunted), p.key))
+        return sorted(ranked, key=lambda p: (-self.memory.hazard(p.key, self.hunted), p.key))
 
     def _shuffle(self) -> list[Point]:
         """A weighted random permutation: sort by u^(1/w), largest first."""
@@ -240,18 +256,70 @@ class AutoPlanner:
                 trial_index, (best,), (delay,), [best.rule(delay)], SelectionMode.CREDITED
             )
         k = self._rng.randint(1, min(self.max_points, len(self.points)))
+        chosen = self._deal(k)
+        delays = tuple(self._next_delay(p) for p in chosen)
+        rules = [p.rule(d) for p, d in zip(chosen, delays, strict=True)]
+        return Selection(trial_index, tuple(chosen), delays, rules, SelectionMode.DECK)
+
+    def _deal(self, k: int, taken: Sequence[Point] = ()) -> list[Point]:
         chosen: list[Point] = []
         while len(chosen) < k:
             if not self._deck:
                 self._deck = self._shuffle()
-            pick = next((p for p in self._deck if p not in chosen), None)
-            if pick is None:  # the fresh deck's cards are all in this trial already
+            pick = next((p for p in self._deck if p not in chosen and p not in taken), None)
+            if pick is None:  # the fresh deck's cards are all in this hand already
                 break
             self._deck.remove(pick)
             chosen.append(pick)
-        delays = tuple(self._next_delay(p) for p in chosen)
-        rules = [p.rule(d) for p, d in zip(chosen, delays, strict=True)]
-        return Selection(trial_index, tuple(chosen), delays, rules, SelectionMode.DECK)
+        return chosen
+
+    def choose_sweep(self, trial_index: int, hands: int = SWEEP_HANDS) -> Selection:
+        """Several deck hands for one trial, stretched one at a time (``sweep.Sweep``):
+        a credited point first, alone, as in ``choose``; else up to ``hands`` hands of
+        1..``max_points`` points, while the rules fit the library (16, of them 4 watch
+        rules: a fifth store point is left on top of the deck for the next trial).
+        Hands the trial does not reach go back on top of the deck (``unreached``), so
+        every point is still dealt within a round or so."""
+        if not self.points or self._credited():
+            return self.choose(trial_index)
+        points: list[Point] = []
+        delays: list[int] = []
+        hypotheses: list[tuple[int, ...]] = []
+        watches = 0
+        skipped: list[Point] = []  # a fifth store: first in the next trial
+        for _ in range(2 * len(self.points)):  # bounded: a deck that cannot fit ends it
+            if len(hypotheses) >= hands or len(points) >= MAX_RULES:
+                break
+            k = self._rng.randint(1, min(self.max_points, len(self.points)))
+            hand: list[Point] = []
+            for card in self._deal(k):
+                if card.kind is PointKind.STORE:
+                    if watches >= MAX_WATCH_RULES:
+                        skipped.append(card)
+                        continue
+                    watches += 1
+                hand.append(card)
+            hand = hand[: MAX_RULES - len(points)]
+            if not hand:
+                continue
+            hypotheses.append(tuple(range(len(points), len(points) + len(hand))))
+            points.extend(hand)
+            delays.extend(self._next_delay(p) for p in hand)
+        self._deck = [p for p in dict.fromkeys(skipped) if p not in self._deck] + self._deck
+        rules = [p.rule(d) for p, d in zip(points, delays, strict=True)]
+        return Selection(
+            trial_index, tuple(points), tuple(delays), rules, SelectionMode.SWEEP, tuple(hypotheses)
+        )
+
+    def unreached(self, selection: Selection, reached: set[int]) -> None:
+        """Put the hands a sweep trial did not reach back on top of the deck."""
+        back = [
+            selection.points[i]
+            for h, hand in enumerate(selection.hypotheses)
+            if h not in reached
+            for i in hand
+        ]
+        self._deck = [p for p in dict.fromkeys(back) if p not in self._deck] + self._deck
 
     # -- learning --------------------------------------------------------------------------
     def record(
@@ -264,8 +332,14 @@ class AutoPlanner:
         hung_tid: int | None = None,
         last_good_monotonic_ns: int | None = None,
         hung_functions: frozenset[str] = frozenset(),
+        seconds: float = 0.0,
+        seconds_by_point: Sequence[float] | None = None,
     ) -> Attribution | None:
         """Count the trial's stretches; after a hang, name the point and credit it.
+
+        ``seconds``: of flood the selection was stretched in (to the hang, if any): the
+        memory's hazard of each point is its hangs over these seconds;
+        ``seconds_by_point`` (a sweep: ``seconds`` per point of the selection) instead.
 
         ``hung_functions``: for a deadlock, the functions in the blocked thread's frames
         (the attribution says whether its stretch is in them; see ``attribute``).
@@ -283,10 +357,13 @@ class AutoPlanner:
         rules = status.rules if status is not None else ()
         for i, point in enumerate(selection.points):
             triggers = rules[i].triggers if i < len(rules) else 0
+            spent = seconds if seconds_by_point is None else seconds_by_point[i]
+            if seconds_by_point is not None and spent <= 0 and triggers == 0:
+                continue  # a sweep's hand the trial never reached
             tally = self._tally.setdefault(point.key, _Tally())
             tally.trials += 1
             tally.triggers += triggers
-            self.memory.note_trial(point.key, triggers)
+            self.memory.note_trial(point.key, triggers, spent)
         hang = TrialOutcome(outcome) is TrialOutcome.HANG
         named_class = str(hang_class) if hang_class is not None else HangClass.UNKNOWN.value
         hit = hang and (self.hunted is None or named_class == self.hunted)
