@@ -35,7 +35,7 @@ from verifier.build.builder import Builder, BuildRequest
 from verifier.build.sanitizer import report_files, runtime_env
 from verifier.evidence.sanitizer import distinct
 from verifier.paths import CacheLayout, default_cache_dir
-from verifier.run.result import TrialResult
+from verifier.records.trial import TrialResult
 from verifier.run.server import HOST, MemcachedServer, ServerConfig
 from verifier.run.trial import sanitizer_dir
 from verifier.scenario import load_scenario

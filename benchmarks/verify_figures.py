@@ -34,7 +34,7 @@ from tabulate import tabulate
 
 from verifier.build.builder import Builder, BuildRequest
 from verifier.paths import CacheLayout, default_cache_dir
-from verifier.run.result import TrialResult
+from verifier.records.trial import TrialResult
 from verifier.scenario import load_scenario
 from verifier.source.select import choose_source
 from verifier.verify import SoakPlan, VerifyCore, VerifyOptions

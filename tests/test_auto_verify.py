@@ -16,8 +16,8 @@ from verifier.amplify.auto.planner import EXPLOIT_TRIES
 from verifier.build.builder import Builder, BuildRequest
 from verifier.errors import ExitStatus
 from verifier.paths import CacheLayout
+from verifier.records.trial import TrialResult
 from verifier.run.auto_plan import AutoPlan
-from verifier.run.result import TrialResult
 from verifier.scenario import load_scenario
 from verifier.source.select import SourceChoice
 from verifier.verify import SoakPlan, VerifyCore, VerifyOptions

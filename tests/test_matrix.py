@@ -23,10 +23,10 @@ from verifier.matrix.gate import CellState, GateReport, JudgedCell, judge
 from verifier.matrix.plan import cell_key
 from verifier.matrix.spec import parse_matrix
 from verifier.paths import CacheLayout
+from verifier.records.timeline import EventKind, Sample, Timeline
+from verifier.records.trial import TrialResult
 from verifier.report.html import render_html
 from verifier.report.junit import MAX_OUTPUT_CHARS, junit_xml
-from verifier.run.result import TrialResult
-from verifier.run.timeline import EventKind, Sample, Timeline
 from verifier.verdict.compare import ComparisonKind, SoakSummary, compare, summarize
 from verifier.verdict.verdict import OtherBug, Verdict
 from verifier.vocabulary import HangClass, HangProof, Liveness, TrialOutcome, VerdictKind

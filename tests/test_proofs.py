@@ -23,8 +23,8 @@ from verifier.evidence.spin import find_spin
 from verifier.evidence.symtab import SymbolTable
 from verifier.evidence.waitfor import find_deadlock, warm_up
 from verifier.probe.telnet import TelnetSession
+from verifier.records.trial import TrialResult
 from verifier.run.proofs import Prover, hold_bound
-from verifier.run.result import TrialResult
 from verifier.run.server import HOST, MemcachedServer
 from verifier.run.trial import TrialSettings, _Soak
 from verifier.stress import Flood, FloodConfig

@@ -23,7 +23,7 @@ from verifier.evidence.sanitizer import parse_report, read_reports
 from verifier.matrix.cells import CellOptions
 from verifier.matrix.spec import parse_matrix
 from verifier.paths import CacheLayout
-from verifier.run.result import TrialResult
+from verifier.records.trial import TrialResult
 from verifier.scenario import load_scenario
 from verifier.verdict.verdict import Expectation, decide
 from verifier.verify import VerifyOptions

@@ -8,7 +8,7 @@ import pytest
 
 from verifier.errors import BadInput, ExitStatus
 from verifier.evidence.classify import Diagnosis
-from verifier.run.result import FloodSummary, TrialResult
+from verifier.records.trial import FloodSummary, TrialResult
 from verifier.verdict.stats import (
     rate_lower_bound,
     rate_upper_bound,

@@ -28,9 +28,9 @@ from verifier.build.symbols import missing_symbols
 from verifier.build.toolchain import host_cores
 from verifier.errors import BadInput, NotApplicable
 from verifier.paths import CacheLayout
+from verifier.records.trial import TrialResult
 from verifier.run.amplifier import AmplifierPlan, plan_amplifier
 from verifier.run.auto_plan import AutoPlan, auto_plan
-from verifier.run.result import TrialResult
 from verifier.run.server import server_options_for
 from verifier.run.target import Target
 from verifier.run.trial import Progress, TrialSettings, flood_config, run_trial, server_config

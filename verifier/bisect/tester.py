@@ -20,7 +20,7 @@ from verifier.errors import (
     PatchAlreadyApplied,
     PatchDoesNotApply,
 )
-from verifier.run.result import TrialResult
+from verifier.records.trial import TrialResult
 from verifier.scenario import Scenario
 from verifier.verdict.verdict import OtherBug, reported
 from verifier.verify import SoakPlan, VerifyCore, VerifyOptions, unique_dir

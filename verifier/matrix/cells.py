@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-from verifier.run.result import TrialResult
+from verifier.records.trial import TrialResult
 from verifier.verdict.verdict import Verdict
 from verifier.vocabulary import TrialOutcome
 

@@ -25,9 +25,9 @@ from typing import Any
 
 from verifier.matrix.cells import CellResult
 from verifier.matrix.gate import CellState, GateReport, JudgedCell
+from verifier.records.timeline import Event, EventKind, Sample, Timeline
+from verifier.records.trial import TrialResult
 from verifier.report.matrix_grid import verdict_text
-from verifier.run.result import TrialResult
-from verifier.run.timeline import Event, EventKind, Sample, Timeline
 from verifier.vocabulary import TrialOutcome, VerdictKind
 
 KIND_COLOURS = {

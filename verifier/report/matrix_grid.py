@@ -6,8 +6,8 @@ from __future__ import annotations
 from verifier.errors import ExitStatus
 from verifier.matrix.cells import CellResult
 from verifier.matrix.gate import CellState, GateReport, JudgedCell
+from verifier.records.trial import TrialResult
 from verifier.report.table import table
-from verifier.run.result import TrialResult
 from verifier.vocabulary import TrialOutcome, VerdictKind
 
 

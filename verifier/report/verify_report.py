@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from verifier.evidence.sanitizer import SanitizerFinding
+from verifier.records.timeline import EventKind
+from verifier.records.trial import TrialResult
 from verifier.report.table import key_value_table, table
-from verifier.run.result import TrialResult
-from verifier.run.timeline import EventKind
 from verifier.util.atomic import write_json
 from verifier.verdict.verdict import is_other_bug, is_this_bug
 from verifier.verify import VerifyOutcome

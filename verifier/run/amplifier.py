@@ -24,7 +24,7 @@ from verifier.scenario import GdbHoldSpec, Scenario
 from verifier.vocabulary import AmplifierKind
 
 if TYPE_CHECKING:
-    from verifier.run.result import TrialResult
+    from verifier.records.trial import TrialResult
 
 
 @dataclass(frozen=True)

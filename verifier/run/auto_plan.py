@@ -23,9 +23,9 @@ from verifier.amplify.auto.symbols import data_symbols
 from verifier.amplify.counters import read_status
 from verifier.amplify.library import build_library
 from verifier.errors import VerifierError
+from verifier.records.trial import TrialResult
 from verifier.run.amplifier import AmplifierPlan
 from verifier.run.discovery import discover
-from verifier.run.result import TrialResult
 from verifier.run.server import ServerConfig
 from verifier.run.trial import AT_HANG
 from verifier.stress import FloodConfig

@@ -45,6 +45,8 @@ from verifier.evidence.sanitizer import read_reports
 from verifier.limits import CONFIRM_WINDOW_S
 from verifier.probe.parts import part_hung, probe_parts
 from verifier.probe.telnet import ProbeTimeout, TelnetSession, client_kind, probe_new_connection
+from verifier.records.timeline import EventKind, Sample
+from verifier.records.trial import FloodSummary, TrialResult
 from verifier.run.amplifier import AmplifierPlan
 from verifier.run.events import (
     SHUTDOWN_BOUND_S,
@@ -57,9 +59,7 @@ from verifier.run.events import (
 from verifier.run.gdb_hold import GdbHolder
 from verifier.run.progress import ProgressWatch, Stuck, load_works
 from verifier.run.proofs import CycleWatch, Prover, hold_bound
-from verifier.run.result import FloodSummary, TrialResult
 from verifier.run.server import HOST, MemcachedServer, ServerConfig
-from verifier.run.timeline import EventKind, Sample
 from verifier.scenario import Scenario
 from verifier.stress import Flood, FloodConfig, FloodStats
 from verifier.stress.workload_file import Event, EventAction

@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from verifier.run.result import TrialResult
+from verifier.records.trial import TrialResult
 from verifier.verdict.stats import rate_upper_bound, soak_for_fix
 from verifier.verdict.verdict import exposure_s, is_other_bug
 from verifier.vocabulary import HangClass, TrialOutcome

@@ -32,7 +32,7 @@ from typing import Any
 
 from verifier.errors import BadInput, ExitStatus
 from verifier.evidence.sanitizer import SanitizerFinding, distinct
-from verifier.run.result import TrialResult
+from verifier.records.trial import TrialResult
 from verifier.verdict.stats import describe_bound, rate_upper_bound
 from verifier.vocabulary import HangClass, HangProof, TrialOutcome, VerdictKind, WrongClass
 

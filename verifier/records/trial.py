@@ -9,7 +9,7 @@ from verifier.check.checker import CheckReport
 from verifier.check.witness import Witness
 from verifier.evidence.classify import Diagnosis
 from verifier.evidence.sanitizer import SanitizerFinding
-from verifier.run.timeline import Timeline
+from verifier.records.timeline import Timeline
 from verifier.stress.tally import ClientReport
 from verifier.vocabulary import HangClass, HangProof, Liveness, TrialOutcome
 
