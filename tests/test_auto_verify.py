@@ -57,6 +57,7 @@ def _other(report: dict[str, Any], trial: dict[str, Any]) -> bool:
     return any(b["trial"] == trial["index"] for b in report["verdict"]["other_bugs"])
 
 
+@pytest.mark.slow
 def test_auto_finds_names_and_remembers_the_1_4_6_self_deadlock(
     cache_layout: CacheLayout, tmp_path: Path
 ) -> None:

@@ -131,6 +131,7 @@ def _answers(document: dict) -> dict[tuple[str, str], tuple[str, str | None]]:
     }
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_dask_cluster_gives_the_same_answers_as_local(
     cluster: str, cache_layout: CacheLayout, tmp_path: Path
@@ -191,6 +192,7 @@ def _descendants(pid: int) -> dict[int, tuple[int, str]]:
     return below
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_worker_killed_mid_cell_is_retried_on_another_worker(
     cluster: str, cache_layout: CacheLayout, tmp_path: Path

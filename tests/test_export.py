@@ -214,6 +214,7 @@ def _run_script(script: Path, binary: Path, shim: Path, cache: CacheLayout, out:
     )
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_gate_script_exit_status_and_stderr(
     cache_layout: CacheLayout, pristine, tmp_path: Path

@@ -521,6 +521,7 @@ def test_without_the_expectation_the_hang_fails_the_gate(
     assert "MISSED (expected pass)" in result.stdout
 
 
+@pytest.mark.slow
 def test_rerun_is_all_cached_and_an_edited_patch_resoaks_only_its_cells(
     first_run, cache_layout: CacheLayout, gate_dir: Path
 ) -> None:

@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from verifier.paths import CacheLayout
 
 from conftest import FIXTURES, run_cli
@@ -23,6 +25,7 @@ def _verify(cache: CacheLayout, *args: str) -> tuple[int, str, dict]:
     return done.returncode, done.stdout + done.stderr, json.loads(Path(line.split()[1]).read_text())
 
 
+@pytest.mark.slow
 def test_a_lost_incr_is_wrong_result_with_a_two_operation_witness(
     cache_layout: CacheLayout, build_debian
 ) -> None:  # type: ignore[no-untyped-def]
@@ -58,6 +61,7 @@ def test_the_unpatched_build_is_never_wrong_on_the_same_workload(
     assert "no wrong answer in" in report["verdict"]["headline"]
 
 
+@pytest.mark.slow
 def test_a_page_move_that_never_finishes_is_stuck_progress_and_a_real_one_is_not(
     cache_layout: CacheLayout, build_debian
 ) -> None:  # type: ignore[no-untyped-def]

@@ -113,6 +113,7 @@ def test_asan_use_after_free_under_the_flood_is_a_crash_with_its_stacks(
     assert other.kind == ObservationKind.OTHER_BUG and other.other_bug is not None
 
 
+@pytest.mark.slow
 def test_the_same_use_after_free_is_silent_without_a_sanitizer(
     cache_layout: CacheLayout, tmp_path: Path
 ) -> None:
@@ -137,6 +138,7 @@ def test_asan_build_of_pristine_gives_a_bounded_pass(
     assert report["verdict"]["sanitizer"] is None
 
 
+@pytest.mark.slow
 def test_tsan_report_hunted_by_kind_is_a_wrong_result(
     cache_layout: CacheLayout, tmp_path: Path
 ) -> None:

@@ -120,6 +120,7 @@ def test_race_plus_fix_is_a_bounded_pass(cache_layout: CacheLayout, tmp_path: Pa
     assert trial["emfile_episodes"] >= 1
 
 
+@pytest.mark.slow
 def test_pristine_debian_is_a_bounded_pass(cache_layout: CacheLayout, tmp_path: Path) -> None:
     """No self-deadlock in Debian's 1.6.18. Its lost wake-up may show in this flood too; if
     it does, it is listed as another bug and does not decide this verdict."""
@@ -134,6 +135,7 @@ def test_pristine_debian_is_a_bounded_pass(cache_layout: CacheLayout, tmp_path: 
     assert sum(t["flood"]["cycles"] for t in report["trials"]) > 1000
 
 
+@pytest.mark.slow
 def test_lost_wakeup_fix_still_passes_maxconns_deadlock(
     cache_layout: CacheLayout, tmp_path: Path
 ) -> None:

@@ -566,7 +566,7 @@ def test_lost_wakeup_proven_from_state(pristine, cache_layout, tmp_path: Path) -
     ("maxconns", "concurrency", "amplify"),
     [
         pytest.param(24, 1500, "none", id="tiny-c-huge-flood"),
-        pytest.param(64, 400, "interpose", id="interposed"),
+        pytest.param(64, 400, "interpose", id="interposed", marks=pytest.mark.slow),
     ],
 )
 def test_healthy_saturated_server_is_never_proven(  # type: ignore[no-untyped-def]

@@ -130,7 +130,7 @@ class BugApplicability(enum.StrEnum):
     FIXED = "fixed in this version"  # the fix commit is an ancestor, or the version is past it
     NOT_YET = "not yet introduced"  # older than the commit (or release) that brought the bug
     NO_FEATURE = "feature not built"  # needs TLS, extstore, ... which this build lacks
-    NO_RUNNER = "no runner yet"  # its workload needs the workload runner (not on this branch)
+    NO_RUNNER = "no runner yet"  # a workload with no scenario file that runs it
 
 
 class FeaturePresence(enum.StrEnum):

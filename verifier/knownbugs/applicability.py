@@ -116,8 +116,8 @@ def decide(bug: KnownBug, facts: BuildFacts) -> Decision:
             return Decision(
                 bug,
                 BugApplicability.NO_RUNNER,
-                f"{why}, but a patch changes {touched[0]}; workload {bug.workload} needs the "
-                "workload runner (issue 16)",
+                f"{why}, but a patch changes {touched[0]}; workload {bug.workload} has no "
+                "scenario file to run it (recipes/scenarios/)",
             )
         return Decision(bug, state, why)
     for feature in bug.needs:
@@ -134,6 +134,6 @@ def decide(bug: KnownBug, facts: BuildFacts) -> Decision:
         return Decision(
             bug,
             BugApplicability.NO_RUNNER,
-            f"reached by workload {bug.workload}: needs the workload runner (issue 16)",
+            f"reached by workload {bug.workload}, which no scenario file runs yet",
         )
     return Decision(bug, BugApplicability.APPLICABLE, f"version {shown(facts.version)}")

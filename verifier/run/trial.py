@@ -35,6 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from verifier.amplify.spec import WatchRule
 from verifier.build.sanitizer import report_files, runtime_env
 from verifier.check.checker import check_files
 from verifier.errors import EnvironmentMissing, VerifierError
@@ -575,6 +576,7 @@ def run_trial(
                 server.stop(grace_s=0.0)  # evidence taken: nothing left to shut down cleanly
             elif result.outcome == TrialOutcome.CRASH:
                 _crash_details(result, server, binary, settings.symbols)
+                _blame_the_amplifier(result, amplifier)
     except EnvironmentMissing:
         raise
     except VerifierError as error:
@@ -741,6 +743,19 @@ def _read_sanitizer(result: TrialResult, folder: Path, trial_dir: Path) -> None:
         shutil.rmtree(folder, ignore_errors=True)
     if final.is_dir():
         result.sanitizer = read_reports(report_files(final))
+
+
+def _blame_the_amplifier(result: TrialResult, amplifier: AmplifierPlan) -> None:
+    """memcached raises no SIGTRAP: one while the amplifier's hardware watchpoints are armed
+    is the harness's failure (seen once in an auto warm-up on 1.4.5), never memcached's
+    CRASH."""
+    if result.crash_signal == "SIGTRAP" and any(isinstance(r, WatchRule) for r in amplifier.rules):
+        result.outcome = TrialOutcome.ERROR
+        result.error = (
+            "the server died by SIGTRAP while the amplifier's hardware watchpoints were armed: "
+            "a harness failure, not memcached's (it raises no SIGTRAP); evidence in "
+            f"{result.run_dir}"
+        )
 
 
 def _crash_details(
