@@ -166,6 +166,13 @@ def _churn_shape(group: Group) -> FloodShape | None:
     return FloodShape(group.clients, group.commands) if plain else None
 
 
+def _main_command(group: Group) -> str:
+    """The command a group sends most (``watch`` for watchers)."""
+    if not group.commands:
+        return "watch"
+    return max(group.commands, key=lambda pair: pair[1])[0]
+
+
 def with_workload(
     scenario: Scenario, workload: Workload, exercise: Exercise | None = None
 ) -> Scenario:
@@ -180,8 +187,11 @@ def with_workload(
         else:
             rest.append(group)
     groups = replace(workload, groups=tuple(rest)) if rest else None
-    if exercise is None:
-        exercise = Exercise(emfile=churn.concurrency > 0 and not rest)
+    if exercise is None:  # each group must have done what it is there for, once at least
+        exercise = Exercise(
+            emfile=churn.concurrency > 0 and not rest,
+            commands=tuple(dict.fromkeys(_main_command(g) for g in rest)),
+        )
     if not (churn.concurrency or rest):
         raise BadInput(f"workload {workload.name} has no client group")
     fits = scenario.maxconns - 8  # the held connection, probes and memcached's own fds

@@ -517,7 +517,11 @@ def run_trial(
     )
     reports = sanitizer_dir(trial_dir, settings.sanitizer)
     env = {**amplifier.env(binary, status_file), **runtime_env(settings.sanitizer, reports)}
-    config = server_config(binary, scenario, settings, env, trial_dir / "scratch")
+    scratch = None
+    if scenario.workload is not None and scenario.workload.server.extstore_mb is not None:
+        # memcached runs as nobody, and the run folder may sit under root's 0700 cache
+        scratch = Path(tempfile.mkdtemp(prefix="verifier-extstore-"))
+    config = server_config(binary, scenario, settings, env, scratch)
     server = MemcachedServer(config, trial_dir / "server.log")
 
     def triggers() -> int:
@@ -531,6 +535,8 @@ def run_trial(
         with contextlib.ExitStack() as stack:
             # registered first, so it runs last: after everything else, even on errors
             stack.callback(lambda: write_json(trial_dir / "trial.json", result.to_json()))
+            if scratch is not None:
+                stack.callback(shutil.rmtree, scratch, True)
             stack.callback(_read_sanitizer, result, reports, trial_dir)  # after the server
             stack.callback(server.stop)
             server.start()
