@@ -593,3 +593,20 @@ def test_unreadable_history_file_is_bad_input(tmp_path: Path) -> None:
         check_files([path])
     with pytest.raises(BadInput, match="history unreadable"):
         check_files([tmp_path / "missing.jsonl"])
+
+
+def test_a_search_violation_is_not_named_lost_update_by_a_twin_far_apart() -> None:
+    """The search proves the history wrong; naming it lost-update needs a twin answer that
+    ran at the same time (tests/test_oracles.py shows one on the reintroduced race). The
+    same number far apart in time, a set between, is no witness."""
+    N, S, G = Result.NUMBER, Result.STORED, Result.HIT
+    far = [
+        op("a", OpKind.SET, 0, 1, S, value="9"),
+        op("a", OpKind.INCR, 2, 3, N, delta=1, number=10),
+        op("b", OpKind.SET, 4, 5, S, value="9"),
+        op("b", OpKind.INCR, 6, 7, N, delta=1, number=10),
+        op("c", OpKind.GET, 8, 9, G, value="12"),  # nothing wrote 12: no order explains it
+    ]
+    assert classes(verdict(far)) == {
+        WrongClass.NOT_LINEARIZABLE
+    } or WrongClass.LOST_UPDATE not in classes(verdict(far))

@@ -183,12 +183,12 @@ def _search_witness(
         wrong = WrongClass.CAS_CHANGED
     twin = _same_answer(ops, stuck.blocking)
     if twin is not None:
-        # An arithmetic answer the search cannot place, and an earlier one on the key gave
-        # the same number: one of the two updates worked on a value the other had replaced.
+        # An arithmetic answer the search cannot place, and a concurrent twin of the same
+        # kind and delta gave the same number: one of the two worked on a stale value.
         sentence = (
-            f"{brief(blocking, origin)} repeats the answer of {brief(ops[twin], origin)}, and "
-            "no order of the operations between them explains it (the search found none): "
-            "one update was applied to a stale value, so an update was lost"
+            f"{brief(blocking, origin)} and {brief(ops[twin], origin)} ran at the same time "
+            "and answered the same number, and no order of the history explains the answers "
+            "(the search found none): one update was applied to a stale value and lost"
         )
         return make_witness(
             WrongClass.LOST_UPDATE, key, (ops[twin], blocking), sentence, origin,
@@ -222,23 +222,26 @@ _ARITHMETIC = (OpKind.INCR, OpKind.DECR, OpKind.INCR_INIT)
 
 
 def _same_answer(ops: Sequence[Op], index: int) -> int | None:
-    """The latest other arithmetic op on the key, called before ``ops[index]`` returned,
-    that answered the same number (None when the stuck op is no such answer)."""
+    """Another arithmetic op on the key, running at the same time as ``ops[index]`` (their
+    call-return intervals overlap), of the same kind and delta, that answered the same
+    number (None when the stuck op has no such twin). A twin further away in time proves
+    nothing: a counter may come back to a number after a set or a decr."""
     op = ops[index]
     if op.kind not in _ARITHMETIC or op.result is not Result.NUMBER or op.return_ns is None:
         return None
-    best = None
     for i, other in enumerate(ops):
         if (
             i != index
-            and other.kind in _ARITHMETIC
+            and other.kind is op.kind
+            and other.delta == op.delta
             and other.result is Result.NUMBER
             and other.number == op.number
+            and other.return_ns is not None
             and other.call_ns <= op.return_ns
-            and (best is None or other.call_ns > ops[best].call_ns)
+            and op.call_ns <= other.return_ns
         ):
-            best = i
-    return best
+            return i
+    return None
 
 
 def check_history(
