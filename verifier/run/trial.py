@@ -140,6 +140,7 @@ class _Soak:
         pause_stretches: Callable[[bool], None],
         events: tuple[Event, ...] = (),
         tick: Callable[[float, int], None] = lambda now_s, cycles: None,
+        workload: bool = False,
     ) -> None:
         self.result = result
         self.server = server
@@ -162,6 +163,7 @@ class _Soak:
         self.stopped_by: Due | None = None  # the event that asked the server to stop
         self.background = ProgressWatch(load_works())
         self.parts_at = 0.0  # soak time of the last per-worker round
+        self.workload = workload  # the scenario has client groups (per-worker rounds run)
 
     # -- the loop --------------------------------------------------------------------------
     def run(self) -> None:
@@ -404,9 +406,14 @@ class _Soak:
     def _parts_due(self) -> bool:
         """Every PARTS_EVERY_S, one round of per-worker set/get/stats: True when an
         operation failed on a connection that did connect (a refused or unanswered
-        connect is the saturation the stats probe already judges)."""
+        connect is the saturation the stats probe already judges). Only beside a
+        workload: under a churn flood the listener's backlog holds such connections
+        unaccepted whenever it hits EMFILE, and the stats probe covers that path."""
         now = self.clock.now()
-        if now - self.parts_at < PARTS_EVERY_S:
+        if not self.workload or now - self.parts_at < PARTS_EVERY_S:
+            return False
+        fds = fd_usage(self.server.pid)
+        if fds is not None and fds.exhausted:
             return False
         self.parts_at = now
         results = probe_parts(HOST, self.server.port, self.settings.threads, PART_TIMEOUT_S)
@@ -567,6 +574,7 @@ def run_trial(
                 functools.partial(amplifier.pause, status_file),
                 scenario.workload.events if scenario.workload else (),
                 functools.partial(amplifier.tick, status_file),
+                scenario.workload is not None,
             )  # fmt: skip
             stack.callback(flood.stop)  # also when the summary below fails
             stack.callback(_summarise_flood, result, flood, soak)
