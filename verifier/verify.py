@@ -339,7 +339,7 @@ class VerifyCore:
             amplifier.observe(trial)
             if trial.clients is not None:
                 trial.clients.left_out = list(prepared.left_out)
-            if trial.stretched:  # what auto stretched and named, learned after the trial
+            if trial.stretched or prepared.left_out:  # known only here, after the trial
                 write_json(Path(trial.run_dir) / "trial.json", trial.to_json())
             trials.append(trial)
             spent += trial.soak_s
