@@ -17,6 +17,8 @@ import signal
 import socket
 from dataclasses import dataclass, field
 
+from verifier.stress.protocol.base import Command
+from verifier.stress.protocol.codecs import codec_for
 from verifier.stress.workload_file import Event, EventAction
 
 SHUTDOWN_BOUND_S = 10.0  # a server asked to stop has this long to exit
@@ -32,7 +34,6 @@ class Due:
 @dataclass
 class EventClock:
     events: tuple[Event, ...]
-    fired: list[str] = field(default_factory=list)  # "SIGUSR1 at 5.0 s", for the report
     _next: dict[int, float] = field(default_factory=dict)
     _count: dict[int, int] = field(default_factory=dict)
 
@@ -67,7 +68,7 @@ def send_signal(pid: int, name: str) -> None:
 def send_shutdown(host: str, port: int, graceful: bool, timeout_s: float = 2.0) -> str:
     """Send ``shutdown`` (or ``shutdown graceful``) on a new connection; what came back
     (often nothing: the server closes the connection as it stops)."""
-    line = b"shutdown graceful\r\n" if graceful else b"shutdown\r\n"
+    line = codec_for("ascii").encode(Command("shutdown", arg="graceful" if graceful else ""))
     try:
         with socket.create_connection((host, port), timeout=timeout_s) as sock:
             sock.sendall(line)

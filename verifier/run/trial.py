@@ -22,6 +22,7 @@ and says so. On a HANG the evidence is taken while the held connection stays ope
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import functools
 import math
@@ -611,7 +612,9 @@ def server_config(
     workload: tuple[str, ...] = ()
     if scenario.workload is not None:
         if scenario.workload.server.extstore_mb is not None:
-            scratch = scratch or Path(tempfile.mkdtemp(prefix="verifier-scratch-"))
+            if scratch is None:  # a caller with no trial folder (auto's discovery run)
+                scratch = Path(tempfile.mkdtemp(prefix="verifier-extstore-"))
+                atexit.register(shutil.rmtree, scratch, True)
             scratch.mkdir(parents=True, exist_ok=True)
             scratch.chmod(0o1777)  # the server runs as nobody
         workload = scenario.workload.server.args(scratch=scratch)
@@ -669,8 +672,6 @@ def _count_triggers(result: TrialResult, triggers: Callable[[], int]) -> None:
 def _summarise_flood(result: TrialResult, flood: Flood, soak: _Soak) -> None:
     stats = flood.stop()
     result.clients = flood.client_report()
-    if result.clients is not None:
-        result.clients.events = list(result.events)
     result.flood = FloodSummary(
         cycles=stats.cycles,
         ops=stats.ops,

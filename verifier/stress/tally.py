@@ -120,7 +120,6 @@ class ClientReport:
 
     commands: list[CommandSeen] = field(default_factory=list)
     left_out: list[str] = field(default_factory=list)  # not in this build: never sent
-    events: list[str] = field(default_factory=list)  # what the schedule did, with times
     history_ops: int = 0  # operations recorded for the checker
     processes_reporting: int = 0
     processes: int = 0
@@ -129,7 +128,6 @@ class ClientReport:
         return {
             "commands": [c.to_json() for c in self.commands],
             "left_out": self.left_out,
-            "events": self.events,
             "history_ops": self.history_ops,
             "processes_reporting": self.processes_reporting,
             "processes": self.processes,
@@ -142,7 +140,6 @@ class ClientReport:
         return cls(
             [CommandSeen.from_json(c) for c in data.get("commands", [])],
             list(data.get("left_out", [])),
-            list(data.get("events", [])),
             int(data.get("history_ops", 0)),
             int(data.get("processes_reporting", 0)),
             int(data.get("processes", 0)),
