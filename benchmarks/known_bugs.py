@@ -3,18 +3,22 @@
     .venv/bin/python benchmarks/known_bugs.py --repo PATH [--bug ID ...] [--runs 5]
         [--budget 600] [--told-soak 60] [--none-runs 1] [--no-bisect] [--cache-dir DIR]
 
-PATH is a local clone of upstream memcached (with its tags). Per runnable bug (one with a
-scenario; the ones that need the workload runner are listed as such), side by side:
+PATH is a local clone of upstream memcached (with its tags). Per bug (controls and bugs
+whose build needs a feature these builds lack, such as TLS, are listed as not run), side
+by side:
 
   told     its own scenario and amplifier hints, ``--runs`` times; each run stops at the
-           first HANG/CRASH or after ``--budget`` seconds of soak (trials of ``--told-soak``)
-  untold   ``--scenario flood --amplify auto`` hunting the bug's class, from an empty memory,
-           ``--runs`` times under the same budget (``everything`` is not on this branch yet)
+           first HANG/CRASH/WRONG RESULT or after ``--budget`` seconds of soak (trials of
+           ``--told-soak``)
+  untold   ``--scenario everything --amplify auto`` (told nothing: all of memcached with the
+           connection churn, hunting any class), from an empty memory, ``--runs`` times under
+           the same budget; ``--untold flood`` uses the connection flood instead
   none     its scenario with no amplifier, ``--none-runs`` times, one trial of the budget
   fixed    the first fixed release under the told scenario, the same budget: a bounded PASS
            (any HANG/CRASH is a false verdict)
   bisect   ``verifier bisect --find-fix --bad LAST_BAD --good FIRST_FIXED``: the commit named,
-           whether it is one of the bug's upstream fixes, and the wall time
+           whether it is one of the bug's upstream fixes, and the wall time (not run when no
+           told run exposed the bug: the bisect's first check would find no bad end)
 
 Time to expose is wall seconds from verify's start (build cached; auto: discovery included)
 to the verdict, median over the runs that exposed it. Figures taken on a shared machine are
@@ -46,12 +50,14 @@ from verifier.vocabulary import AmplifierKind, VerdictKind
 
 ROOT = Path(__file__).resolve().parent.parent
 AUTO_SOAK_S = 15.0  # per auto trial, as auto_figures.py
+BISECT_TIMEOUT_S = 1200.0
 
 
 @dataclass(frozen=True)
 class Run:
     seconds: float
-    exposed: bool
+    exposed: bool  # the bug's kind of verdict
+    named: bool  # and its class
     headline: str
 
 
@@ -65,12 +71,18 @@ def release_before(tags: list[str], version: Version) -> str | None:
     return max(releases)[1] if releases else None
 
 
-def exposed_by(bug: KnownBug, kind: VerdictKind, hang_class: object) -> bool:
-    """Does a verdict show this bug (its kind, and its class when the bug names one)?"""
+def exposed_by(bug: KnownBug, kind: VerdictKind) -> bool:
+    """Does a verdict show this bug? Its kind (HANG, WRONG RESULT, CRASH); whether the class
+    matches too is counted apart (``named``)."""
+    return kind == bug.bug_class.kind
+
+
+def named_as(bug: KnownBug, hang_class: object, wrong_class: object) -> bool:
+    """Does the verdict's class name this bug's (always, when the bug names none)?"""
     wanted = bug.bug_class
-    if kind != wanted.kind:
-        return False
-    return wanted.hang_class is None or hang_class == wanted.hang_class
+    if wanted.hang_class is not None:
+        return hang_class == wanted.hang_class
+    return wanted.wrong_class is None or wrong_class == wanted.wrong_class
 
 
 def verify_once(
@@ -80,7 +92,9 @@ def verify_once(
     outcome = core.verify(request, options, work)
     seconds = time.monotonic() - started
     verdict = outcome.verdict
-    run = Run(seconds, exposed_by(bug, verdict.kind, verdict.hang_class), verdict.headline)
+    exposed = exposed_by(bug, verdict.kind)
+    named = exposed and named_as(bug, verdict.hang_class, verdict.wrong_class)
+    run = Run(seconds, exposed, named, verdict.headline)
     mode = options.amplify or "told"
     print(f"  {bug.id} {mode}: {verdict.headline[:70]} in {seconds:.1f} s", flush=True)
     return run
@@ -92,7 +106,9 @@ def summary(runs: list[Run]) -> str:
     hit = [r.seconds for r in runs if r.exposed]
     if not hit:
         return f"0/{len(runs)}"
-    return f"{len(hit)}/{len(runs)}, median {statistics.median(hit):.1f} s"
+    named = sum(r.named for r in runs)
+    also = "" if named == len(hit) else f" ({named} named by class)"
+    return f"{len(hit)}/{len(runs)}, median {statistics.median(hit):.1f} s{also}"
 
 
 def bisect_fix(repo: Path, bug: KnownBug, bad: str, good: str, cache: Path) -> list[str]:
@@ -101,7 +117,12 @@ def bisect_fix(repo: Path, bug: KnownBug, bad: str, good: str, cache: Path) -> l
     argv += ["--bad", bad, "--good", good, "--scenario", bug.scenario.name]
     argv += ["--cache-dir", str(cache)]
     started = time.monotonic()
-    done = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT)
+    try:
+        done = subprocess.run(
+            argv, capture_output=True, text=True, cwd=ROOT, timeout=BISECT_TIMEOUT_S
+        )
+    except subprocess.TimeoutExpired:  # run() kills the bisect (its servers die with it)
+        return ["-", "-", f"> {BISECT_TIMEOUT_S:.0f} s (stopped)"]
     wall = time.monotonic() - started
     report = next(
         (
@@ -131,13 +152,16 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=600.0, help="seconds of soak per run")
     parser.add_argument("--told-soak", type=float, default=60.0, help="seconds per told trial")
     parser.add_argument("--no-bisect", action="store_true")
+    parser.add_argument("--untold", default="everything", help="the untold column's scenario")
+    parser.add_argument("--columns", default="told,untold,none,fixed", help="which to run")
     parser.add_argument("--cache-dir", type=Path, default=None)
     args = parser.parse_args()
     cache = CacheLayout((args.cache_dir or default_cache_dir()).expanduser().resolve())
     source = choose_source(str(args.repo.resolve()), None, cache)
     builder = Builder(cache.builds, cache.locks)
     tags = source.git.tags()
-    flood = load_scenario("flood")
+    generic = load_scenario(args.untold)
+    columns = set(args.columns.split(","))
     rows, waiting = [], []
     with tempfile.TemporaryDirectory(prefix="known-bugs-") as tmp:
         work = Path(tmp)
@@ -145,7 +169,10 @@ def main() -> None:
             if bug.control:
                 continue
             if bug.scenario is None:
-                waiting.append(f"{bug.id}: workload {bug.workload} needs the workload runner")
+                waiting.append(f"{bug.id}: no scenario")
+                continue
+            if "tls" in bug.needs:
+                waiting.append(f"{bug.id}: needs a TLS build (these builds lack --enable-tls)")
                 continue
             if bug.first_fixed is not None:
                 fixed = ".".join(map(str, bug.first_fixed))
@@ -165,7 +192,7 @@ def main() -> None:
             told_trials = max(1, int(args.budget // args.told_soak))
             told = VerifyOptions(bug.scenario, trials=told_trials, soak_s=args.told_soak)
             untold = VerifyOptions(
-                flood,
+                generic,
                 amplify=AmplifierKind.AUTO,
                 hunt=bug.bug_class.hang_class,
                 trials=max(1, int(args.budget // AUTO_SOAK_S)),
@@ -176,20 +203,33 @@ def main() -> None:
             )
             results: dict[str, list[Run]] = {"told": [], "untold": [], "none": []}
             for i in range(args.runs):
-                core = VerifyCore(builder, cache.tools)
-                results["told"].append(verify_once(core, bad_request, told, work / f"t{i}", bug))
-                fresh = VerifyCore(builder, cache.tools, auto_dir=work / f"auto-{bug.id}-{i}")
-                results["untold"].append(
-                    verify_once(fresh, bad_request, untold, work / f"u{i}", bug)
-                )
-            for i in range(args.none_runs):
+                if "told" in columns:
+                    core = VerifyCore(builder, cache.tools)
+                    told_run = verify_once(core, bad_request, told, work / f"t{i}", bug)
+                    results["told"].append(told_run)
+                if "untold" in columns:
+                    fresh = VerifyCore(builder, cache.tools, auto_dir=work / f"auto-{bug.id}-{i}")
+                    results["untold"].append(
+                        verify_once(fresh, bad_request, untold, work / f"u{i}", bug)
+                    )
+            for i in range(args.none_runs if "none" in columns else 0):
                 core = VerifyCore(builder, cache.tools)
                 results["none"].append(verify_once(core, bad_request, none, work / f"n{i}", bug))
-            core = VerifyCore(builder, cache.tools)
-            fixed_run = core.verify(fixed_request, told, work / "fixed")
-            false_verdict = fixed_run.verdict.kind in (VerdictKind.HANG, VerdictKind.CRASH)
+            fixed_headline = "not run"
+            if "fixed" in columns:
+                core = VerifyCore(builder, cache.tools)
+                fixed_run = core.verify(fixed_request, told, work / "fixed")
+                false = fixed_run.verdict.kind in (
+                    VerdictKind.HANG,
+                    VerdictKind.CRASH,
+                    VerdictKind.WRONG,
+                )
+                fixed_headline = ("FALSE " if false else "") + fixed_run.verdict.headline[:48]
+                print(f"  {bug.id} fixed: {fixed_run.verdict.headline[:70]}", flush=True)
             if args.no_bisect or bug.first_fixed is None:
                 found = ["not run", "-", "-"]
+            elif not any(r.exposed for r in results["told"]):
+                found = ["not run: no told run exposed it", "-", "-"]
             else:
                 found = bisect_fix(args.repo.resolve(), bug, bad, fixed, cache.root)
             rows.append(
@@ -200,7 +240,7 @@ def main() -> None:
                     summary(results["told"]),
                     summary(results["untold"]),
                     summary(results["none"]),
-                    ("FALSE " if false_verdict else "") + fixed_run.verdict.headline[:48],
+                    fixed_headline,
                     *found,
                 ]
             )
@@ -209,7 +249,8 @@ def main() -> None:
         f"verdict; {args.runs} told and untold runs, {args.none_runs} without amplifier, "
         f"budget {args.budget:.0f} s of soak each"
     )
-    headers = ["bug", "releases", "class", "told", "untold (auto)", "none", "fixed release"]
+    headers = ["bug", "releases", "class", "told", f"untold ({args.untold} + auto)", "none"]
+    headers += ["fixed release"]
     headers += ["find-fix names", "upstream fix?", "bisect wall"]
     print(tabulate(rows, headers=headers))
     for line in waiting:
