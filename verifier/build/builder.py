@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
-from git import GitCommandError
+from git import GitCommandError, Repo
 
 from verifier.build.cache import BuildCache, BuildMeta, BuildStatus, CacheEntry, PatchRecord
 from verifier.build.isolation import (
@@ -206,13 +206,16 @@ def _version_of(request: BuildRequest, sha: str) -> tuple[tuple[int, int, int], 
     return version, describe
 
 
-def _require_tls(request: BuildRequest, sha: str, describe: str) -> None:
-    """--tls needs a configure.ac that knows --enable-tls (upstream 1.5.13 on)."""
+def configure_has_tls(repo: Repo, sha: str) -> bool:
+    """Does the source's configure.ac know --enable-tls (upstream 1.5.13 on)?"""
     try:
-        configure_ac = request.source.git.repo.git.show(f"{sha}:configure.ac")
+        return "enable-tls" in repo.git.show(f"{sha}:configure.ac")
     except GitCommandError:
-        configure_ac = ""
-    if "enable-tls" not in configure_ac:
+        return False
+
+
+def _require_tls(request: BuildRequest, sha: str, describe: str) -> None:
+    if not configure_has_tls(request.source.git.repo, sha):
         raise NoTls(
             f"--tls: {describe} has no ./configure --enable-tls (TLS arrived in memcached 1.5.13)"
         )
