@@ -273,6 +273,7 @@ BAD_WORKLOADS = {
     "a signal that fakes a hang": '[[group]]\nname = "g"\n[[event]]\nat_s = 1\naction = "signal"\nsignal = "SIGSTOP"\n',
     "unjudgeable check": '[[group]]\nname = "g"\ncheck = true\ncommands = { stats = 1 }\n',
     "not toml": "[[group\n",
+    "tls not a boolean": '[[group]]\nname = "g"\ntls = "yes"\n',
 }  # fmt: skip
 
 
