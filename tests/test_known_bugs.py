@@ -10,6 +10,7 @@ import json
 import shutil
 import socket
 import struct
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +114,8 @@ def test_applicability_on_debians_1_6_18(debian_source: SourceChoice) -> None:
     assert states["listener-lost-wakeup"] == BugApplicability.APPLICABLE  # not fixed upstream
     assert states["slab-mover-spin"] == BugApplicability.NOT_YET  # first in 1.6.34
     assert states["tls-pipelined-sets"] == BugApplicability.NO_FEATURE
+    with_tls = replace(facts, tls=True)  # known-bugs --tls: built with --enable-tls
+    assert decide(bugs["tls-pipelined-sets"], with_tls).state == BugApplicability.APPLICABLE
     assert states["pagemove-cas"] == BugApplicability.APPLICABLE  # fixed in 1.6.24: still there
     # the 1.4.6 race fixture changes maxconns_handler's call: the fixed bug is soaked again
     patched = _facts(debian_source, (1, 6, 18), RACE_FIXTURE)

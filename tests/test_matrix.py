@@ -83,6 +83,7 @@ def test_matrix_file_parses_with_paths_relative_to_the_file(tmp_path: Path) -> N
         (lambda t: t.replace('sources = ["debian"]', "sources = []"), "sources is empty"),
         (lambda t: t.replace('sources = ["debian"]', 'sources = ["../nowhere"]'), "no such"),
         (lambda t: t + "\n[patch_sets\n", "not valid TOML"),
+        (lambda t: 'tls = "yes"\n' + t, "tls must be true or false"),
     ],
 )
 def test_bad_matrix_files_fail_up_front_with_one_line(tmp_path: Path, change, message) -> None:
@@ -219,6 +220,9 @@ def test_cell_key_changes_with_each_input_and_only_then() -> None:
         varied = list(base)
         varied[index] = changed
         assert cell_key(*varied) != key, index
+    tls = list(base)
+    tls[4] = CellOptions(2, 5.0, tls=True)  # a TLS build is another binary
+    assert cell_key(*tls) != key
 
 
 # --- reports from synthetic cells (pure) -----------------------------------------------------

@@ -254,7 +254,7 @@ def test_the_churn_workload_is_the_flood_and_keeps_its_fast_path() -> None:
     assert churned.exercise.emfile
     everything = load_scenario("everything")
     assert everything.flood.concurrency == 200
-    assert everything.workload is not None and len(everything.workload.groups) == 8
+    assert everything.workload is not None and len(everything.workload.groups) == 9
 
 
 BAD_WORKLOADS = {
@@ -273,6 +273,7 @@ BAD_WORKLOADS = {
     "a signal that fakes a hang": '[[group]]\nname = "g"\n[[event]]\nat_s = 1\naction = "signal"\nsignal = "SIGSTOP"\n',
     "unjudgeable check": '[[group]]\nname = "g"\ncheck = true\ncommands = { stats = 1 }\n',
     "not toml": "[[group\n",
+    "tls not a boolean": '[[group]]\nname = "g"\ntls = "yes"\n',
 }  # fmt: skip
 
 

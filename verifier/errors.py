@@ -88,6 +88,10 @@ class NotApplicable(VerifierError):
     status = ExitStatus.NOT_APPLICABLE
 
 
+class NoTls(NotApplicable):
+    """--tls asked of a source whose configure has no --enable-tls (before 1.5.13)."""
+
+
 class HarnessError(VerifierError):
     status = ExitStatus.HARNESS_ERROR
 

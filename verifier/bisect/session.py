@@ -345,6 +345,8 @@ def resume_key(
     if request.sanitizer is not None or options.hunt_report is not None:  # else keys as before
         params["sanitizer"] = str(request.sanitizer or "")
         params["hunt_report"] = options.hunt_report
+    if request.tls:  # a TLS build is another binary
+        params["tls"] = True
     return params, digest(params)[:16]
 
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
-from git import GitCommandError
+from git import GitCommandError, Repo
 
 from verifier.build.cache import BuildCache, BuildMeta, BuildStatus, CacheEntry, PatchRecord
 from verifier.build.isolation import (
@@ -48,7 +48,7 @@ from verifier.build.toolchain import (
     detect_toolchain,
 )
 from verifier.build.versions import parse_version
-from verifier.errors import BuildFailed, NoSanitizer
+from verifier.errors import BuildFailed, NoSanitizer, NoTls
 from verifier.patch.apply import PatchFile, PatchOutcome, apply_patch
 from verifier.resources import recipes_dir
 from verifier.source.select import SourceChoice
@@ -115,6 +115,12 @@ class BuildRequest:
     rebuild: bool = False
     build_user: str | None = None  # None: $VERIFIER_BUILD_USER, else nobody (root only)
     sanitizer: Sanitizer | None = None  # --sanitize: its flags are added to cflags
+    tls: bool = False  # --tls: ./configure --enable-tls (1.5.13+; needs libssl-dev)
+
+    @property
+    def configure_args(self) -> tuple[str, ...]:
+        """Arguments added to the recipe's configure step."""
+        return ("--enable-tls",) if self.tls else ()
 
     @property
     def effective_cflags(self) -> str | None:
@@ -200,6 +206,21 @@ def _version_of(request: BuildRequest, sha: str) -> tuple[tuple[int, int, int], 
     return version, describe
 
 
+def configure_has_tls(repo: Repo, sha: str) -> bool:
+    """Does the source's configure.ac know --enable-tls (upstream 1.5.13 on)?"""
+    try:
+        return "enable-tls" in repo.git.show(f"{sha}:configure.ac")
+    except GitCommandError:
+        return False
+
+
+def _require_tls(request: BuildRequest, sha: str, describe: str) -> None:
+    if not configure_has_tls(request.source.git.repo, sha):
+        raise NoTls(
+            f"--tls: {describe} has no ./configure --enable-tls (TLS arrived in memcached 1.5.13)"
+        )
+
+
 def build_key(
     sha: str,
     patches: list[PatchFile],
@@ -207,6 +228,7 @@ def build_key(
     recipe: Recipe,
     toolchain: Toolchain,
     sanitizer: Sanitizer | None = None,
+    tls: bool = False,
 ) -> str:
     parts: list[object] = [
         "memcached-build/1",
@@ -218,6 +240,8 @@ def build_key(
     ]
     if sanitizer is not None:  # unsanitized keys stay what they were
         parts.append(f"sanitize={sanitizer}")
+    if tls:  # plain keys stay what they were
+        parts.append("tls")
     return digest(*parts)[:20]
 
 
@@ -258,7 +282,11 @@ class Builder:
                 f"recipe {recipe.path.name} does not build {describe} with "
                 f"--sanitize {request.sanitizer} (known to work: {known})"
             )
-        key = build_key(sha, patches, request.reverse, recipe, toolchain, request.sanitizer)
+        if request.tls:
+            _require_tls(request, sha, describe)
+        key = build_key(
+            sha, patches, request.reverse, recipe, toolchain, request.sanitizer, request.tls
+        )
         return _Plan(sha, describe, recipe, patches, toolchain, key, user)
 
     def is_cached(self, request: BuildRequest) -> bool:
@@ -320,7 +348,9 @@ class Builder:
                     outcomes: list[PatchOutcome] = [
                         apply_patch(area.tree, patch, reverse=request.reverse) for patch in ordered
                     ]
-                    steps = _run_recipe(area, plan.recipe, plan.toolchain, log_path)
+                    steps = _run_recipe(
+                        area, plan.recipe, plan.toolchain, log_path, request.configure_args
+                    )
                 if steps.failure is None:
                     area.collect(staging / "tree")
             notes = [outcome.describe() for outcome in outcomes]
@@ -357,6 +387,7 @@ def _meta(
         recipe=plan.recipe.path.name,
         toolchain=plan.toolchain.identity(),
         sanitizer=str(request.sanitizer or ""),
+        tls=request.tls,
         build_user=plan.user.name if plan.user else current_user_name(),
         created=time.time(),
         phases=steps.phases,
@@ -389,20 +420,28 @@ def _date_generated_files(tree: Path, generated: tuple[str, ...]) -> None:
             os.utime(tree / name, (stamp, stamp), follow_symlinks=False)
 
 
-def _steps(tree: Path, recipe: Recipe, toolchain: Toolchain) -> list[tuple[str, tuple[str, ...]]]:
+def _steps(
+    tree: Path, recipe: Recipe, toolchain: Toolchain, configure_args: tuple[str, ...] = ()
+) -> list[tuple[str, tuple[str, ...]]]:
     steps: list[tuple[str, tuple[str, ...]]] = []
     if (tree / "configure").is_file():
         _date_generated_files(tree, recipe.touch_generated)
     else:
         check_autotools()
         steps += [("autogen", cmd) for cmd in recipe.autogen]
-    steps.append(("configure", (*recipe.configure, f"CFLAGS={toolchain.cflags}")))
+    steps.append(("configure", (*recipe.configure, *configure_args, f"CFLAGS={toolchain.cflags}")))
     steps += [("post_configure", cmd) for cmd in recipe.post_configure]
     steps += [("make", cmd) for cmd in recipe.make_commands(toolchain.make, toolchain.jobs)]
     return steps
 
 
-def _run_recipe(area: BuildArea, recipe: Recipe, toolchain: Toolchain, log_path: Path) -> _Steps:
+def _run_recipe(
+    area: BuildArea,
+    recipe: Recipe,
+    toolchain: Toolchain,
+    log_path: Path,
+    configure_args: tuple[str, ...] = (),
+) -> _Steps:
     tree = area.tree
     env = dict(os.environ)
     env.update(
@@ -422,7 +461,7 @@ def _run_recipe(area: BuildArea, recipe: Recipe, toolchain: Toolchain, log_path:
         log.write(
             f"# recipe {recipe.path.name}; toolchain {toolchain.identity()}; build user {who}\n"
         )
-        for phase, argv in _steps(tree, recipe, toolchain):
+        for phase, argv in _steps(tree, recipe, toolchain, configure_args):
             started = time.monotonic()
             result = run(argv, cwd=tree, env=env, timeout_s=STEP_TIMEOUT_S, log=log)
             outcome.phases[phase] = round(

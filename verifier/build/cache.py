@@ -63,6 +63,7 @@ class BuildMeta:
     recipe: str = ""
     toolchain: Mapping[str, str] = field(default_factory=dict)
     sanitizer: str = ""  # --sanitize (address, thread, undefined); "" for a plain build
+    tls: bool = False  # --tls: configured with --enable-tls
     build_user: str = ""  # who ran the build steps ("" in entries older than the field)
     created: float = 0.0
     phases: Mapping[str, float] = field(default_factory=dict)
@@ -108,6 +109,7 @@ class BuildMeta:
             recipe=str(data.get("recipe", "")),
             toolchain={str(k): str(v) for k, v in dict(data.get("toolchain", {})).items()},
             sanitizer=str(data.get("sanitizer", "")),
+            tls=bool(data.get("tls", False)),
             build_user=str(data.get("build_user", "")),
             created=float(data.get("created", 0.0)),
             phases={str(k): float(v) for k, v in dict(data.get("phases", {})).items()},

@@ -119,6 +119,7 @@ def bisect_command(
     reverse: bool,
     cflags: str | None,
     sanitize: str | None,
+    tls: bool,
     rebuild: bool,
     restart: bool,
     executor: str,
@@ -137,7 +138,7 @@ def bisect_command(
     options = verify_options(**params)
     if settings.endpoint_tries == 0:
         settings = replace(settings, endpoint_tries=default_endpoint_tries(options))
-    request = workspace.request(good, patches, reverse, cflags, rebuild, sanitize)
+    request = workspace.request(good, patches, reverse, cflags, rebuild, sanitize, tls)
     commits = commit_range(git, good, bad, find_fix)
     progress = ProgressLine()
     core = VerifyCore(workspace.builder, workspace.cache.tools, progress)

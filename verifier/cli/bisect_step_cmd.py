@@ -67,6 +67,7 @@ def _step(
     reverse: bool,
     cflags: str | None,
     sanitize: str | None,
+    tls: bool,
     rebuild: bool,
     soak_s: float,
     trials: int,
@@ -77,7 +78,7 @@ def _step(
     workspace.source = SourceChoice(git, None, repo)
     head = git.repo.head.commit.hexsha
     options = verify_options(trials=trials, soak_s=soak_s, **flood)
-    request = workspace.request(head, patches, reverse, cflags, rebuild, sanitize)
+    request = workspace.request(head, patches, reverse, cflags, rebuild, sanitize, tls)
     run_dir = workspace.cache.runs / f"bisect-step-{head[:12]}-{os.getpid()}"
     outcome = verify(workspace.builder, request, options, workspace.cache.tools, run_dir)
     verdict = outcome.verdict

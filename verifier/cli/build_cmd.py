@@ -17,6 +17,8 @@ def describe_build(result: BuildResult) -> list[tuple[str, str]]:
     ]
     if result.meta.sanitizer:
         rows.append(("sanitizer", result.meta.sanitizer))
+    if result.meta.tls:
+        rows.append(("tls", "configured with --enable-tls"))
     for patch in result.patches:
         for field, value in patch.header.summary_rows():
             rows.append((f"{patch.name} {field}", value))
@@ -46,13 +48,14 @@ def register(cli: click.Group) -> None:
         reverse: bool,
         cflags: str | None,
         sanitize: str | None,
+        tls: bool,
         rebuild: bool,
         quiet: bool,
     ) -> ExitStatus:
         """Build memcached at REF with the given patches (cached)."""
         workspace = open_workspace(repo, source, cache_dir)  # type: ignore[arg-type]
         result = workspace.builder.build(
-            workspace.request(ref, patches, reverse, cflags, rebuild, sanitize)
+            workspace.request(ref, patches, reverse, cflags, rebuild, sanitize, tls)
         )
         if not quiet:
             click.echo(key_value_table(describe_build(result)), err=True)

@@ -60,6 +60,9 @@ def register(cli: click.Group) -> None:
         "--executor", default="local", show_default=True, metavar="local|dask://HOST:PORT"
     )
     @click.option("--no-cache", is_flag=True, help="Soak every cell again.")
+    @click.option(
+        "--tls", is_flag=True, help="Build with --enable-tls: bugs that need TLS are soaked too."
+    )
     def known_bugs_command(
         repo: str | None,
         source: str | None,
@@ -76,6 +79,7 @@ def register(cli: click.Group) -> None:
         html_path: Path | None,
         executor: str,
         no_cache: bool,
+        tls: bool,
     ) -> ExitStatus:
         """Run every known bug that can be in this build and print one line per bug.
 
@@ -91,7 +95,9 @@ def register(cli: click.Group) -> None:
         layout = cache_layout(cache_dir)
         progress = ProgressLine()
         runner = open_executor(executor, layout, progress)
-        options = SuiteOptions(trials, soak_s, amplify=None if amplify == "told" else amplify)
+        options = SuiteOptions(
+            trials, soak_s, amplify=None if amplify == "told" else amplify, tls=tls
+        )
 
         def cell_done(result: CellResult, done: int, total: int) -> None:
             progress.done()

@@ -65,6 +65,12 @@ patch_options = stack(
         default=None,
         help="Build with this sanitizer (its reports under the flood are verdicts).",
     ),
+    click.option(
+        "--tls",
+        is_flag=True,
+        help="Build with ./configure --enable-tls (1.5.13+): workload groups with tls = true "
+        "then speak TLS to the server.",
+    ),
     click.option("--rebuild", is_flag=True, help="Ignore a cached build of the same inputs."),
     click.option(
         "--build-user",
@@ -90,6 +96,7 @@ class Workspace:
         cflags: str | None,
         rebuild: bool,
         sanitize: str | None = None,
+        tls: bool = False,
     ) -> BuildRequest:
         chosen = ref or self.source.default_ref
         if not chosen:
@@ -102,6 +109,7 @@ class Workspace:
             cflags=cflags,
             rebuild=rebuild,
             sanitizer=Sanitizer(sanitize) if sanitize else None,
+            tls=tls,
         )
 
 

@@ -150,6 +150,7 @@ def verify_command(
     reverse: bool,
     cflags: str | None,
     sanitize: str | None,
+    tls: bool,
     rebuild: bool,
     **soak: Any,
 ) -> ExitStatus:
@@ -164,10 +165,11 @@ def verify_command(
         **soak,
     )
     if binary is not None:
-        if repo or source or ref or patches or reverse or cflags or sanitize or options.baseline:
+        built = repo or source or ref or patches or reverse or cflags or sanitize or tls
+        if built or options.baseline:
             raise BadInput(
                 "--binary verifies the binary as shipped: no --repo/--source/--ref, "
-                "--patch, --cflags, --sanitize or --baseline"
+                "--patch, --cflags, --sanitize, --tls or --baseline"
             )
         workspace = open_workspace(None, None, cache_dir)
         what: BuildRequest | Target = shipped_binary(binary, debug_dir, workspace.builder.recipes)
@@ -176,7 +178,7 @@ def verify_command(
         if debug_dir is not None:
             raise BadInput("--debug-dir goes with --binary (a build has its own symbols)")
         workspace = open_workspace(repo, source, cache_dir)
-        what = workspace.request(ref, patches, reverse, cflags, rebuild, sanitize)
+        what = workspace.request(ref, patches, reverse, cflags, rebuild, sanitize, tls)
         label = what.ref
     folder = run_dir or default_run_dir(workspace.cache.runs, label, options.scenario.name)
     outcome = verify_and_report(workspace, what, options, folder)

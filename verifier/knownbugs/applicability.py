@@ -36,6 +36,7 @@ class BuildFacts:
     commit: str
     version: Version | None
     changed_lines: str  # the patches' added, removed and hunk-header lines
+    tls: bool = False  # the build is configured with --enable-tls (known-bugs --tls)
 
     def has_commit(self, sha: str) -> bool:
         try:
@@ -121,8 +122,10 @@ def decide(bug: KnownBug, facts: BuildFacts) -> Decision:
             )
         return Decision(bug, state, why)
     for feature in bug.needs:
-        if feature == "tls":
-            return Decision(bug, BugApplicability.NO_FEATURE, "needs TLS; builds lack --enable-tls")
+        if feature == "tls" and not facts.tls:
+            return Decision(
+                bug, BugApplicability.NO_FEATURE, "needs TLS; this build lacks it (use --tls)"
+            )
         since = _FEATURE_SINCE.get(feature)
         if since and facts.version and facts.version < since:
             return Decision(

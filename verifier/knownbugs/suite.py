@@ -16,8 +16,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from verifier.build.builder import configure_has_tls
 from verifier.build.versions import parse_version
-from verifier.errors import BadInput, ExitStatus
+from verifier.errors import BadInput, ExitStatus, NoTls
 from verifier.knownbugs.applicability import BuildFacts, Decision, changed_lines, decide, shown
 from verifier.knownbugs.spec import KnownBug, known_bugs_dir
 from verifier.matrix.cells import CellResult
@@ -40,6 +41,7 @@ class SuiteOptions:
     soak_s: float = 20.0
     confidence: float = 0.95
     amplify: str | None = None  # None: each bug's scenario's own (told)
+    tls: bool = False  # build with --enable-tls (--tls): bugs that need TLS can be soaked
 
 
 @dataclass
@@ -108,11 +110,14 @@ def run_suite(
     if chosen is None:
         raise BadInput("--ref is required with --repo (e.g. --ref 1.4.6)")
     commit = choice.git.resolve(chosen)
+    if options.tls and not configure_has_tls(choice.git.repo, commit):
+        raise NoTls(f"--tls: {chosen} has no ./configure --enable-tls (TLS arrived in 1.5.13)")
     facts = BuildFacts(
         repo=choice.git.repo,
         commit=commit,
         version=parse_version(choice.git.describe(commit)),
         changed_lines=changed_lines(patches),
+        tls=options.tls,
     )
     decisions = [decide(bug, facts) for bug in bugs]
     patch_set = WITH_PATCHES if patches else AS_SHIPPED
@@ -130,6 +135,7 @@ def run_suite(
             soak_s=options.soak_s,
             confidence=options.confidence,
             amplify=options.amplify,
+            tls=options.tls,
             reference=patch_set,
         )
         gate = run_matrix(spec, layout, executor, use_cache=use_cache, on_cell=on_cell)

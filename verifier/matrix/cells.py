@@ -25,6 +25,7 @@ class CellOptions:
     confidence: float = 0.95
     amplify: str | None = None  # None: the scenario's default
     sanitize: str | None = None  # the builds' sanitizer (None: plain builds)
+    tls: bool = False  # the builds are configured with --enable-tls
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -35,6 +36,8 @@ class CellOptions:
         }
         if self.sanitize:  # absent otherwise: plain cells keep their cache keys
             data["sanitize"] = self.sanitize
+        if self.tls:  # likewise
+            data["tls"] = True
         return data
 
     @classmethod
@@ -45,6 +48,7 @@ class CellOptions:
             float(data["confidence"]),
             data.get("amplify"),
             data.get("sanitize"),
+            bool(data.get("tls", False)),
         )
 
 

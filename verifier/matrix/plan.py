@@ -85,7 +85,9 @@ def plan_cells(
     spec: MatrixSpec, layout: CacheLayout, toolchain: dict[str, str]
 ) -> list[PlannedCell]:
     """Every cell of the matrix, in grid order (rows: source@ref x patch set)."""
-    options = CellOptions(spec.trials, spec.soak_s, spec.confidence, spec.amplify, spec.sanitize)
+    options = CellOptions(
+        spec.trials, spec.soak_s, spec.confidence, spec.amplify, spec.sanitize, spec.tls
+    )
     patch_texts = {
         s.name: tuple((p.name, p.read_text(encoding="utf-8", errors="replace")) for p in s.patches)
         for s in spec.patch_sets

@@ -90,6 +90,7 @@ def run_cell(job: CellJob, layout: CacheLayout, progress: Progress | None = None
             ref=job.commit,
             patches=patches,
             sanitizer=Sanitizer(sanitize) if sanitize else None,
+            tls=job.options.tls,
         )
         options = VerifyOptions(
             scenario=cell_scenario(job, scenario_file, run_dir),

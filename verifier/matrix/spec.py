@@ -49,6 +49,7 @@ KNOWN_KEYS = frozenset(
         "confidence",
         "amplify",
         "sanitize",
+        "tls",
         "workload",
         "reference",
         "patch_sets",
@@ -100,6 +101,7 @@ class MatrixSpec:
     confidence: float = 0.95
     amplify: str | None = None
     sanitize: str | None = None  # every cell's build carries this sanitizer
+    tls: bool = False  # every cell's build is configured with --enable-tls
     workload: Workload | None = None  # replaces every scenario's own (``--workload``)
     reference: str = DEFAULT_REFERENCE
     expect: dict[str, str] = field(default_factory=dict)  # "SET/SCENARIO" -> expectation
@@ -255,6 +257,9 @@ def parse_matrix(path: Path, text: str) -> MatrixSpec:
     sanitize = data.get("sanitize")
     if sanitize is not None and sanitize not in {s.value for s in Sanitizer}:
         raise reader.fail(f"sanitize {sanitize!r}: one of {', '.join(Sanitizer)}")
+    tls = data.get("tls", False)
+    if not isinstance(tls, bool):
+        raise reader.fail(f"tls must be true or false, not {tls!r}")
     names = [s.name for s in sets]
     reference = data.get("reference", DEFAULT_REFERENCE if DEFAULT_REFERENCE in names else None)
     reference = reference or names[0]
@@ -278,6 +283,7 @@ def parse_matrix(path: Path, text: str) -> MatrixSpec:
         confidence=reader.number("confidence", 0.95, 0.5, 0.999),
         amplify=amplify,
         sanitize=sanitize,
+        tls=tls,
         workload=workload,
         reference=reference,
         expect=_expectations(reader, sets, scenarios),

@@ -228,7 +228,9 @@ def discover(
         instance.start()
         require_armed(read_status(status_file), discovery_rules())
         budget = timing.warmup_max_s + 4 * timing.seconds + 30.0  # a backstop: stopped below
-        running = Flood(replace(flood, port=instance.port, duration_s=budget, start_method="spawn"))
+        running = Flood(
+            replace(flood, **instance.endpoints(), duration_s=budget, start_method="spawn")
+        )
         running.start()
         flood_started = time.monotonic()
         _warm_up(status_file, timing)

@@ -4,6 +4,10 @@ The server gets its own process group (stopped with killpg) and a parent-death s
 so it dies with the verifier even when the verifier is SIGKILLed. As root, memcached
 needs ``-u nobody``; its setuid() clears the parent-death signal, so the preload library
 re-arms it (VERIFIER_PDEATHSIG) right after the switch.
+
+With ``tls`` (a build with ``--enable-tls``), the server listens twice on 127.0.0.1: the
+plain port (``-l notls:``) for the harness's own probes and stats readers, and a TLS port
+for the workload's TLS client groups.
 """
 
 from __future__ import annotations
@@ -18,10 +22,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from verifier.build.help import help_text
 from verifier.errors import HarnessError
 from verifier.harness_options import refuse_harness_options
+from verifier.run.tls_files import TlsFiles
 from verifier.util import pidlog
 from verifier.util.proc import die_with_parent, kill_group
 
@@ -43,12 +49,18 @@ class ServerConfig:
     extra_args: tuple[str, ...] = ()
     env: Mapping[str, str] = field(default_factory=dict)  # e.g. LD_PRELOAD for the amplifier
     fd_limit: int | None = None  # RLIMIT_NOFILE of the server; default: maxconns
+    tls: TlsFiles | None = None  # a TLS listener too, with this throwaway certificate
 
     def __post_init__(self) -> None:
         refuse_harness_options(self.extra_args, "server options")
 
-    def argv(self, port: int) -> list[str]:
-        args = [str(self.binary), "-l", HOST, "-p", str(port), "-U", "0"]
+    def argv(self, port: int, tls_port: int = 0) -> list[str]:
+        if self.tls is None:
+            args = [str(self.binary), "-l", HOST, "-p", str(port), "-U", "0"]
+        else:  # the probes keep a plain listener; only tls_port speaks TLS
+            listen = f"notls:{HOST}:{port},{HOST}:{tls_port}"
+            args = [str(self.binary), "-l", listen, "-p", str(port), "-U", "0", "-Z"]
+            args += ["-o", self.tls.server_options()]
         args += ["-t", str(self.threads), "-c", str(self.maxconns), "-v"]
         if os.geteuid() == 0:
             args += ["-u", "nobody"]
@@ -62,6 +74,7 @@ class MemcachedServer:
         self.config = config
         self.log_path = log_path
         self.port = 0
+        self.tls_port = 0  # with config.tls: where the TLS clients connect
         self.proc: subprocess.Popen[bytes] | None = None
         self.started_at = 0.0
 
@@ -88,9 +101,10 @@ class MemcachedServer:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         for _ in range(attempts):
             self.port = free_port()
+            self.tls_port = free_port() if self.config.tls is not None else 0
             with open(self.log_path, "ab") as log:
                 self.proc = subprocess.Popen(
-                    self.config.argv(self.port),
+                    self.config.argv(self.port, self.tls_port),
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,
@@ -127,6 +141,16 @@ class MemcachedServer:
             kill_group(self.proc, grace_s)
 
     # -- state ----------------------------------------------------------------------------
+    def endpoints(self) -> dict[str, Any]:
+        """Where a flood aims (``FloodConfig`` fields): the plain port, and the TLS port and
+        the CA its clients trust when the server speaks TLS."""
+        tls = self.config.tls
+        return {
+            "port": self.port,
+            "tls_port": self.tls_port,
+            "tls_ca": str(tls.ca) if tls is not None else "",
+        }
+
     @property
     def pid(self) -> int:
         if self.proc is None:

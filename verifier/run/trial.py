@@ -33,7 +33,7 @@ import signal
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from verifier.amplify.spec import WatchRule
@@ -62,6 +62,7 @@ from verifier.run.gdb_hold import GdbHolder
 from verifier.run.progress import ProgressWatch, Stuck, load_works
 from verifier.run.proofs import CycleWatch, Prover, hold_bound
 from verifier.run.server import HOST, MemcachedServer, ServerConfig
+from verifier.run.tls_files import make_certificate
 from verifier.scenario import Scenario
 from verifier.stress import Flood, FloodConfig, FloodStats
 from verifier.stress.workload_file import Event, EventAction
@@ -526,9 +527,9 @@ def run_trial(
     reports = sanitizer_dir(trial_dir, settings.sanitizer)
     env = {**amplifier.env(binary, status_file), **runtime_env(settings.sanitizer, reports)}
     scratch = None
-    if scenario.workload is not None and scenario.workload.server.extstore_mb is not None:
+    if scenario.workload is not None and scenario.workload.needs_scratch:
         # memcached runs as nobody, and the run folder may sit under root's 0700 cache
-        scratch = Path(tempfile.mkdtemp(prefix="verifier-extstore-"))
+        scratch = Path(tempfile.mkdtemp(prefix="verifier-server-"))
     config = server_config(binary, scenario, settings, env, scratch)
     server = MemcachedServer(config, trial_dir / "server.log")
 
@@ -569,7 +570,12 @@ def run_trial(
             held = TelnetSession.open(HOST, server.port, 2.0, settings.probe_client)
             stack.callback(held.close)
             before = held.stats(2.0)
-            flood = Flood(flood_config(server.port, scenario, settings, trial_dir / "clients"))
+            flood = Flood(
+                replace(
+                    flood_config(server.port, scenario, settings, trial_dir / "clients"),
+                    **server.endpoints(),
+                )
+            )
             soak = _Soak(
                 result, server, flood, held, before, settings, prover, triggers, progress,
                 functools.partial(amplifier.pause, status_file),
@@ -608,15 +614,19 @@ def server_config(
     scratch: Path | None = None,
 ) -> ServerConfig:
     """The server of a trial (also of the auto amplifier's discovery run); ``scratch`` is
-    a folder the server may write (an extstore file)."""
+    a folder the server may write (an extstore file) and read (the throwaway TLS
+    certificate, made here when a client group speaks TLS)."""
     workload: tuple[str, ...] = ()
+    tls = None
     if scenario.workload is not None:
-        if scenario.workload.server.extstore_mb is not None:
+        if scenario.workload.needs_scratch:
             if scratch is None:  # a caller with no trial folder (auto's discovery run)
-                scratch = Path(tempfile.mkdtemp(prefix="verifier-extstore-"))
+                scratch = Path(tempfile.mkdtemp(prefix="verifier-server-"))
                 atexit.register(shutil.rmtree, scratch, True)
             scratch.mkdir(parents=True, exist_ok=True)
             scratch.chmod(0o1777)  # the server runs as nobody
+        if scenario.workload.tls and scratch is not None:
+            tls = make_certificate(scratch)
         workload = scenario.workload.server.args(scratch=scratch)
     return ServerConfig(
         binary=binary,
@@ -624,6 +634,7 @@ def server_config(
         maxconns=scenario.maxconns,
         extra_args=(*settings.server_args, *scenario.server_args, *workload),
         env=env,
+        tls=tls,
     )
 
 

@@ -6,7 +6,9 @@ The features come from the build itself (``verifier/stress/features.py``: ``-h``
 literals, symbols, version). An ``-o`` option the feature table does not name is kept when
 its name is a string literal in the binary (memcached's suboption tokens are C strings),
 else left out: an unknown suboption stops memcached at start ("Illegal suboption").
-A workload whose every group is left out makes the scenario NOT APPLICABLE.
+A group with ``tls = true`` needs a build with TLS and a plain listener beside it (the
+probes speak plain ascii). A workload whose every group is left out makes the scenario
+NOT APPLICABLE.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from verifier.stress.features import Features, command_key
 from verifier.stress.protocol.base import Command
 from verifier.stress.workload_file import EventAction, Group, GroupKind, Workload
 
+TLS_CONNECTIONS = "tls connections"  # what a group with tls = true needs (features.toml)
+
 
 def _lacks(features: Features, name: str) -> str:
     reasons = features.missing_for([name])
@@ -28,6 +32,9 @@ def _lacks(features: Features, name: str) -> str:
 
 def _fit_group(group: Group, features: Features, left_out: list[str]) -> Group | None:
     where = f"group {group.name}"
+    if group.tls and _lacks(features, TLS_CONNECTIONS):
+        left_out.append(f"{where}: {_lacks(features, TLS_CONNECTIONS)}")
+        return None
     if group.kind == GroupKind.WATCH:
         why = _lacks(features, "watch")
         if why:

@@ -6,7 +6,9 @@ Each client walks a pre-drawn schedule (``shapes.schedule``), sends ``pipeline``
 then reads their replies in order with the codec's incremental parser. A reply that does
 not come within the reply timeout, or a connection that dies, makes every request still
 in flight indeterminate (the checker's "may or may not have happened") and drops the
-connection. Checked groups write unique values ("<client>:<seq>") so a read names the
+connection. Groups with ``tls = true`` connect to the server's TLS port, trusting the
+harness's throwaway CA (the context is built here, in the flood process, from its path).
+Checked groups write unique values ("<client>:<seq>") so a read names the
 write it saw, and append an ``Op`` per request to the process's history file.
 """
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import ssl
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +31,7 @@ from verifier.stress.workload_file import Connection, Group, GroupKind
 
 GROUP_REPLY_TIMEOUT_S = 5.0  # longer than the churn's 1 s: metadump and flush_all are slow
 CONNECT_TIMEOUT_S = 1.0
+TLS_CONNECT_TIMEOUT_S = 3.0  # the handshake too, on a loaded machine
 RECONNECT_BACKOFF_S = 0.05  # a refused or full server is retried this much later
 HISTORY_FLUSH_S = 1.0
 SWEEP_S = 0.05  # reply timeouts are seen this late at most
@@ -148,8 +152,18 @@ class GroupProcess:
         seed: int,
         count: Callable[[int], None],
         spend: Callable[[], bool],
+        *,
+        tls_port: int = 0,
+        tls_ca: str = "",
     ) -> None:
         self.host, self.port = host, port
+        self.tls_port = tls_port
+        self.ssl: ssl.SSLContext | None = None
+        if any(g.tls for g in groups):
+            if not (tls_port and tls_ca):
+                raise ValueError("groups with tls = true need the server's TLS port and CA")
+            # verified like any TLS client: the throwaway CA, the certificate's 127.0.0.1
+            self.ssl = ssl.create_default_context(cafile=tls_ca)
         self.index = index
         self.count = count  # one more answered request (the shared OPS counter)
         self.spend = spend  # take one unit of the process's budget; False when spent
@@ -296,9 +310,17 @@ class _Client:
 
     async def _connect(self, loop: asyncio.AbstractEventLoop) -> _Stream | None:
         stream = _Stream()
+        owner = self.owner
         try:
-            async with asyncio.timeout(CONNECT_TIMEOUT_S):
-                await loop.create_connection(stream, self.owner.host, self.owner.port)
+            if self.group.tls:
+                async with asyncio.timeout(TLS_CONNECT_TIMEOUT_S):
+                    host = owner.host
+                    await loop.create_connection(
+                        stream, host, owner.tls_port, ssl=owner.ssl, server_hostname=host
+                    )
+            else:
+                async with asyncio.timeout(CONNECT_TIMEOUT_S):
+                    await loop.create_connection(stream, owner.host, owner.port)
         except (OSError, TimeoutError):
             self.owner.tally(self.group, "connect").failed(CONNECT_FAILED)
             await asyncio.sleep(RECONNECT_BACKOFF_S * (1 + self.rng.random()))

@@ -53,12 +53,16 @@ class FloodConfig:
     seed: int = 0  # request schedule seed (per process: seed + index)
     groups: tuple[Group, ...] = ()  # the workload's client groups (beside the churn)
     report_dir: str = ""  # where each process writes what its groups saw, and the history
+    tls_port: int = 0  # the server's TLS listener, for groups with tls = true (0: none)
+    tls_ca: str = ""  # the CA file those clients trust (a path: workers build the context)
 
     def __post_init__(self) -> None:
         require_loopback(self.host)
         problems: list[str] = []
         if not 0 < self.port < 65536:
             problems.append(f"port {self.port} out of range")
+        if not 0 <= self.tls_port < 65536 or bool(self.tls_port) != bool(self.tls_ca):
+            problems.append("tls_port (in range) and tls_ca go together")
         if self.concurrency < 0 or (self.concurrency == 0 and not self.groups):
             problems.append("concurrency must be >= 1 (or 0 beside client groups)")
         if self.processes < 0:

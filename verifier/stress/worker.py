@@ -204,6 +204,8 @@ class Runner:
                 config.seed,
                 self._answered,
                 self._spend,
+                tls_port=config.tls_port,
+                tls_ca=config.tls_ca,
             )
 
     def _answered(self, n: int) -> None:

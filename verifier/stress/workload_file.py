@@ -17,6 +17,7 @@ settings and events on a schedule::
     pipeline = 1                              # requests sent before the replies are read
     rate = 0                                  # requests/s of the whole group; 0: flat out
     check = true                              # record a history for the checker
+    tls = false                               # speak TLS (a build with --tls; else left out)
     keys = { count = 4, prefix = "ctr:" }      # popularity "uniform" or "zipf" (zipf_s)
     values = { numbers = [9, 99, 999] }
     commands = { incr = 10, set = 1, get = 1 }
@@ -195,6 +196,7 @@ class Group:
     read_delay_ms: int = 0  # slow reader: reads nothing for this long after sending
     watch: str = ""  # watch: its arguments ("fetchers mutations")
     hold_s: tuple[float, float] = (0.5, 2.0)  # watch: how long a watcher stays
+    tls: bool = False  # connect to the server's TLS listener (builds with --enable-tls)
 
     def arg_choices(self, command: str) -> tuple[str, ...]:
         return dict(self.args).get(command) or DEFAULT_ARGS.get(command, ("",))
@@ -285,6 +287,16 @@ class Workload:
         return any(g.check for g in self.groups)
 
     @property
+    def tls(self) -> bool:
+        """Does some group speak TLS (the server then gets a certificate and a TLS port)?"""
+        return any(g.tls for g in self.groups)
+
+    @property
+    def needs_scratch(self) -> bool:
+        """Does the server need a folder of the harness's files (extstore, TLS certificate)?"""
+        return self.server.extstore_mb is not None or self.tls
+
+    @property
     def may_vanish(self) -> bool:
         """Can a stored key disappear with no delete by a checked client (flush_all, TTLs,
         evictions under a small -m, another group's deletes on the same keys)? The checker
@@ -309,7 +321,7 @@ _SERVER = {"options", "memory_mb", "item_size_max", "reqs_per_event", "protocol"
            "enable_shutdown", "extstore_mb"}  # fmt: skip
 _GROUP = {"name", "protocol", "kind", "clients", "connection", "pipeline", "rate", "check",
           "keys", "values", "ttl", "commands", "arg", "mget_keys", "mget_repeat",
-          "read_delay_ms", "watch", "hold_s"}  # fmt: skip
+          "read_delay_ms", "watch", "hold_s", "tls"}  # fmt: skip
 _KEYS = {"count", "prefix", "popularity", "zipf_s"}
 _VALUES = {"size", "min", "max", "list", "pareto", "numbers"}
 _EVENT = {"action", "at_s", "every_s", "signal", "duration_s"}
@@ -471,6 +483,7 @@ def _group(index: int, table: Any) -> Group:
         read_delay_ms=r.number("read_delay_ms", 0, 0, 60_000),
         watch=r.get("watch", str, ""),
         hold_s=_pair(f"{where} hold_s", r.get("hold_s", object, [0.5, 2.0]), float, 0.0, 600.0),
+        tls=r.get("tls", bool, False),
     )
     if group.kind == GroupKind.WATCH and protocol != Protocol.ASCII:
         raise BadInput(f"{where}: watch connections speak ascii")
