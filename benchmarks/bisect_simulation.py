@@ -16,13 +16,15 @@ Methods:
 "accuracy" is the share of runs that named the culprit; "wrong+sure" the share that named a
 wrong commit while claiming confidence (for the baselines: every wrong answer).
 
---machines K [K ...] runs ``ours`` on a cluster of K machines instead (the model that plans:
-``FlakyBisector.next_step(pending=..., built=...)``): whenever a machine is free it gets the
-step with the most bits given the soaks still running elsewhere, per second of that
-machine. Each machine builds in its own cache (the first machine has the endpoints built), or with
---shared-cache all share one;
-the run stops as soon as the posterior is confident, cancelling the soaks still running.
-"wall s" is the time until then, "machine s" the busy seconds of all machines.
+--machines K [K ...] runs ``ours`` on a cluster of K machines instead, driven by the real
+run's dispatcher and planner (``verifier.bisect.dispatch.assign``,
+``FlakyBisector.next_step(pending=..., built=...)``): the endpoint checks at once (one
+after the other on one machine), charged like every soak; then whenever a machine is free
+it gets the step with the most bits given the soaks still running elsewhere, per second of
+that machine, its own builds free. Nothing is built beforehand; each machine builds in its
+own cache, or with --shared-cache all share one. The search soaks still running are
+cancelled once the posterior is confident; the good end's answer is awaited. "wall s" is
+the time until then, "machine s" the busy seconds of all machines.
 
 Example:
   .venv/bin/python benchmarks/bisect_simulation.py --runs 500 --n 64
