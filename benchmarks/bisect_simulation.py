@@ -16,13 +16,15 @@ Methods:
 "accuracy" is the share of runs that named the culprit; "wrong+sure" the share that named a
 wrong commit while claiming confidence (for the baselines: every wrong answer).
 
---machines K [K ...] runs ``ours`` on a cluster of K machines instead (the model that plans:
-``FlakyBisector.next_step(pending=..., built=...)``): whenever a machine is free it gets the
-step with the most bits given the soaks still running elsewhere, per second of that
-machine. Each machine builds in its own cache (the first machine has the endpoints built), or with
---shared-cache all share one;
-the run stops as soon as the posterior is confident, cancelling the soaks still running.
-"wall s" is the time until then, "machine s" the busy seconds of all machines.
+--machines K [K ...] runs ``ours`` on a cluster of K machines instead, driven by the real
+run's dispatcher and planner (``verifier.bisect.dispatch.assign``,
+``FlakyBisector.next_step(pending=..., built=...)``): the endpoint checks at once (one
+after the other on one machine), charged like every soak; then whenever a machine is free
+it gets the step with the most bits given the soaks still running elsewhere, per second of
+that machine, its own builds free. Nothing is built beforehand; each machine builds in its
+own cache, or with --shared-cache all share one. The search soaks still running are
+cancelled once the posterior is confident; the good end's answer is awaited. "wall s" is
+the time until then, "machine s" the busy seconds of all machines.
 
 Example:
   .venv/bin/python benchmarks/bisect_simulation.py --runs 500 --n 64
@@ -45,13 +47,14 @@ from tabulate import tabulate
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from verifier.bisect.dispatch import Endpoints, Job, Role, assign, good_end_soak_s
 from verifier.bisect.model import (
     DEFAULT_CALIBRATION_WEIGHT,
     DEFAULT_PRIOR_RATE,
     DEFAULT_PRIOR_SHAPE,
     Soak,
 )
-from verifier.bisect.planner import DEFAULT_CALIBRATION_HANGS, FlakyBisector, Step
+from verifier.bisect.planner import DEFAULT_CALIBRATION_HANGS, FlakyBisector
 
 
 @dataclass(frozen=True)
@@ -170,9 +173,12 @@ def run_cluster(
     model: dict[str, Any],
     machines: int,
     shared_cache: bool = False,
+    endpoint_tries: int = 3,
 ) -> ClusterOutcome:
-    """``ours`` on ``machines`` machines, event by event (see the module docstring);
-    ``shared_cache``: one build cache for all (a commit is built once, on one machine)."""
+    """``ours`` on ``machines`` machines, event by event, driven by the real run's
+    dispatcher (``verifier.bisect.dispatch.assign``): the endpoint checks included and
+    charged (at once on several machines, one after the other on one), nothing built
+    beforehand; ``shared_cache``: one build cache for all."""
     bis = FlakyBisector(
         m.n,
         confidence,
@@ -183,38 +189,52 @@ def run_cluster(
         max_steps=max_steps,
         **model,
     )
-    for soak in confirm_bad_endpoint(m, sc.max_soak_s):
-        bis.record_endpoint(soak)
-    own = [{0, m.n} if k == 0 else set() for k in range(machines)]
+    ends = Endpoints(tries=endpoint_tries)
+    own: list[set[int]] = [set() for _ in range(machines)]
     built = [own[0]] * machines if shared_cache else own
     free_at = [0.0] * machines
-    running: dict[int, tuple[float, Step, Soak]] = {}  # machine -> (ends at, step, soak)
+    running: dict[int, tuple[float, Job, Soak]] = {}  # machine -> (ends at, job, soak)
     clock = busy = 0.0
     soaks = 0
-    while not bis.done():
-        for k in range(machines):
-            if k in running:
-                continue
-            pending = [step for _, step, _ in running.values()]
-            step = bis.next_step(pending=pending, built=built[k])
-            if step is None:
+    for _ in range(10 * max_steps):
+        while len(running) < machines:
+            free = {str(k): built[k] for k in range(machines) if k not in running}
+            chosen = assign(
+                bis,
+                ends,
+                [job for _, job, _ in running.values()],
+                free,
+                endpoint_soak_s=sc.max_soak_s,
+                good_end_soak_s=good_end_soak_s(bis, sc.min_soak_s, sc.max_soak_s),
+            )
+            if chosen is None:
                 break
-            soak = m.run(step.index, step.soak_seconds, charge=False)
-            build = 0.0 if step.index in built[k] else m.build_s
-            built[k].add(step.index)
-            running[k] = (clock + build + m.overhead_s + soak.seconds, step, soak)
+            k, job = int(chosen[0]), chosen[1]
+            index = job.step.index
+            soak = m.run(index, job.step.soak_seconds, charge=False)
+            build = 0.0 if index in built[k] else m.build_s
+            built[k].add(index)
+            running[k] = (clock + build + m.overhead_s + soak.seconds, job, soak)
             free_at[k] = clock
+            ends.good_end_started |= job.role == Role.GOOD_END
         if not running:
             break
         k = min(running, key=lambda j: running[j][0])
-        ends, _, soak = running.pop(k)
-        busy += ends - free_at[k]
-        clock = ends
-        bis.record(soak)
-        soaks += 1
-    busy += sum(clock - free_at[k] for k in running)  # cancelled: confident already
+        clock, job, soak = running.pop(k)
+        busy += clock - free_at[k]
+        if job.role == Role.STEP:
+            bis.record(soak)
+            soaks += 1
+        else:
+            bis.record_endpoint(soak)
+            ends.tries_done += job.role == Role.BAD_END
+            ends.bad_end_hung |= soak.hung and job.role == Role.BAD_END
+        if bis.done():  # cancel the search soaks; the good end's answer is awaited
+            for j in [j for j, (_, job, _) in running.items() if job.role == Role.STEP]:
+                busy += clock - free_at[j]
+                running.pop(j)
     res = bis.result()
-    correct = res.culprit == m.culprit
+    correct = res.culprit == m.culprit and ends.bad_end_hung
     return ClusterOutcome(correct, res.confident and not correct, soaks, busy, clock)
 
 

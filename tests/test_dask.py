@@ -16,13 +16,19 @@ from pathlib import Path
 
 import pytest
 
+from verifier.bisect.remote import RemoteTester, Running
+from verifier.bisect.tester import CommitTester
+from verifier.build.builder import Builder, BuildRequest
 from verifier.cluster.dask import DaskCluster
 from verifier.errors import ExitStatus
 from verifier.matrix.dask_executor import CELL_MODULE
 from verifier.matrix.runner import plan
 from verifier.matrix.spec import load_matrix
 from verifier.paths import CacheLayout
-from verifier.source.select import SourceChoice
+from verifier.scenario import load_scenario
+from verifier.source.select import SourceChoice, choose_source
+from verifier.verify import VerifyCore, VerifyOptions
+from verifier.vocabulary import ObservationKind
 
 from conftest import LOST_WAKEUP_FIX, ROOT, run_cli
 from synthetic_history import History, make_history
@@ -339,3 +345,38 @@ def test_a_failed_task_names_its_worker_the_cause_and_what_to_do(cluster: str) -
     assert "install the verifier" in outcome.failure and "?" not in outcome.failure
     host, _, log = outcome.failure.partition("(its output: ")[2].partition(";")[0].partition(":")
     assert host == outcome.where.host and Path(log).is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_soaks_of_a_commit_go_back_to_the_worker_that_built_it(
+    cluster: str, cache_layout: CacheLayout, history: History, tmp_path: Path
+) -> None:
+    """Each worker builds in its own cache: a commit soaked again is sent to the worker
+    that built it (``workers=[it]``, loose), here three times while the other is idle."""
+    request = BuildRequest(choose_source(str(history.path), None, cache_layout), history.good, ())
+    builder = Builder(cache_layout.builds, cache_layout.locks)
+    options = VerifyOptions(scenario=load_scenario("listener-lost-wakeup"))
+    local = CommitTester(VerifyCore(builder, cache_layout.tools), request, options, tmp_path)
+    dask_cluster = DaskCluster(cluster)
+    tester = RemoteTester(dask_cluster, local, str(history.path), request)
+    sha = history.good
+    try:
+        first = tester.start(sha, 3.0, None)
+        assert tester.observation(_wait(tester, first)).kind == ObservationKind.CLEAN
+        (builder_worker,) = [w for w in tester.built if sha in tester.built_on(w)]
+        other = next(w for w in _workers(cluster) if w != builder_worker)
+        for _ in range(3):
+            assert tester.free_workers([]) and other in tester.free_workers([])
+            again = tester.start(sha, 3.0, None, builder_worker)
+            tester.observation(_wait(tester, again))
+            assert dask_cluster.attempts(str(again.future.key))[-1].worker == builder_worker
+        assert sha not in tester.built_on(other)
+    finally:
+        dask_cluster.close()
+
+
+def _wait(tester: RemoteTester, running: Running) -> Running:
+    for _ in tester.completion([running]):
+        break
+    return running

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from verifier.verdict.verdict import OtherBug
-from verifier.vocabulary import HangClass, ObservationKind, SkipCause
+from verifier.vocabulary import HangClass, ObservationKind, SkipCause, TrialOutcome
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,7 @@ class Observation:
             "emfile_episodes": self.emfile_episodes,
             "other_bug": None if self.other_bug is None else self.other_bug.to_json(),
             "detail": self.detail,
+            "stretched": self.stretched,
         }
 
     @classmethod
@@ -65,4 +66,23 @@ class Observation:
             emfile_episodes=int(data.get("emfile_episodes", 0)),
             other_bug=None if other is None else OtherBug.from_json(other),
             detail=data.get("detail", ""),
+            stretched=data.get("stretched", ""),
         )
+
+
+def judged(obs: Observation, reference_bug_key: str | None) -> Observation:
+    """A soak started before the reference bug was known (the endpoint checks run at once
+    on a cluster), judged against it: a hang with another key is another bug."""
+    if obs.kind != ObservationKind.HANG or reference_bug_key in (None, obs.bug_key):
+        return obs
+    reason = f"different bug: {obs.hang_class or obs.bug_key}"
+    other = OtherBug(
+        TrialOutcome.HANG,
+        obs.hang_class,
+        obs.bug_key or "",
+        obs.seconds,
+        obs.run_dir,
+        sha=obs.sha,
+        reason=reason,
+    )
+    return replace(obs, kind=ObservationKind.OTHER_BUG, reason=reason, other_bug=other)

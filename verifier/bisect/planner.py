@@ -47,10 +47,11 @@ With nothing pending it is exactly the one-machine plan; with pending soaks it s
 machines over the range instead of piling them on the best single split (a flat posterior
 over 64 commits, 4 machines: commits 31, 20, 43, 14, a 5-ary search). Measured with
 ``benchmarks/bisect_simulation.py --scenario amplify-every-40 --machines 1 2 4 8 --runs 200``
-(mean hang 2.6 s, 64 commits, a 10 s build per commit and machine): wall time 1.00, 0.65,
-0.45, 0.34 of one machine (0.59, 0.38, 0.25 with one shared build cache), accuracy 0.995
-to 1.0 for all. A machine calibrates λ only if it has the bad end built (else other work
-is cheaper than the build).
+(mean hang 2.6 s, 64 commits, a 10 s build per commit and machine, the endpoint checks
+charged, ``verifier.bisect.dispatch``): wall time 1.00, 0.65, 0.44, 0.34 of one machine,
+accuracy 1.0 for all. Scoring bits / cost^1.3 with pending soaks (shorter soaks) gave 0.43,
+and the one-step look-ahead with pending soaks 0.48 (both 100 runs): neither kept. A machine
+calibrates λ only if it has the bad end built (else other work is cheaper than the build).
 """
 
 from __future__ import annotations

@@ -7,6 +7,16 @@ verifier.bisect.soak_child`` on the worker (``verifier.cluster``), through the s
 ``CommitTester`` as a local bisect, and comes back as the same ``Observation``, its run
 folder named ``host:path``. The session keeps one soak running per machine, each planned
 given the others (``FlakyBisector.next_step(pending=...)``).
+
+Each worker builds in its own cache, on its own machine: a commit soaked on worker A and
+then on B is built twice (10 s to minutes each). So the tester remembers which commits
+each worker has built or is building (from where each soak was sent and where it ran),
+the planner plans each free worker's soak with that worker's builds costing nothing, and
+the soak is sent to that worker (``DaskCluster.submit(worker=...)``).
+
+A soak is told the reference bug (the bad end's key: a hang of another bug is no
+evidence) and, once the bad end hung, its class (what ``--amplify auto`` hunts), as a
+local soak is.
 """
 
 from __future__ import annotations
@@ -45,6 +55,7 @@ class SoakJob:
     sha: str
     soak_s: float
     reference_bug_key: str | None
+    reference_class: str | None  # the bad end's hang class, once known
     patches: tuple[tuple[str, str], ...]  # (file name, text), applied in order
     reverse: bool
     cflags: str | None
@@ -58,6 +69,7 @@ class SoakJob:
             "sha": self.sha,
             "soak_s": self.soak_s,
             "reference_bug_key": self.reference_bug_key,
+            "reference_class": self.reference_class,
             "patches": [list(p) for p in self.patches],
             "reverse": self.reverse,
             "cflags": self.cflags,
@@ -73,6 +85,7 @@ class SoakJob:
             sha=data["sha"],
             soak_s=float(data["soak_s"]),
             reference_bug_key=data.get("reference_bug_key"),
+            reference_class=data.get("reference_class"),
             patches=tuple((str(n), str(t)) for n, t in data["patches"]),
             reverse=bool(data["reverse"]),
             cflags=data.get("cflags"),
@@ -92,6 +105,7 @@ def options_json(options: VerifyOptions) -> dict[str, Any]:
         "flood_processes": options.flood_processes,
         "probe_client": options.probe_client,
         "hunt": None if options.hunt is None else str(options.hunt),
+        "hunt_report": options.hunt_report,
     }
 
 
@@ -106,15 +120,17 @@ def options_from_json(data: dict[str, Any], scenario: Scenario) -> VerifyOptions
         flood_processes=int(data.get("flood_processes", 0)),
         probe_client=data.get("probe_client"),
         hunt=HangClass(data["hunt"]) if data.get("hunt") else None,
+        hunt_report=data.get("hunt_report"),
     )
 
 
 @dataclass(frozen=True, eq=False)
 class Running:
-    """A soak under way on some worker."""
+    """A soak under way on some worker (``worker``: where it was sent)."""
 
     future: Any
     sha: str
+    worker: str | None = None
 
 
 class RemoteTester:
@@ -136,6 +152,8 @@ class RemoteTester:
         )
         self.request = request
         self.notes: list[str] = []  # lost workers, said once per soak they cost
+        self.reference_class: HangClass | None = local.reference_class
+        self.built: dict[str, set[str]] = {}  # worker address -> commits built or building
 
     @property
     def scenario(self) -> Scenario:
@@ -144,6 +162,15 @@ class RemoteTester:
     @property
     def machines(self) -> int:
         return max(1, len(self.cluster.machine_workers()))
+
+    def free_workers(self, running: Iterable[Running]) -> list[str]:
+        """The machine workers none of ``running`` was sent to, in the scheduler's order."""
+        busy = {r.worker for r in running}
+        return [w for w in self.cluster.machine_workers() if w not in busy]
+
+    def built_on(self, worker: str) -> frozenset[str]:
+        """The commits ``worker`` has built, or is building for a soak sent to it."""
+        return frozenset(self.built.get(worker, ()))
 
     def is_built(self, sha: str) -> bool:
         return self.local.is_built(sha)
@@ -155,6 +182,7 @@ class RemoteTester:
             sha=sha,
             soak_s=soak_s,
             reference_bug_key=reference_bug_key,
+            reference_class=None if self.reference_class is None else str(self.reference_class),
             patches=self.patches,
             reverse=self.request.reverse,
             cflags=self.request.cflags,
@@ -163,9 +191,15 @@ class RemoteTester:
             options=options_json(self.local.options),
         )
 
-    def start(self, sha: str, soak_s: float, reference_bug_key: str | None) -> Running:
-        job = self.job(sha, soak_s, reference_bug_key)
-        return Running(self.cluster.submit(SOAK_MODULE, job.to_json(), f"soak-{sha[:12]}"), sha)
+    def start(
+        self, sha: str, soak_s: float, reference_bug_key: str | None, worker: str | None = None
+    ) -> Running:
+        """Start one soak, on ``worker`` when given (which then counts ``sha`` as built)."""
+        job = self.job(sha, soak_s, reference_bug_key).to_json()
+        future = self.cluster.submit(SOAK_MODULE, job, f"soak-{sha[:12]}", worker)
+        if worker is not None:
+            self.built.setdefault(worker, set()).add(sha)
+        return Running(future, sha, worker)
 
     def completion(self, running: Iterable[Running] = ()) -> Any:
         return self.cluster.completion(r.future for r in running)
@@ -179,8 +213,10 @@ class RemoteTester:
             raise HarnessError(f"the soak of {running.sha[:12]} failed {outcome.failure}")
         obs = Observation.from_json(outcome.result)
         where = outcome.where
-        if where is not None and obs.run_dir:
-            obs = replace(obs, run_dir=f"{where.host}:{obs.run_dir}")
+        if where is not None:
+            self.built.setdefault(where.worker, set()).add(running.sha)
+            if obs.run_dir:
+                obs = replace(obs, run_dir=f"{where.host}:{obs.run_dir}")
         return obs
 
     def test(self, sha: str, soak_s: float, reference_bug_key: str | None) -> Observation:

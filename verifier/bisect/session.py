@@ -22,10 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from verifier.bisect.commits import CommitRange
+from verifier.bisect.dispatch import Role, good_end_soak_s
 from verifier.bisect.model import Soak
-from verifier.bisect.observation import Observation
+from verifier.bisect.observation import Observation, judged
+from verifier.bisect.on_cluster import run_on_cluster
 from verifier.bisect.planner import FlakyBisector, Result, Step
-from verifier.bisect.remote import RemoteTester, Running
+from verifier.bisect.remote import RemoteTester
 from verifier.bisect.state import BisectState, Phase, StepRow, load, save
 from verifier.bisect.tester import CommitTester
 from verifier.build.builder import BuildRequest
@@ -38,7 +40,6 @@ from verifier.verify import VerifyCore, VerifyOptions
 from verifier.vocabulary import AmplifierKind, ObservationKind, SkipCause
 
 Echo = Callable[[StepRow], None]
-GOOD_END_FACTOR = 5.0  # good-end soak in bad-end mean times-to-hang: e^-5 < 1% to miss a hang
 # A commit where another bug hung is soaked again (that bug is a race too) before it is
 # skipped: measured, the lost wake-up cut one soak of the synthetic history's fix commit
 # short, and skipping it at once left the answer ambiguous between two commits.
@@ -113,7 +114,7 @@ class Bisection:
             max_steps=self.settings.max_steps,
         )
 
-    def _save(self) -> None:
+    def save(self) -> None:
         self.state.bisector = self.bisector.to_dict()
         save(self.state_path, self.state)
 
@@ -140,48 +141,57 @@ class Bisection:
             self.state.other_bugs.append(obs.other_bug)
         if obs.cause == SkipCause.NOT_APPLICABLE:
             self.state.not_applicable.append(obs.sha)
-        self._save()
+        self.save()
         if self.echo:
             self.echo(row)
         return row
 
     # -- endpoints -------------------------------------------------------------------------
     def good_end_soak(self) -> float:
-        """Long enough that the bad end, at its observed rate, would have hung with ~99%
-        probability (5 mean times-to-hang); no longer than --endpoint-soak."""
-        post, n = self.bisector.posterior, self.commits.n
-        mean_time_to_hang = post.exposure(n) / max(1, post.hangs(n))
-        wanted = GOOD_END_FACTOR * mean_time_to_hang
-        return min(self.settings.endpoint_soak_s, max(self.settings.min_soak_s, wanted))
+        return good_end_soak_s(
+            self.bisector, self.settings.min_soak_s, self.settings.endpoint_soak_s
+        )
 
     def check_endpoints(self) -> None:
         if self.state.phase != Phase.ENDPOINTS:
             return
-        n, budget = self.commits.n, self.settings.endpoint_soak_s
+        budget = self.settings.endpoint_soak_s
         if self.state.reference_bug_key is None:
             for _ in range(self.settings.endpoint_tries):
-                obs = self.tester.test(self.commits.bad, budget, None)
-                if obs.kind == ObservationKind.SKIP:
-                    raise BadRange(f"the bad end {obs.sha[:12]} cannot be tested: {obs.reason}")
-                if obs.evidence:  # another bug's hang says nothing about this one
-                    self.bisector.record_endpoint(
-                        Soak(n, obs.seconds, obs.kind == ObservationKind.HANG)
-                    )
-                if obs.kind == ObservationKind.HANG:
-                    self.state.reference_bug_key = obs.bug_key
-                    self.state.reference_class = self.tester.reference_class = obs.hang_class
-                self._row(n, obs, "bad end", budget)
-                if obs.kind == ObservationKind.HANG:
+                self.bad_end_answer(self.tester.test(self.commits.bad, budget, None), budget)
+                if self.state.reference_bug_key is not None:
                     break
             if self.state.reference_bug_key is None:
-                tries = self.settings.endpoint_tries
-                raise BadRange(
-                    f"the bad end {self.commits.bad[:12]} did not hang in {tries} x {budget:.0f} s "
-                    f"with scenario {self.tester.scenario.name}: it is not bad for this bug "
-                    "(try --amplify, a longer --endpoint-soak, or another --bad)"
-                )
+                raise self.not_bad()
         good_budget = self.good_end_soak()
         obs = self.tester.test(self.commits.good, good_budget, self.state.reference_bug_key)
+        self.good_end_answer(obs, good_budget)
+
+    def bad_end_answer(self, obs: Observation, budget: float) -> None:
+        """Record one soak of the bad end; its first hang names the reference bug."""
+        if obs.kind == ObservationKind.SKIP:
+            raise BadRange(f"the bad end {obs.sha[:12]} cannot be tested: {obs.reason}")
+        obs = judged(obs, self.state.reference_bug_key)
+        if obs.evidence:  # another bug's hang says nothing about this one
+            hung = obs.kind == ObservationKind.HANG
+            self.bisector.record_endpoint(Soak(self.commits.n, obs.seconds, hung))
+        if obs.kind == ObservationKind.HANG and self.state.reference_bug_key is None:
+            self.state.reference_bug_key = obs.bug_key
+            self.state.reference_class = self.tester.reference_class = obs.hang_class
+        self._row(self.commits.n, obs, Role.BAD_END, budget)
+
+    def not_bad(self) -> BadRange:
+        tries, budget = self.settings.endpoint_tries, self.settings.endpoint_soak_s
+        return BadRange(
+            f"the bad end {self.commits.bad[:12]} did not hang in {tries} x {budget:.0f} s "
+            f"with scenario {self.tester.scenario.name}: it is not bad for this bug "
+            "(try --amplify, a longer --endpoint-soak, or another --bad)"
+        )
+
+    def good_end_answer(self, obs: Observation, good_budget: float) -> None:
+        """Record the good end's soak (judged against the reference bug): a hang of the same
+        bug stops the bisect; then the search may conclude."""
+        obs = judged(obs, self.state.reference_bug_key)
         if obs.kind == ObservationKind.HANG:
             raise BadRange(
                 f"the good end {obs.sha[:12]} hangs too, with the same bug "
@@ -195,26 +205,23 @@ class Bisection:
             self.state.notes.append(
                 f"good end {obs.sha[:12]}: {obs.kind} ({obs.reason}); assumed good as given"
             )
-        self._row(0, obs, "good end", good_budget)
+        self._row(0, obs, Role.GOOD_END, good_budget)
         self.state.phase = Phase.SEARCH
-        self._save()
+        self.save()
 
     # -- search ----------------------------------------------------------------------------
     def search(self) -> None:
-        if isinstance(self.tester, RemoteTester) and self.tester.machines > 1:
-            self._search_on(self.tester)
-            return
         while self.state.phase == Phase.SEARCH:
             step = self.bisector.next_step()
             if step is None:
                 self.state.phase = Phase.DONE
-                self._save()
+                self.save()
                 return
             sha = self.commits.shas[step.index]
             obs = self.tester.test(sha, step.soak_seconds, self.state.reference_bug_key)
-            self._take(step, obs)
+            self.take(step, obs)
 
-    def _take(self, step: Step, obs: Observation) -> None:
+    def take(self, step: Step, obs: Observation) -> None:
         """Record one soak the planner asked for (evidence, a skip, or another bug's hang)."""
         sha = self.commits.shas[step.index]
         if obs.evidence:
@@ -227,44 +234,12 @@ class Bisection:
         role = "calibration" if step.calibration else "step"
         self._row(step.index, obs, role, step.soak_seconds)
 
-    def _search_on(self, tester: RemoteTester) -> None:
-        """One soak per machine, each planned given the soaks still running on the others;
-        recorded as they finish. Once confident, the soaks still running are cancelled
-        (they are not evidence). An interrupted search resumes from the recorded soaks."""
-        running: dict[Running, Step] = {}
-        completion = tester.completion()
-        try:
-            while self.state.phase == Phase.SEARCH:
-                while len(running) < tester.machines:
-                    step = self.bisector.next_step(pending=list(running.values()))
-                    if step is None:
-                        break
-                    sha = self.commits.shas[step.index]
-                    started = tester.start(sha, step.soak_seconds, self.state.reference_bug_key)
-                    running[started] = step
-                    completion.add(started.future)
-                if not running:
-                    self.state.phase = Phase.DONE
-                    self._save()
-                    return
-                future = next(completion)
-                done = next(r for r in running if r.future is future)
-                step = running.pop(done)
-                self._take(step, tester.observation(done))
-                self._note(tester)
-                if self.bisector.done():
-                    tester.cancel(running)
-                    running.clear()
-        finally:
-            if running:
-                tester.cancel(running)
-
-    def _note(self, tester: RemoteTester) -> None:
+    def note(self, tester: RemoteTester) -> None:
         """Lost workers go into the report's notes, once each."""
         for note in tester.notes:
             if note not in self.state.notes:
                 self.state.notes.append(note)
-                self._save()
+                self.save()
 
     def _other_bugs(self, sha: str) -> int:
         """Soaks of ``sha`` so far that another bug cut short (this one included)."""
@@ -272,8 +247,11 @@ class Bisection:
         return 1 + sum(row.kind == ObservationKind.OTHER_BUG for row in done)
 
     def run(self) -> Conclusion:
-        self.check_endpoints()
-        self.search()
+        if isinstance(self.tester, RemoteTester) and self.tester.machines > 1:
+            run_on_cluster(self, self.tester)  # the endpoints at once, then k soaks at a time
+        else:
+            self.check_endpoints()
+            self.search()
         return self.conclude()
 
     def conclude(self) -> Conclusion:

@@ -18,6 +18,7 @@ from verifier.scenario import load_scenario
 from verifier.source.select import choose_source
 from verifier.util.atomic import write_json, write_text
 from verifier.verify import VerifyCore
+from verifier.vocabulary import HangClass
 
 
 def main(job_path: Path, result_path: Path) -> int:
@@ -42,6 +43,8 @@ def main(job_path: Path, result_path: Path) -> int:
         )
         options = options_from_json(job.options, load_scenario(str(scenario_file)))
         tester = CommitTester(VerifyCore(builder, layout.tools), request, options, job_path.parent)
+        if job.reference_class:  # the bad end's class: what --amplify auto hunts from now
+            tester.reference_class = HangClass(job.reference_class)
         observation = tester.test(job.sha, job.soak_s, job.reference_bug_key)
     except VerifierError as error:
         sys.stderr.write(f"{error.message}\n")

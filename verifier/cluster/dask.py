@@ -172,8 +172,11 @@ class DaskCluster:
             if worker.get("resources", {}).get(RESOURCE, 0) >= 1
         ]
 
-    def submit(self, module: str, job: dict[str, Any], name: str) -> Any:
-        """Run ``module`` on ``job`` on one whole machine; a future."""
+    def submit(self, module: str, job: dict[str, Any], name: str, worker: str | None = None) -> Any:
+        """Run ``module`` on ``job`` on one whole machine; a future. With ``worker``, on
+        that one (it has built what the job needs) unless it is gone: the restriction is
+        loose (``allow_other_workers``), so a lost worker's task still runs elsewhere, and
+        work stealing may hand it to an idle worker while that one is busy."""
         return self.client.submit(
             child_task,
             module,
@@ -182,6 +185,8 @@ class DaskCluster:
             key=f"verifier-{name}-{uuid.uuid4().hex[:8]}",
             pure=False,
             resources={RESOURCE: 1},
+            workers=None if worker is None else [worker],
+            allow_other_workers=worker is not None,
         )
 
     def as_completed(self, futures: Iterable[Any]) -> Iterator[tuple[Any, TaskOutcome]]:

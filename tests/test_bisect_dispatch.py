@@ -1,0 +1,74 @@
+"""The cluster bisect's dispatcher: the endpoint checks at once, then each free machine's
+step planned with its own builds, and a re-soak sent back to the machine that built it
+(pure, no I/O); a soak that started before the reference bug was known is judged later."""
+
+from __future__ import annotations
+
+from verifier.bisect.dispatch import Endpoints, Job, Role, assign, good_end_soak_s, next_job
+from verifier.bisect.model import Soak
+from verifier.bisect.observation import Observation, judged
+from verifier.bisect.planner import FlakyBisector
+from verifier.vocabulary import ObservationKind
+
+N = 64
+BUDGET = 24.0
+
+
+def _jobs(bisector: FlakyBisector, ends: Endpoints, machines: int) -> list[Job]:
+    pending: list[Job] = []
+    for _ in range(machines):
+        job = next_job(bisector, ends, pending, set(), endpoint_soak_s=BUDGET, good_end_soak_s=13)
+        if job is None:
+            break
+        pending.append(job)
+        ends.good_end_started |= job.role == Role.GOOD_END
+    return pending
+
+
+def test_the_endpoints_are_soaked_at_once() -> None:
+    bisector = FlakyBisector(N, 0.95, max_soak_s=BUDGET, min_soak_s=3)
+    jobs = _jobs(bisector, Endpoints(tries=3), machines=4)
+    # the bad end, the good end (for the bad end's budget: no rate known yet), two more
+    # tries of the bad end; nothing else until the bad end hangs
+    assert [j.role for j in jobs] == [Role.BAD_END, Role.GOOD_END, Role.BAD_END, Role.BAD_END]
+    assert [j.step.index for j in jobs] == [N, 0, N, N]
+    assert all(j.step.soak_seconds == BUDGET for j in jobs)
+    assert _jobs(bisector, Endpoints(tries=3), machines=8) == jobs  # at most 3 tries
+
+
+def test_one_machine_checks_the_endpoints_one_after_the_other() -> None:
+    bisector = FlakyBisector(N, 0.95, max_soak_s=BUDGET, min_soak_s=3)
+    ends = Endpoints(tries=3)
+    (first,) = _jobs(bisector, ends, machines=1)
+    assert first.role == Role.BAD_END
+    bisector.record_endpoint(Soak(N, 2.0, True))
+    ends.tries_done, ends.bad_end_hung = 1, True
+    good = good_end_soak_s(bisector, 3.0, BUDGET)
+    assert good == 10.0  # five mean times to hang, now that one is known
+    (second,) = _jobs(bisector, ends, machines=1)
+    assert (second.role, second.step.index, second.step.soak_seconds) == (Role.GOOD_END, 0, 13)
+
+
+def test_a_re_soak_goes_to_the_machine_that_built_the_commit() -> None:
+    bisector = FlakyBisector(N, 0.95, max_soak_s=BUDGET, min_soak_s=3, calibration_hangs=0)
+    for seconds in (2.0, 3.0, 2.5):
+        bisector.record_endpoint(Soak(N, seconds, True))
+    bisector.record_endpoint(Soak(0, 13.0, False))
+    ends = Endpoints(tries=3, tries_done=3, bad_end_hung=True, good_end_started=True)
+    job = next_job(bisector, ends, [], set(), endpoint_soak_s=BUDGET, good_end_soak_s=13)
+    assert job is not None and job.role == Role.STEP
+    # the machine that has built the best commit gets it (no build there)
+    free = {"tcp://a": set(), "tcp://b": {job.step.index}, "tcp://c": set()}
+    chosen = assign(bisector, ends, [], free, endpoint_soak_s=BUDGET, good_end_soak_s=13)
+    assert chosen is not None and chosen[0] == "tcp://b"
+    assert chosen[1].step.index == job.step.index
+
+
+def test_a_hang_judged_against_a_reference_found_later() -> None:
+    hang = Observation("abc", ObservationKind.HANG, 2.0, bug_key="lost-wakeup:x", run_dir="h:/r")
+    assert judged(hang, None) == hang
+    assert judged(hang, "lost-wakeup:x") == hang
+    other = judged(hang, "self-deadlock:y")
+    assert other.kind == ObservationKind.OTHER_BUG and not other.evidence
+    assert other.other_bug is not None and other.other_bug.bug_key == "lost-wakeup:x"
+    assert other.reason == "different bug: lost-wakeup:x"
