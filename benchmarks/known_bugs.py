@@ -50,7 +50,7 @@ from verifier.vocabulary import AmplifierKind, VerdictKind
 
 ROOT = Path(__file__).resolve().parent.parent
 AUTO_SOAK_S = 15.0  # per auto trial, as auto_figures.py
-BISECT_TIMEOUT_S = 1200.0
+BISECT_TIMEOUT_S = 600.0  # a bisect that needs longer is reported as stopped
 
 
 @dataclass(frozen=True)
