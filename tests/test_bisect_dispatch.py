@@ -4,10 +4,13 @@ step planned with its own builds, and a re-soak sent back to the machine that bu
 
 from __future__ import annotations
 
+import json
+
 from verifier.bisect.dispatch import Endpoints, Job, Role, assign, good_end_soak_s, next_job
 from verifier.bisect.model import Soak
 from verifier.bisect.observation import Observation, judged
 from verifier.bisect.planner import FlakyBisector
+from verifier.bisect.remote import SoakJob
 from verifier.vocabulary import ObservationKind
 
 N = 64
@@ -72,3 +75,16 @@ def test_a_hang_judged_against_a_reference_found_later() -> None:
     assert other.kind == ObservationKind.OTHER_BUG and not other.evidence
     assert other.other_bug is not None and other.other_bug.bug_key == "lost-wakeup:x"
     assert other.reason == "different bug: lost-wakeup:x"
+
+
+def test_a_remote_soak_builds_what_the_local_one_would() -> None:
+    """A soak sent to a worker carries the build's sanitizer and TLS: without them the
+    worker soaked a plain build (found in review: both were dropped)."""
+    job = SoakJob(
+        source="debian", sha="a" * 40, soak_s=5.0, reference_bug_key=None,
+        reference_class="self-deadlock", patches=(("fix.diff", "text"),), reverse=False,
+        cflags=None, scenario="flood", scenario_text="name = 'flood'", options={},
+        sanitizer="address", tls=True,
+    )  # fmt: skip
+    again = SoakJob.from_json(json.loads(json.dumps(job.to_json())))
+    assert again == job and again.tls and again.sanitizer == "address"

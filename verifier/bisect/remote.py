@@ -62,6 +62,8 @@ class SoakJob:
     scenario: str
     scenario_text: str
     options: dict[str, Any]  # the VerifyOptions that change a soak, as JSON
+    sanitizer: str | None = None  # --sanitize: the build's sanitizer
+    tls: bool = False  # --tls: a TLS build
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -76,6 +78,8 @@ class SoakJob:
             "scenario": self.scenario,
             "scenario_text": self.scenario_text,
             "options": self.options,
+            "sanitizer": self.sanitizer,
+            "tls": self.tls,
         }
 
     @classmethod
@@ -92,6 +96,8 @@ class SoakJob:
             scenario=data["scenario"],
             scenario_text=data["scenario_text"],
             options=dict(data["options"]),
+            sanitizer=data.get("sanitizer"),
+            tls=bool(data.get("tls", False)),
         )
 
 
@@ -186,6 +192,8 @@ class RemoteTester:
             patches=self.patches,
             reverse=self.request.reverse,
             cflags=self.request.cflags,
+            sanitizer=None if self.request.sanitizer is None else str(self.request.sanitizer),
+            tls=self.request.tls,
             scenario=scenario.name,
             scenario_text=scenario.path.read_text(encoding="utf-8"),
             options=options_json(self.local.options),

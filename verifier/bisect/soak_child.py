@@ -12,6 +12,7 @@ from pathlib import Path
 from verifier.bisect.remote import SoakJob, options_from_json
 from verifier.bisect.tester import CommitTester
 from verifier.build.builder import Builder, BuildRequest
+from verifier.build.sanitizer import Sanitizer
 from verifier.errors import VerifierError
 from verifier.paths import CacheLayout, default_cache_dir
 from verifier.scenario import load_scenario
@@ -39,7 +40,13 @@ def main(job_path: Path, result_path: Path) -> int:
         )
         builder = Builder(layout.builds, layout.locks)
         request = BuildRequest(
-            choice, job.sha, tuple(patches), reverse=job.reverse, cflags=job.cflags
+            choice,
+            job.sha,
+            tuple(patches),
+            reverse=job.reverse,
+            cflags=job.cflags,
+            sanitizer=None if job.sanitizer is None else Sanitizer(job.sanitizer),
+            tls=job.tls,
         )
         options = options_from_json(job.options, load_scenario(str(scenario_file)))
         tester = CommitTester(VerifyCore(builder, layout.tools), request, options, job_path.parent)
