@@ -19,6 +19,7 @@ from verifier.check.checker import CheckReport, check_files, check_history
 from verifier.check.history import Op, OpKind, Result, write_history
 from verifier.check.models import MemcachedKey, encode
 from verifier.check.search import search
+from verifier.check.witness import Witness
 from verifier.errors import BadInput
 from verifier.run.server import MemcachedServer, ServerConfig
 from verifier.vocabulary import CheckOutcome, VerdictKind, WrongClass
@@ -610,3 +611,14 @@ def test_a_search_violation_is_not_named_lost_update_by_a_twin_far_apart() -> No
     assert classes(verdict(far)) == {
         WrongClass.NOT_LINEARIZABLE
     } or WrongClass.LOST_UPDATE not in classes(verdict(far))
+
+
+def test_one_race_is_one_bug_to_bisect_whatever_its_witness_is_called() -> None:
+    """A bisect keeps bugs apart by their key: the incr race's witness is lost-update when
+    the cheap rule sees it and not-linearizable when only the search does (both seen on
+    upstream 1.4.5), and must not be "another bug" at the bad end; another key family is."""
+    cheap = Witness(WrongClass.LOST_UPDATE, "ctr:2", (), "two incr answered 11")
+    searched = Witness(WrongClass.NOT_LINEARIZABLE, "ctr:0", (), "no order", "search")
+    register = Witness(WrongClass.NOT_LINEARIZABLE, "reg:0", (), "no order", "search")
+    assert cheap.bug_key == searched.bug_key == "wrong:ctr"
+    assert register.bug_key != cheap.bug_key

@@ -169,7 +169,7 @@ def observation_of(
         witness = trial.witness
         if trial.outcome == TrialOutcome.WRONG:
             assert witness is not None
-            key = f"wrong:{witness.wrong}"
+            key = witness.bug_key
         else:
             assert trial.diagnosis is not None
             key = trial.diagnosis.bug_key

@@ -63,6 +63,17 @@ class Witness:
     found_by: str = "cheap"  # "cheap" (a rule, no search) or "search" (WGL found no order)
     notes: tuple[str, ...] = field(default=())
 
+    @property
+    def bug_key(self) -> str:
+        """What two WRONG RESULTs of the same bug share (bisect keeps bugs apart by it): the
+        family of keys (the key up to its last ':', which a workload group's prefix sets),
+        not the class. One race shows under either name: on upstream 1.4.5 the incr race
+        gave lost-update when the cheap rule saw two increments answer alike and
+        not-linearizable when only the search did (3 and 4 of 7 runs), and a find-fix
+        bisect keyed by class stopped at its bad end on "different bug"."""
+        family = self.key.rsplit(":", 1)[0] if ":" in self.key else self.key
+        return f"wrong:{family}"
+
     def describe(self) -> list[str]:
         lines = [f"{self.wrong} on key {self.key} ({self.found_by}): {self.sentence}"]
         lines += [f"    {op.line()}" for op in self.ops]
