@@ -45,8 +45,8 @@ from verifier.knownbugs.spec import KnownBug, load_known_bugs
 from verifier.paths import CacheLayout, default_cache_dir
 from verifier.scenario import load_scenario
 from verifier.source.select import choose_source
-from verifier.verify import VerifyCore, VerifyOptions
-from verifier.vocabulary import AmplifierKind, VerdictKind
+from verifier.verify import VerifyCore, VerifyOptions, VerifyOutcome
+from verifier.vocabulary import AmplifierKind, VerdictKind, WrongClass
 
 ROOT = Path(__file__).resolve().parent.parent
 AUTO_SOAK_S = 15.0  # per auto trial, as auto_figures.py
@@ -71,10 +71,37 @@ def release_before(tags: list[str], version: Version) -> str | None:
     return max(releases)[1] if releases else None
 
 
-def exposed_by(bug: KnownBug, kind: VerdictKind) -> bool:
-    """Does a verdict show this bug? Its kind (HANG, WRONG RESULT, CRASH); whether the class
-    matches too is counted apart (``named``)."""
-    return kind == bug.bug_class.kind
+# A WRONG RESULT shows a wrong-answer bug when its witness has the bug's class, or is
+# not-linearizable (the search's name when no cheap rule applies) over the bug's own
+# operations: on 1.4.5 both the ascii incr race and the binary incr-with-initial double
+# create are present, and only the witness's operations tell which one a run caught.
+WITNESS_OPS = {
+    WrongClass.LOST_UPDATE: {"incr", "decr"},
+    WrongClass.DOUBLE_CREATE: {"incr-init"},
+    WrongClass.CAS_CHANGED: {"gets", "cas"},
+}
+
+
+def exposed_by(bug: KnownBug, outcome: VerifyOutcome) -> bool:
+    """Does this run show this bug? Its kind of verdict (HANG, CRASH), and for a wrong
+    answer a witness of this bug (whether the class is named too is counted apart)."""
+    wanted = bug.bug_class
+    if outcome.verdict.kind != wanted.kind:
+        return False
+    if wanted.kind != VerdictKind.WRONG or wanted.wrong_class is None:
+        return True
+    for trial in outcome.trials:
+        witness = trial.witness
+        if witness is None:
+            continue
+        if witness.wrong == wanted.wrong_class:
+            return True
+        ops = {op.kind for op in witness.ops}
+        if witness.wrong == WrongClass.NOT_LINEARIZABLE and ops & WITNESS_OPS.get(
+            wanted.wrong_class, set()
+        ):
+            return True
+    return False
 
 
 def named_as(bug: KnownBug, hang_class: object, wrong_class: object) -> bool:
@@ -92,7 +119,7 @@ def verify_once(
     outcome = core.verify(request, options, work)
     seconds = time.monotonic() - started
     verdict = outcome.verdict
-    exposed = exposed_by(bug, verdict.kind)
+    exposed = exposed_by(bug, outcome)
     named = exposed and named_as(bug, verdict.hang_class, verdict.wrong_class)
     run = Run(seconds, exposed, named, verdict.headline)
     mode = options.amplify or "told"
