@@ -71,10 +71,11 @@ def release_before(tags: list[str], version: Version) -> str | None:
     return max(releases)[1] if releases else None
 
 
-# A WRONG RESULT shows a wrong-answer bug when its witness has the bug's class, or is
-# not-linearizable (the search's name when no cheap rule applies) over the bug's own
-# operations: on 1.4.5 both the ascii incr race and the binary incr-with-initial double
-# create are present, and only the witness's operations tell which one a run caught.
+# A WRONG RESULT shows a wrong-answer bug when its witness is over the bug's own
+# operations, whatever the class it was named (named too, if it has the bug's): on 1.4.5
+# both the ascii incr race and the binary incr-with-initial double create are present,
+# and only the witness's operations tell which one a run caught (the double create was
+# named lost-update there: two creations answered alike).
 WITNESS_OPS = {
     WrongClass.LOST_UPDATE: {"incr", "decr"},
     WrongClass.DOUBLE_CREATE: {"incr-init"},
@@ -84,24 +85,17 @@ WITNESS_OPS = {
 
 def exposed_by(bug: KnownBug, outcome: VerifyOutcome) -> bool:
     """Does this run show this bug? Its kind of verdict (HANG, CRASH), and for a wrong
-    answer a witness of this bug (whether the class is named too is counted apart)."""
+    answer a witness over this bug's operations."""
     wanted = bug.bug_class
     if outcome.verdict.kind != wanted.kind:
         return False
-    if wanted.kind != VerdictKind.WRONG or wanted.wrong_class is None:
+    if wanted.kind != VerdictKind.WRONG or wanted.wrong_class not in WITNESS_OPS:
         return True
-    for trial in outcome.trials:
-        witness = trial.witness
-        if witness is None:
-            continue
-        if witness.wrong == wanted.wrong_class:
-            return True
-        ops = {op.kind for op in witness.ops}
-        if witness.wrong == WrongClass.NOT_LINEARIZABLE and ops & WITNESS_OPS.get(
-            wanted.wrong_class, set()
-        ):
-            return True
-    return False
+    own = WITNESS_OPS[wanted.wrong_class]
+    return any(
+        trial.witness is not None and {op.kind for op in trial.witness.ops} & own
+        for trial in outcome.trials
+    )
 
 
 def named_as(bug: KnownBug, hang_class: object, wrong_class: object) -> bool:
