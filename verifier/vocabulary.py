@@ -55,6 +55,7 @@ class HangProof(enum.StrEnum):
     SPIN = "spin"  # a thread on CPU at the same code across samples, progress counters frozen
     PROGRESS = "progress"  # pending work whose counters did not move for the bound
     EXIT = "exit"  # the process did not exit within the shutdown bound
+    SOCKET = "socket"  # a connection's requests all read (queues empty), none answered, others were
 
 
 class Liveness(enum.StrEnum):

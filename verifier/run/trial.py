@@ -44,6 +44,7 @@ from verifier.evidence.classify import Diagnosis
 from verifier.evidence.collect import collect_hang, symbolise_crash
 from verifier.evidence.procfs import fd_usage
 from verifier.evidence.sanitizer import read_reports
+from verifier.evidence.stalled import tcp_rows
 from verifier.limits import CONFIRM_WINDOW_S
 from verifier.probe.parts import part_hung, probe_parts
 from verifier.probe.telnet import ProbeTimeout, TelnetSession, client_kind, probe_new_connection
@@ -62,11 +63,13 @@ from verifier.run.gdb_hold import GdbHolder
 from verifier.run.progress import ProgressWatch, Stuck, load_works
 from verifier.run.proofs import CycleWatch, Prover, hold_bound
 from verifier.run.server import HOST, MemcachedServer, ServerConfig
+from verifier.run.stall_proof import StallFinding, look
 from verifier.run.tls_files import make_certificate
 from verifier.scenario import Scenario
 from verifier.stress import Flood, FloodConfig, FloodStats
+from verifier.stress.clients import GROUP_REPLY_TIMEOUT_S
 from verifier.stress.workload_file import Event, EventAction
-from verifier.util.atomic import write_json
+from verifier.util.atomic import write_json, write_text
 from verifier.vocabulary import HangClass, HangProof, Liveness, Sanitizer, TrialOutcome
 
 Progress = Callable[[str], None]
@@ -177,7 +180,55 @@ class _Soak:
         if self.stopped_by is not None:
             self._judge_stop(self.stopped_by)
         elif result.outcome == TrialOutcome.CLEAN:
-            self._last_look()
+            if self.workload:
+                self._stalled()
+            if result.outcome == TrialOutcome.CLEAN:
+                self._last_look()
+
+    def _stalled(self) -> None:
+        """The connections the flood kept after a reply timeout, read from the server's side
+        while still open (``run/stall_proof.py``): a proven one is HANG part-hung, the
+        rest are notes (the timeouts are counted per command anyway)."""
+        report_dir = Path(self.flood.config.report_dir) if self.flood.config.report_dir else None
+        if report_dir is None or not any(report_dir.glob("stalls-*.json")):
+            return
+        rows = tcp_rows(self.server.pid)
+        try:
+            text = self.held.command("stats conns", "END", 2.0)
+        except ProbeTimeout:
+            return  # the server did not answer the harness: the probes judge that
+        findings = look(report_dir, text, rows, GROUP_REPLY_TIMEOUT_S)
+        evidence = Path(self.result.run_dir) / "evidence"
+        saved = _save_stalls(findings, evidence)
+        proven = [f for f in findings if f.proven]
+        for found in findings:
+            if not found.proven:
+                self.result.notes.append(
+                    f"a reply timeout on {found.stall.group} (port {found.stall.local_port}) is "
+                    f"no stall: {found.why_not}"
+                )
+        if not proven:
+            return
+        first, result, now = proven[0], self.result, self.clock.now()
+        began = first.stall.at - first.stall.waited_s - (time.time() - now)
+        self.proven = Diagnosis(
+            HangClass.PART_HUNG,
+            Liveness.WORKERS_ALIVE,
+            first.sentence(),
+            {
+                "stalled": len(proven),
+                "kept": len(findings),
+                "findings": [f.to_json() for f in findings],
+                "evidence": saved,
+            },
+            proof=HangProof.SOCKET,
+        )
+        result.outcome = TrialOutcome.HANG
+        result.time_to_hang_s = max(0.0, began)
+        result.verdict_at_s = now
+        result.detection_latency_s = now - result.time_to_hang_s
+        result.timeline.mark(result.time_to_hang_s, EventKind.HANG_SUSPECTED, "reply timeout")
+        result.timeline.mark(now, EventKind.HANG_PROVEN, str(HangProof.SOCKET))
 
     def _judge_stop(self, due: Due) -> None:
         """The server was asked to stop: it exits within the bound, or it is stuck."""
@@ -668,6 +719,17 @@ def _freeze_status(status_file: Path) -> None:
     with contextlib.suppress(OSError):
         frozen = status_file.with_name(status_file.name + AT_HANG)
         frozen.write_bytes(status_file.read_bytes())
+
+
+def _save_stalls(findings: list[StallFinding], folder: Path) -> list[str]:
+    """Each kept connection's rows, one file per connection; their names, run-relative."""
+    saved = []
+    for found in findings:
+        path = folder / f"stall-{found.stall.local_port}.txt"
+        folder.mkdir(parents=True, exist_ok=True)
+        write_text(path, found.evidence_text())
+        saved.append(f"evidence/{path.name}")
+    return saved
 
 
 def _stop_holder(result: TrialResult, holder: GdbHolder) -> None:

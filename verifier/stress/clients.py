@@ -6,7 +6,9 @@ Each client walks a pre-drawn schedule (``shapes.schedule``), sends ``pipeline``
 then reads their replies in order with the codec's incremental parser. A reply that does
 not come within the reply timeout, or a connection that dies, makes every request still
 in flight indeterminate (the checker's "may or may not have happened") and drops the
-connection. Groups with ``tls = true`` connect to the server's TLS port, trusting the
+connection; a long-lived connection whose replies timed out is kept open instead, idle,
+as a stall (``stalls.py``) the harness reads the server's side of, and the client goes on
+on a new connection. Groups with ``tls = true`` connect to the server's TLS port, trusting the
 harness's throwaway CA (the context is built here, in the flood process, from its path).
 Checked groups write unique values ("<client>:<seq>") so a read names the
 write it saw, and append an ``Op`` per request to the process's history file.
@@ -26,6 +28,7 @@ from verifier.check.history import Op, OpKind, Result, write_history
 from verifier.stress.protocol.base import Codec, Command, ProtocolError, Reply, Status
 from verifier.stress.protocol.codecs import codec_for
 from verifier.stress.shapes import Pick, extra_keys, schedule
+from verifier.stress.stalls import MAX_KEPT, Stall, stall_path, write_stalls
 from verifier.stress.tally import CLOSED, CONNECT_FAILED, TIMEOUT, Tally, tally_path, write_tallies
 from verifier.stress.workload_file import Connection, Group, GroupKind
 
@@ -79,6 +82,7 @@ class _Stream(asyncio.Protocol):
         self._waiter: asyncio.Future[None] | None = None
         self.deadline = 0.0
         self.timed_out = False
+        self.kept: Stall | None = None  # a stalled connection kept open: bytes only counted
 
     def __call__(self) -> _Stream:
         return self
@@ -87,6 +91,9 @@ class _Stream(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
+        if self.kept is not None:  # a late reply: the stall was not the server's
+            self.kept.late_bytes += len(data)
+            return
         self.received += len(data)
         self.buf = self.buf[self.pos :] + data if self.pos else self.buf + data
         self.pos = 0
@@ -173,6 +180,8 @@ class GroupProcess:
         self.history_ops = 0
         self.last_flush = time.monotonic()
         self.clients: list[_Client] = []
+        self.stalls: list[Stall] = []
+        self.kept: list[asyncio.Transport] = []  # their connections, open until the end
         self.sweeper: asyncio.Task[None] | None = None
         for gi, group in enumerate(groups):
             mine = group.clients // processes + (1 if index < group.clients % processes else 0)
@@ -214,9 +223,25 @@ class GroupProcess:
             self.history_ops += write_history(path, self.history)
             self.history.clear()
         write_tallies(tally_path(self.report_dir, self.index), self.tallies, self.history_ops)
+        if self.stalls:
+            write_stalls(stall_path(self.report_dir, self.index), self.stalls)
+
+    def keep(self, stream: _Stream, stall: Stall) -> bool:
+        """Keep a stalled connection open for the harness (at most MAX_KEPT); False when
+        it is to be dropped as before."""
+        if len(self.kept) >= MAX_KEPT or stream.transport is None or self.report_dir is None:
+            return False
+        stream.kept = stall
+        self.stalls.append(stall)
+        self.kept.append(stream.transport)
+        self.flush(force=True)  # the harness may look before the next tick
+        return True
 
     def close(self) -> None:
         self.flush(force=True)
+        for transport in self.kept:
+            transport.abort()
+        self.kept.clear()
 
 
 class _Client:
@@ -297,7 +322,7 @@ class _Client:
                     if not self.owner.spend():
                         return
             finally:
-                if stream.transport is not None:
+                if stream.transport is not None and stream.kept is None:
                     stream.transport.abort()
 
     async def _pace(self, loop: asyncio.AbstractEventLoop, n: int) -> None:
@@ -334,7 +359,8 @@ class _Client:
         """Send the batch, read its replies in order; False when the connection is gone."""
         assert stream.transport is not None
         called = time.monotonic_ns()
-        stream.transport.write(b"".join(self.codec.encode(c) for c in batch))
+        sent = b"".join(self.codec.encode(c) for c in batch)
+        stream.transport.write(sent)
         delay = self.group.read_delay_ms / 1000.0
         if delay:  # a slow reader: the server's writes pile up in its buffers
             stream.transport.pause_reading()
@@ -351,6 +377,8 @@ class _Client:
                     self._tally(lost.name).failed(why)
                     self._record(lost, None, called, None)
                 self.owner.count(done)
+                if why == TIMEOUT and self.group.connection == Connection.LONG:
+                    self._keep(stream, len(batch), done, len(sent), called)
                 return False
             returned = time.monotonic_ns()
             tally = tallies.get(command.name) or self._tally(command.name)
@@ -359,6 +387,29 @@ class _Client:
                 self._record(command, reply, called, returned)
         self.owner.count(len(batch))
         return True
+
+    def _keep(self, stream: _Stream, requests: int, answered: int, size: int, called: int) -> None:
+        """A timed-out long-lived connection: kept open as a stall if the owner has room."""
+        transport = stream.transport
+        assert transport is not None
+        name = transport.get_extra_info("sockname")
+        peer = transport.get_extra_info("peername")
+        if not name or not peer:
+            return
+        stall = Stall(
+            group=self.group.name,
+            client=self.name,
+            local_port=int(name[1]),
+            server_port=int(peer[1]),
+            tls=self.group.tls,
+            requests=requests,
+            answered=answered,
+            bytes_sent=size,
+            unsent=transport.get_write_buffer_size(),
+            waited_s=round((time.monotonic_ns() - called) / 1e9, 3),
+            at=time.time(),
+        )
+        self.owner.keep(stream, stall)
 
     def _tally(self, command: str) -> Tally:
         found = self.tallies[command] = self.owner.tally(self.group, command)
