@@ -122,3 +122,4 @@ def test_one_stalled_worker_is_part_hung_not_saturation(
     assert code == 1, out
     assert report["verdict"]["hang_class"] == "part-hung", report["verdict"]["headline"]
     assert "1 of 2 worker threads never answered" in report["trials"][0]["diagnosis"]["summary"]
+    assert report["trials"][0]["diagnosis"]["liveness"] == "server answering, one part stuck"

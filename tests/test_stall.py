@@ -48,6 +48,7 @@ def test_pipelined_tls_sets_stall_a_connection_proven_by_the_server(
     assert report["verdict"]["proof"] == "socket", out
     diagnosis = report["trials"][0]["diagnosis"]
     assert "the server read every byte" in diagnosis["summary"]
+    assert diagnosis["liveness"] == "server answering, one part stuck"  # not "listener dead"
     proven = [f for f in diagnosis["details"]["findings"] if f["proven"]]
     assert proven, diagnosis
     for name in diagnosis["details"]["evidence"]:

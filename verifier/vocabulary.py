@@ -60,6 +60,7 @@ class HangProof(enum.StrEnum):
 
 class Liveness(enum.StrEnum):
     WORKERS_ALIVE = "listener dead, workers alive"
+    PART_STUCK = "server answering, one part stuck"  # part-hung: the probes were answered
     FROZEN = "whole server frozen"
     UNKNOWN = "no held connection"
 

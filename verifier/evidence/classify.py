@@ -112,11 +112,15 @@ class Diagnosis:
         """A proven diagnosis, completed by what the gdb evidence classified: when both name
         the same class, the stack's details (the re-entered functions of a self-deadlock)
         join the proof's; the proof, its class and its summary stand either way. What still
-        answers (liveness) is the evidence's: a proof is taken without asking."""
+        answers (liveness) is the evidence's: a proof is taken without asking; but a part
+        hung is proven by what still answered, which the evidence cannot tell apart from a
+        dead listener."""
         if classified.hang_class != self.hang_class:
             return replace(
                 self,
-                liveness=classified.liveness,
+                liveness=self.liveness
+                if self.liveness == Liveness.PART_STUCK
+                else classified.liveness,
                 details={**self.details, "gdb_classified": classified.summary},
             )
         chain = classified.details.get("chain")

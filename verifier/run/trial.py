@@ -213,7 +213,7 @@ class _Soak:
         began = first.stall.at - first.stall.waited_s - (time.time() - now)
         self.proven = Diagnosis(
             HangClass.PART_HUNG,
-            Liveness.WORKERS_ALIVE,
+            Liveness.PART_STUCK,
             first.sentence(),
             {
                 "stalled": len(proven),
@@ -489,7 +489,7 @@ class _Soak:
             return None
         self.proven = Diagnosis(
             HangClass.PART_HUNG,
-            Liveness.WORKERS_ALIVE,
+            Liveness.PART_STUCK,
             what,
             {"rounds": [[r.failed_op or "ok" for r in results] for results in rounds]},
             proof=HangProof.TIMING,
