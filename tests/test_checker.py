@@ -155,6 +155,20 @@ def test_two_creations_of_one_missing_key_is_double_create() -> None:
     assert verdict(ops, may_vanish=True).verdict is CheckOutcome.OK
 
 
+def test_an_incr_init_whose_add_lost_answers_not_stored_only_if_another_created() -> None:
+    """1.4.6's fix (ea2d42a50): a binary incr with an initial value that finds the key
+    missing and then loses the add to another creator answers NOT_STORED (seen on
+    upstream 1.4.6: the checker refused that history as bad input, an ERROR verdict)."""
+    created = op("a", OpKind.INCR_INIT, 0, 2, Result.NUMBER, delta=1, initial=100, number=100)
+    lost = op("b", OpKind.INCR_INIT, 1, 3, Result.NOT_STORED, delta=1, initial=100)
+    read = op("r", OpKind.GET, 4, 5, Result.HIT, value="100")
+    assert verdict([created, lost, read]).verdict is CheckOutcome.OK  # b changed nothing
+    alone = op("b", OpKind.INCR_INIT, 0, 1, Result.NOT_STORED, delta=1, initial=100)
+    assert verdict([alone]).verdict is CheckOutcome.VIOLATION  # nobody created it
+    counted = op("r", OpKind.GET, 4, 5, Result.HIT, value="101")
+    assert verdict([created, lost, counted]).verdict is CheckOutcome.VIOLATION
+
+
 def test_hit_after_a_completed_delete_is_a_lost_delete() -> None:
     ops = [
         op("w", OpKind.SET, 0, 1, Result.STORED, value="a"),

@@ -38,7 +38,7 @@ def changes(op: Op) -> bool:
     if op.kind in (OpKind.INCR, OpKind.DECR):
         return r in (Result.NUMBER, Result.UNKNOWN)
     if op.kind is OpKind.INCR_INIT:
-        return True
+        return r in (Result.NUMBER, Result.UNKNOWN)
     if op.kind is OpKind.DELETE:
         return r in (Result.DELETED, Result.UNKNOWN)
     return False
@@ -51,7 +51,9 @@ def creates(op: Op) -> bool:
     if op.kind is OpKind.ADD:
         return op.result in (Result.STORED, Result.UNKNOWN)
     if op.kind is OpKind.INCR_INIT:
-        return op.result is Result.UNKNOWN or op.number == op.initial
+        return op.result is Result.UNKNOWN or (
+            op.result is Result.NUMBER and op.number == op.initial
+        )
     return False
 
 
@@ -62,6 +64,8 @@ def sees_present(op: Op) -> bool:
         return r is Result.HIT
     if k in (OpKind.INCR, OpKind.DECR):
         return r is Result.NUMBER
+    if k is OpKind.INCR_INIT:
+        return r is Result.NOT_STORED  # its add found the key
     if k is OpKind.TOUCH:
         return r is Result.TOUCHED
     if k is OpKind.CAS:

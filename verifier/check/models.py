@@ -82,7 +82,8 @@ ALLOWED: dict[OpKind, frozenset[Result]] = {
     OpKind.CAS: frozenset({Result.STORED, Result.EXISTS, Result.NOT_FOUND}),
     OpKind.INCR: frozenset({Result.NUMBER, Result.NOT_FOUND}),
     OpKind.DECR: frozenset({Result.NUMBER, Result.NOT_FOUND}),
-    OpKind.INCR_INIT: frozenset({Result.NUMBER}),
+    # NOT_STORED: 1.4.6 on (ea2d42a50): the key was missing, then its add lost to another's
+    OpKind.INCR_INIT: frozenset({Result.NUMBER, Result.NOT_STORED}),
     OpKind.DELETE: frozenset({Result.DELETED, Result.NOT_FOUND}),
     OpKind.TOUCH: frozenset({Result.TOUCHED, Result.NOT_FOUND}),
 }
@@ -179,6 +180,8 @@ def _apply(s: State, op: Encoded) -> tuple[State, ...]:
             return (*stored, s) if cas > floor else (s,)
         return ()
     if kind in (INCR, DECR, INCR_INIT):
+        if kind == INCR_INIT and res == R_NOT_STORED:  # its add found the key there
+            return (s,) if present else ()
         if not present:
             if kind == INCR_INIT:
                 if unknown or number == initial:
@@ -189,6 +192,8 @@ def _apply(s: State, op: Encoded) -> tuple[State, ...]:
         if n is None:  # CLIENT_ERROR: such ops are not in histories; a no-op if indeterminate
             return (s,) if unknown else ()
         m = max(n - delta, 0) if kind == DECR else (n + delta) % WRAP
+        if unknown and kind == INCR_INIT:  # added to, or its add lost (NOT_STORED)
+            return ((str(m), 0, floor), s)
         if unknown or (res == R_NUMBER and number == m):
             return ((str(m), 0, floor),)
         return ()
@@ -216,6 +221,8 @@ def is_pure(op: Encoded) -> bool:
         return res in (R_EXISTS, R_NOT_FOUND)
     if kind in (INCR, DECR, DELETE):
         return res == R_NOT_FOUND
+    if kind == INCR_INIT:
+        return res == R_NOT_STORED
     return False
 
 
