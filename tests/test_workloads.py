@@ -173,7 +173,7 @@ def test_slow_readers_really_pin_their_items(tmp_path: Path, pristine) -> None: 
     config = ServerConfig(pristine.binary, threads=2, maxconns=64)
     with MemcachedServer(config, tmp_path / "server.log") as server:
         flood = FloodConfig(
-            port=server.port, concurrency=0, processes=1, duration_s=8.0, groups=workload.groups,
+            port=server.port, concurrency=0, processes=1, duration_s=10.0, groups=workload.groups,
             report_dir=str(tmp_path / "clients"), start_method="spawn",
         )  # fmt: skip
         states: list[str] = []
@@ -358,3 +358,61 @@ as-shipped = []
     cell = json.loads(out.read_text())["cells"][0]
     assert cell["key"] != first_key, "another workload is another cell (never its cache)"
     assert "mget" in {r["command"] for r in cell["trials"][0]["clients"]["commands"]}
+
+
+def _items_stat(port: int, name: str) -> int:
+    """The sum over slab classes of ``stats items`` counter ``name``."""
+    with socket.create_connection(("127.0.0.1", port), 2) as side:
+        side.sendall(b"stats items\r\n")
+        text = b""
+        while not text.endswith(b"END\r\n"):
+            text += side.recv(65536)
+    return sum(
+        int(line.split()[2])
+        for line in text.decode().splitlines()
+        if line.startswith("STAT items:") and line.split()[1].endswith(f":{name}")
+    )
+
+
+@pytest.mark.parametrize("read_delay_ms", [3000, 0])
+def test_pinned_items_block_evictions_in_stats_items(  # type: ignore[no-untyped-def]
+    tmp_path: Path, pristine, read_delay_ms: int
+) -> None:
+    """Slow readers' multi-gets hold references to the items they asked for: in a full
+    cache, the evictor meets them at the LRU tail and must skip them, which the server
+    counts in `stats items` as lrutail_reflocked. The same readers reading at once pin
+    (almost) nothing."""
+    workload = parse_workload(
+        {
+            "group": [
+                {"name": "writer", "clients": 1, "rate": 100, "keys": {"count": 2000, "prefix": "p:"},
+                 "values": {"size": 100_000}, "commands": {"set": 1}},
+                {"name": "seeder", "clients": 1, "rate": 2, "keys": {"count": 16, "prefix": "q:"},
+                 "values": {"size": 100_000}, "commands": {"set": 1}},
+                {"name": "slow", "clients": 16, "rate": 16, "keys": {"count": 16, "prefix": "q:"},
+                 "commands": {"mget": 1}, "mget_keys": 200, "mget_repeat": True,
+                 "read_delay_ms": read_delay_ms},
+            ]
+        },
+        "pin",
+        None,
+    )  # fmt: skip
+    # the classic LRU (no maintainer moving fetched items to a warm queue): the pinned
+    # items stay where the evictor walks; 4 MB replies outgrow the loopback buffers
+    extra = ("-m", "16", "-o", "no_lru_maintainer")
+    config = ServerConfig(pristine.binary, threads=2, maxconns=64, extra_args=extra)
+    with MemcachedServer(config, tmp_path / "server.log") as server:
+        flood = FloodConfig(
+            port=server.port, concurrency=0, processes=1, duration_s=10.0, groups=workload.groups,
+            report_dir=str(tmp_path / "clients"), start_method="spawn",
+        )  # fmt: skip
+        with Flood(flood):
+            time.sleep(10.5)
+        reflocked = _items_stat(server.port, "lrutail_reflocked")
+        evicted = _items_stat(server.port, "evicted")
+    assert evicted > 100, evicted  # the cache was full: the evictor ran at the tail
+    print(f"read_delay_ms={read_delay_ms}: lrutail_reflocked {reflocked}, evicted {evicted}")
+    if read_delay_ms:
+        assert reflocked >= 3, f"{reflocked} evictions met a pinned item"
+    else:
+        assert reflocked <= 1, f"{reflocked} evictions met a pinned item"
