@@ -67,6 +67,16 @@ def test_bad_input_exits_2_with_one_line(
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+def test_a_shared_cache_without_a_cluster_is_one_line(cache_layout: CacheLayout) -> None:
+    result = run_cli(
+        "bisect", "--source", "debian", "--good", "HEAD~1", "--bad", "HEAD", "--shared-cache",
+        cache=cache_layout,
+    )  # fmt: skip
+    assert result.returncode == ExitStatus.BAD_INPUT, result.stderr
+    assert "--shared-cache is for --executor dask://" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
 def test_a_server_that_cannot_start_is_a_harness_error(
     cache_layout: CacheLayout, tmp_path: Path
 ) -> None:

@@ -372,6 +372,8 @@ def test_soaks_of_a_commit_go_back_to_the_worker_that_built_it(
             tester.observation(_wait(tester, again))
             assert dask_cluster.attempts(str(again.future.key))[-1].worker == builder_worker
         assert sha not in tester.built_on(other)
+        tester.shared_cache = True  # --shared-cache: one cache for all, built for every worker
+        assert sha in tester.built_on(other)
     finally:
         dask_cluster.close()
 

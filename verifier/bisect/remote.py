@@ -149,8 +149,10 @@ class RemoteTester:
         local: CommitTester,
         source: str,
         request: BuildRequest,
+        shared_cache: bool = False,
     ) -> None:
         self.cluster = cluster
+        self.shared_cache = shared_cache  # the workers share one build cache
         self.local = local
         self.source = source
         self.patches = tuple(
@@ -175,7 +177,10 @@ class RemoteTester:
         return [w for w in self.cluster.machine_workers() if w not in busy]
 
     def built_on(self, worker: str) -> frozenset[str]:
-        """The commits ``worker`` has built, or is building for a soak sent to it."""
+        """The commits ``worker`` has built, or is building for a soak sent to it (with a
+        shared cache: that any worker has)."""
+        if self.shared_cache:
+            return frozenset().union(*self.built.values())
         return frozenset(self.built.get(worker, ()))
 
     def is_built(self, sha: str) -> bool:

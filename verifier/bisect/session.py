@@ -377,6 +377,7 @@ def open_session(
     echo: Echo | None = None,
     cluster: DaskCluster | None = None,
     remote_source: str = "",
+    shared_cache: bool = False,
 ) -> Iterator[Session]:
     """Open (resume, or with ``restart`` start over) the bisection of these inputs; the
     state folder is locked until the block ends. With ``cluster``, the soaks run on its
@@ -398,5 +399,5 @@ def open_session(
         )
         tester.reference_class = state.reference_class
         if cluster is not None:
-            tester = RemoteTester(cluster, tester, remote_source, request)
+            tester = RemoteTester(cluster, tester, remote_source, request, shared_cache)
         yield Session(Bisection(git, commits, tester, settings, state, state_path, echo), resumed)

@@ -104,6 +104,12 @@ search_options = stack(
     "worker machine).",
 )
 @click.option(
+    "--shared-cache",
+    is_flag=True,
+    help="With --executor dask://: the workers share one build cache (VERIFIER_CACHE_DIR "
+    "on shared storage), so a commit built by one is built for all.",
+)
+@click.option(
     "--replay",
     type=click.Path(dir_okay=False, exists=True, path_type=Path),
     help="Replay a saved state file (no builds, no soaks) and print the report.",
@@ -123,6 +129,7 @@ def bisect_command(
     rebuild: bool,
     restart: bool,
     executor: str,
+    shared_cache: bool,
     replay: Path | None,
     **params: Any,
 ) -> ExitStatus:
@@ -134,6 +141,10 @@ def bisect_command(
         return _replay(git, replay)
     if not good or not bad:
         raise BadInput("--good and --bad are required (or --replay STATE.json)")
+    if shared_cache and not executor.startswith(DASK_PREFIX):
+        raise BadInput(
+            "--shared-cache is for --executor dask://HOST:PORT (a local bisect has one cache)"
+        )
     settings = _settings(params)  # takes the search options out of params
     options = verify_options(**params)
     if settings.endpoint_tries == 0:
@@ -158,6 +169,7 @@ def bisect_command(
             echo=LiveTable(progress).row,
             cluster=cluster,
             remote_source=source_spec(repo, source),
+            shared_cache=shared_cache,
         ) as session,
     ):
         if session.resumed_steps:
