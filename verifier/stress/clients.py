@@ -361,30 +361,43 @@ class _Client:
         called = time.monotonic_ns()
         sent = b"".join(self.codec.encode(c) for c in batch)
         stream.transport.write(sent)
-        delay = self.group.read_delay_ms / 1000.0
-        if delay:  # a slow reader: the server's writes pile up in its buffers
-            stream.transport.pause_reading()
-            await asyncio.sleep(delay)
-            stream.transport.resume_reading()
-        deadline = loop.time() + GROUP_REPLY_TIMEOUT_S
-        tallies, check = self.tallies, self.group.check
-        for done, command in enumerate(batch):
-            try:
-                reply = await stream.reply(loop, self.codec, command, deadline)
-            except (_Gone, ProtocolError) as error:
-                why = error.why if isinstance(error, _Gone) else "protocol-error"
-                for lost in batch[done:]:
-                    self._tally(lost.name).failed(why)
-                    self._record(lost, None, called, None)
-                self.owner.count(done)
-                if why == TIMEOUT and self.group.connection == Connection.LONG:
-                    self._keep(stream, len(batch), done, len(sent), called)
-                return False
-            returned = time.monotonic_ns()
-            tally = tallies.get(command.name) or self._tally(command.name)
-            tally.answered(reply.status, (returned - called) // 1000)
-            if check or reply.cas is not None:
-                self._record(command, reply, called, returned)
+        answered = 0
+        try:
+            delay = self.group.read_delay_ms / 1000.0
+            if delay:  # a slow reader: the server's writes pile up in its buffers
+                stream.transport.pause_reading()
+                await asyncio.sleep(delay)
+                stream.transport.resume_reading()
+            deadline = loop.time() + GROUP_REPLY_TIMEOUT_S
+            tallies, check = self.tallies, self.group.check
+            for command in batch:
+                try:
+                    reply = await stream.reply(loop, self.codec, command, deadline)
+                except (_Gone, ProtocolError) as error:
+                    why = error.why if isinstance(error, _Gone) else "protocol-error"
+                    for lost in batch[answered:]:
+                        self._tally(lost.name).failed(why)
+                        self._record(lost, None, called, None)
+                    self.owner.count(answered)
+                    if why == TIMEOUT and self.group.connection == Connection.LONG:
+                        self._keep(stream, len(batch), answered, len(sent), called)
+                    return False
+                returned = time.monotonic_ns()
+                tally = tallies.get(command.name) or self._tally(command.name)
+                tally.answered(reply.status, (returned - called) // 1000)
+                if check or reply.cas is not None:
+                    self._record(command, reply, called, returned)
+                answered += 1
+        except asyncio.CancelledError:
+            # The flood paused or stopped (the harness pauses it to judge a failed probe):
+            # what was sent may still be done by the server, so it goes into the history as
+            # indeterminate. Dropped instead, a write nobody recorded made later reads
+            # unexplainable: WRONG RESULTs on upstream 1.5.19, 1.6.24 and 1.6.45 under
+            # --amplify auto (a read of 'p0.registers.2:594', whose set was in flight at a
+            # pause and missing from the history).
+            for lost in batch[answered:]:
+                self._record(lost, None, called, None)
+            raise
         self.owner.count(len(batch))
         return True
 
