@@ -360,7 +360,12 @@ class _Client:
         assert stream.transport is not None
         called = time.monotonic_ns()
         sent = b"".join(self.codec.encode(c) for c in batch)
-        stream.transport.write(sent)
+        try:
+            stream.transport.write(sent)
+        except RuntimeError:  # uvloop: the transport closed under us (the server died)
+            for command in batch:  # never sent: failed, and nothing for the history
+                self._tally(command.name).failed(CLOSED)
+            return False
         answered = 0
         try:
             delay = self.group.read_delay_ms / 1000.0
