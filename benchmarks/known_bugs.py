@@ -3,9 +3,8 @@
     .venv/bin/python benchmarks/known_bugs.py --repo PATH [--bug ID ...] [--runs 5]
         [--budget 600] [--told-soak 60] [--none-runs 1] [--no-bisect] [--cache-dir DIR]
 
-PATH is a local clone of upstream memcached (with its tags). Per bug (controls and bugs
-whose build needs a feature these builds lack, such as TLS, are listed as not run), side
-by side:
+PATH is a local clone of upstream memcached (with its tags). Per bug but the controls
+(a bug that needs TLS is run on builds with --enable-tls), side by side:
 
   told     its own scenario and amplifier hints, ``--runs`` times; each run stops at the
            first HANG/CRASH/WRONG RESULT or after ``--budget`` seconds of soak (trials of
@@ -132,11 +131,13 @@ def summary(runs: list[Run]) -> str:
     return f"{len(hit)}/{len(runs)}, median {statistics.median(hit):.1f} s{also}"
 
 
-def bisect_fix(repo: Path, bug: KnownBug, bad: str, good: str, cache: Path) -> list[str]:
+def bisect_fix(
+    repo: Path, bug: KnownBug, bad: str, good: str, cache: Path, tls: bool = False
+) -> list[str]:
     assert bug.scenario is not None
     argv = [sys.executable, "-m", "verifier", "bisect", "--repo", str(repo), "--find-fix"]
     argv += ["--bad", bad, "--good", good, "--scenario", bug.scenario.name]
-    argv += ["--cache-dir", str(cache)]
+    argv += ["--cache-dir", str(cache)] + (["--tls"] if tls else [])
     started = time.monotonic()
     try:
         done = subprocess.run(
@@ -192,24 +193,22 @@ def main() -> None:
             if bug.scenario is None:
                 waiting.append(f"{bug.id}: no scenario")
                 continue
-            if "tls" in bug.needs:
-                waiting.append(f"{bug.id}: needs a TLS build (these builds lack --enable-tls)")
-                continue
+            tls = "tls" in bug.needs  # both releases built with --enable-tls
             if bug.first_fixed is not None:
                 fixed = ".".join(map(str, bug.first_fixed))
                 bad = release_before(tags, bug.first_fixed)
-                fixed_request = BuildRequest(source, fixed, ())
+                fixed_request = BuildRequest(source, fixed, (), tls=tls)
             elif bug.candidate_fix is not None:  # not fixed upstream: newest release + the fix
                 bad = release_before(tags, (99, 0, 0))
                 fixed = f"{bad} + {bug.candidate_fix.name}"
-                fixed_request = BuildRequest(source, bad or "", (bug.candidate_fix,))
+                fixed_request = BuildRequest(source, bad or "", (bug.candidate_fix,), tls=tls)
             else:
                 waiting.append(f"{bug.id}: no fix upstream and no candidate fix")
                 continue
             if bad is None:
                 waiting.append(f"{bug.id}: no release before {fixed}")
                 continue
-            bad_request = BuildRequest(source, bad, ())
+            bad_request = BuildRequest(source, bad, (), tls=tls)
             told_trials = max(1, int(args.budget // args.told_soak))
             told = VerifyOptions(bug.scenario, trials=told_trials, soak_s=args.told_soak)
             untold = VerifyOptions(
@@ -252,7 +251,7 @@ def main() -> None:
             elif not any(r.exposed for r in results["told"]):
                 found = ["not run: no told run exposed it", "-", "-"]
             else:
-                found = bisect_fix(args.repo.resolve(), bug, bad, fixed, cache.root)
+                found = bisect_fix(args.repo.resolve(), bug, bad, fixed, cache.root, tls)
             rows.append(
                 [
                     bug.id,
