@@ -19,7 +19,7 @@ from test_waitfor import _held_stats, _server_config, c_programs, running
 
 from verifier.evidence.collect import build_symbols
 from verifier.evidence.leaked_lock import LeakProof, condvar_waits, find_leaked_lock
-from verifier.evidence.spin import find_spin
+from verifier.evidence.spin import SpinProof, find_spin
 from verifier.evidence.symtab import SymbolTable
 from verifier.evidence.waitfor import find_deadlock, warm_up
 from verifier.probe.telnet import TelnetSession
@@ -185,6 +185,11 @@ def test_spin_on_a_command_is_a_livelock(build_debian, tmp_path: Path, sessions)
             spinner.sendall(b"get spin:x\r\n")
             diagnosis = _until(lambda: prover.spin(held), 15.0)
             assert prover.leaked_lock() is None and prover.cycle() is None
+            # a server that answers no stats at all (its spinner holds what stats needs, as
+            # upstream 1.6.44's GETK spin did): the spin is proven on the frozen server
+            frozen = _until(lambda: _proven(find_spin(server.pid, lambda: None)), 15.0)
+            answers = iter([None, {"cmd_get": "1"}])  # frozen, then answering: it moved on
+            thawed = find_spin(server.pid, lambda: next(answers), backtrace=False)
             # the same spinner while the other worker serves a flood: counters move, so
             # it is not proven (a busy server's workers look the same on CPU)
             flood = Flood(
@@ -203,6 +208,10 @@ def test_spin_on_a_command_is_a_livelock(build_debian, tmp_path: Path, sessions)
         finally:
             held.close()
     assert not busy.proven and busy.reason.startswith("counters moved"), busy.to_json()
+    assert frozen is not None and frozen.frozen, "spin not proven on a frozen server"
+    assert "while the server answered no stats" in frozen.describe()
+    assert frozen.spinners[0].function == "spin_on_key"
+    assert not thawed.proven and "answered stats again" in thawed.reason, thawed.to_json()
     assert diagnosis is not None, "spin not proven"
     assert diagnosis.hang_class is HangClass.LIVELOCK and diagnosis.proof is HangProof.SPIN
     assert diagnosis.details["function"] == "spin_on_key"
@@ -251,6 +260,10 @@ def test_healthy_server_under_flood_is_never_leaked_or_spinning(pristine, tmp_pa
             held.close()
     assert after is not None and int(after["cmd_set"]) > 1000, "the flood did not run"
     print(f"leak candidates seen {contended}, busy workers refused as spinning {spins_refused}")
+
+
+def _proven(proof: SpinProof) -> SpinProof | None:
+    return proof if proof.proven else None
 
 
 def test_an_amplifier_sleep_never_passes_for_a_leaked_lock() -> None:

@@ -13,6 +13,14 @@ waits for nothing. Proven when, over ``window_s`` sampled every ``interval_s``:
    under a flood also satisfies 1-3 (epoll always has work, so it never sleeps), but it
    moves ``cmd_get``, ``get_hits``...: never proven. Nor while stats says a background
    job runs (``hash_is_expanding``, ``slab_reassign_running``, ``lru_crawler_running``).
+   When ``stats`` answers neither before nor after the window, the server showed no
+   progress at all (a frozen server): a thread that spun through it is proven too, over a
+   window as long as the timing confirmation's (``CONFIRM_WINDOW_S``: a stall shorter
+   than that, such as a long hash expansion, must never pass for a livelock), and the
+   proof says the server answered nothing (``frozen``). Seen on upstream 1.6.44
+   (binary GETK against extstore, 7aa08ac2b) and 1.4.22 (``stats sizes`` walking the LRU
+   under ``cache_lock``, on CPU in ``do_item_stats_sizes``): both were "unknown, whole
+   server frozen" by timing alone. A stats answer after the window means it moved on.
 
 The code it spins in is named by one gdb backtrace of that thread, taken after the spin
 is established (/proc gives no pc for a running thread: ``kstkeip`` reads 0 outside a
@@ -37,6 +45,7 @@ from verifier.evidence.memory import (
     sample_thread,
     thread_ids,
 )
+from verifier.limits import CONFIRM_WINDOW_S
 
 # stats counters a worker moves when it serves anything (bytes_* move with the reader's own
 # "stats", and connection counters with the verifier's probes: not progress)
@@ -77,11 +86,12 @@ class Spinner:
     function: str  # the innermost program function (gdb), "" if not read
     stack: str  # that thread's backtrace excerpt, "" if not read
 
-    def describe(self, window_s: float) -> str:
+    def describe(self, window_s: float, frozen: bool = False) -> str:
         where = f" in {self.function}" if self.function else ""
+        still = "the server answered no stats" if frozen else "the server's counters stood still"
         return (
             f"thread {self.tid} ({self.name}) spins{where}: on CPU {self.cpu_s:.2f} s of "
-            f"{window_s:.1f} s, never blocked, while the server's counters stood still"
+            f"{window_s:.1f} s, never blocked, while {still}"
         )
 
     def to_json(self) -> dict[str, object]:
@@ -101,13 +111,15 @@ class SpinProof:
     window_s: float
     counters: dict[str, str] = field(default_factory=dict)  # the frozen counters, as read
     reason: str = ""  # why nothing is proven ("" when proven)
+    frozen: bool = False  # stats answered neither before nor after: no counters to read
 
     @property
     def proven(self) -> bool:
         return bool(self.spinners)
 
     def describe(self) -> str:
-        return "; ".join(s.describe(self.window_s) for s in self.spinners) or self.reason
+        spins = (s.describe(self.window_s, self.frozen) for s in self.spinners)
+        return "; ".join(spins) or self.reason
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -116,6 +128,7 @@ class SpinProof:
             "window_s": self.window_s,
             "counters": self.counters,
             "reason": self.reason,
+            "frozen": self.frozen,
         }
 
 
@@ -157,9 +170,12 @@ def find_spin(
     running = {tid for tid, s in first.items() if _on_cpu(s) and switches[tid] is not None}
     if not running:  # the common case costs one /proc read, no stats round trip
         return SpinProof(pid, [], window_s, reason="no thread on CPU")
-    before = _progress(stats())
-    if not before:
+    first_answer = stats()
+    before = _progress(first_answer)
+    if first_answer and not before:
         return SpinProof(pid, [], window_s, reason="no progress counters readable")
+    if first_answer is None:  # frozen: no counters, so the spin must outlast a timing proof
+        window_s = max(window_s, CONFIRM_WINDOW_S)
     started = time.monotonic()
     while running and time.monotonic() - started < window_s:
         time.sleep(interval_s)
@@ -188,6 +204,9 @@ def find_spin(
         )
         return SpinProof(pid, [], window_s, reason=why)
     answer = stats()
+    frozen = first_answer is None
+    if frozen and answer is not None:
+        return SpinProof(pid, [], window_s, reason="the server answered stats again: not stuck")
     after = _progress(answer)
     busy = [flag for flag in BUSY_FLAGS if answer and answer.get(flag) not in (None, "0")]
     if busy:
@@ -198,7 +217,7 @@ def find_spin(
         return SpinProof(pid, [], window_s, reason=why)
     stacks = _backtraces(pid, [t for t, _, _ in spinning]) if backtrace else {}
     spinners = [Spinner(tid, name, cpu, *stacks.get(tid, ("", ""))) for tid, name, cpu in spinning]
-    return SpinProof(pid, spinners, elapsed, after)
+    return SpinProof(pid, spinners, elapsed, after, frozen=frozen)
 
 
 _LIB = re.compile(r"^(__|_IO|start_thread|clone)")

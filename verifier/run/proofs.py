@@ -160,9 +160,9 @@ class Prover:
         }
         if first.function:
             details["function"] = first.function
-        return Diagnosis(  # proven with the held connection's stats: something still answers
+        return Diagnosis(  # with the held connection's stats: something still answers
             HangClass.LIVELOCK,
-            Liveness.UNKNOWN,
+            Liveness.FROZEN if proof.frozen else Liveness.UNKNOWN,
             proof.describe(),
             details,
             HangProof.SPIN,
