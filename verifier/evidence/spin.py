@@ -217,6 +217,10 @@ def find_spin(
         return SpinProof(pid, [], window_s, reason=why)
     stacks = _backtraces(pid, [t for t, _, _ in spinning]) if backtrace else {}
     spinners = [Spinner(tid, name, cpu, *stacks.get(tid, ("", ""))) for tid, name, cpu in spinning]
+    # a thread spinning to take a lock (1.4.x's mutex_lock is a trylock loop) waits for the
+    # one that holds it: that one is named first (upstream 1.4.22: mutex_lock waited for
+    # do_item_stats_sizes, which walked the LRU holding cache_lock)
+    spinners.sort(key=lambda spinner: "lock" in spinner.function)
     return SpinProof(pid, spinners, elapsed, after, frozen=frozen)
 
 
