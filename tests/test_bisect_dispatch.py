@@ -5,13 +5,16 @@ step planned with its own builds, and a re-soak sent back to the machine that bu
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 from verifier.bisect.dispatch import Endpoints, Job, Role, assign, good_end_soak_s, next_job
 from verifier.bisect.model import Soak
 from verifier.bisect.observation import Observation, judged
 from verifier.bisect.planner import FlakyBisector
 from verifier.bisect.remote import SoakJob
-from verifier.vocabulary import ObservationKind
+from verifier.bisect.tester import observation_of
+from verifier.records.trial import TrialResult
+from verifier.vocabulary import HangClass, ObservationKind, TrialOutcome
 
 N = 64
 BUDGET = 24.0
@@ -88,3 +91,22 @@ def test_a_remote_soak_builds_what_the_local_one_would() -> None:
     )  # fmt: skip
     again = SoakJob.from_json(json.loads(json.dumps(job.to_json())))
     assert again == job and again.tls and again.sanitizer == "address"
+
+
+def test_a_crash_at_the_bad_end_is_the_bug_a_find_fix_follows() -> None:
+    """Nothing hunted: a crash at the bad end is the bug (upstream 1.6.40's slab mover
+    SIGSEGV: the find-fix bisect had stopped with "the bad end did not hang"); the same
+    crash later is evidence, another signal or a hang is another bug; while a hang class
+    is hunted a crash stays another bug."""
+    crash = replace(TrialResult(1, TrialOutcome.CRASH, 3.5, "", "socket"), crash_signal="SIGSEGV")
+    first = observation_of("a" * 40, crash, None, None, build_seconds=0, cached=True)
+    assert (first.kind, first.bug_key) == (ObservationKind.HANG, "crash:SIGSEGV")
+    again = observation_of("b" * 40, crash, None, "crash:SIGSEGV", build_seconds=0, cached=True)
+    assert again.kind == ObservationKind.HANG and again.evidence
+    abort = replace(crash, crash_signal="SIGABRT")
+    other = observation_of("c" * 40, abort, None, "crash:SIGSEGV", build_seconds=0, cached=True)
+    assert other.kind == ObservationKind.OTHER_BUG
+    hunted = observation_of(
+        "d" * 40, crash, HangClass.SELF_DEADLOCK, None, build_seconds=0, cached=True
+    )
+    assert hunted.kind == ObservationKind.OTHER_BUG

@@ -135,8 +135,8 @@ def observation_of(
     hunted_report: str | None = None,
 ) -> Observation:
     """What one soak of ``sha`` tells the bisector (pure). Before the bad end has hung, the
-    hunted class is the reference (any hang when nothing is hunted); after, the bad end's
-    bug key: anything else, and any crash, is another bug."""
+    hunted class is the reference (any hang, or a crash, when nothing is hunted); after,
+    the bad end's bug key: anything else is another bug."""
     common: dict[str, Any] = {
         "build_seconds": build_seconds,
         "build_cached": cached,
@@ -161,10 +161,22 @@ def observation_of(
         kind = ObservationKind.HANG if same else ObservationKind.OTHER_BUG
         return Observation(sha, kind, trial.soak_s, reason, bug_key=key, other_bug=other, **common)
     if trial.outcome == TrialOutcome.CRASH:
+        # the bug when nothing is hunted and the bad end crashed (its key then: the
+        # signal): a find-fix of a crash bug, such as 1.6.40's slab mover SIGSEGV, had
+        # stopped at the bad end ("did not hang"); once a hang is the reference, or a class
+        # is hunted, a crash is another bug
+        key = f"crash:{trial.crash_signal}"
+        if reference_bug_key is None:
+            same = hunted is None and not hunted_report
+        else:
+            same = key == reference_bug_key
+        if same:
+            at = trial.time_to_hang_s if trial.time_to_hang_s is not None else trial.soak_s
+            return Observation(sha, ObservationKind.HANG, at, bug_key=key, **common)
         reason = f"crash ({trial.crash_signal})"
         other = OtherBug.from_trial(trial, sha=sha, reason=reason)
         kind = ObservationKind.OTHER_BUG
-        return Observation(sha, kind, trial.soak_s, reason, other_bug=other, **common)
+        return Observation(sha, kind, trial.soak_s, reason, bug_key=key, other_bug=other, **common)
     if trial.outcome in (TrialOutcome.HANG, TrialOutcome.WRONG):
         witness = trial.witness
         if trial.outcome == TrialOutcome.WRONG:
