@@ -55,7 +55,7 @@ class StallFinding:
         )
 
     def evidence_text(self) -> str:
-        lines = [f"stall as the client recorded it: {s}" for s in (self.stall,)]
+        lines = [f"stall as the client recorded it: {self.stall}"]
         lines.append("/proc/<server pid>/net/tcp, the server's end:")
         lines.append(f"  {self.server_row.line if self.server_row else 'absent'}")
         lines.append("/proc/<server pid>/net/tcp, the client's end:")
