@@ -186,7 +186,7 @@ def test_spin_on_a_command_is_a_livelock(build_debian, tmp_path: Path, sessions)
             diagnosis = _until(lambda: prover.spin(held), 15.0)
             assert prover.leaked_lock() is None and prover.cycle() is None
             # a server that answers no stats at all (its spinner holds what stats needs, as
-            # upstream 1.6.44's GETK spin did): the spin is proven on the frozen server
+            # upstream 1.4.22's stats sizes did): the spin is proven on the frozen server
             frozen = _until(lambda: _proven(find_spin(server.pid, lambda: None)), 15.0)
             answers = iter([None, {"cmd_get": "1"}])  # frozen, then answering: it moved on
             thawed = find_spin(server.pid, lambda: next(answers), backtrace=False)

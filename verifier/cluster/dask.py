@@ -202,7 +202,9 @@ class DaskCluster:
     def outcome(self, future: Any) -> TaskOutcome:
         """The finished ``future``'s outcome (it must be done)."""
         task = str(future.key)
-        import_distributed().Event(ended_event(task), client=self.client).clear()  # not needed
+        # the task set its "ended" Event for a cancel that never came: drop it from the
+        # scheduler, which would otherwise keep one per task for the cluster's life
+        import_distributed().Event(ended_event(task), client=self.client).clear()
         try:
             answer = json.loads(future.result())
         except Exception as error:  # the task's own exception, or workers lost every time
@@ -268,7 +270,12 @@ class DaskCluster:
         futures = list(futures)
         self.client.cancel(futures)
         distributed = import_distributed()
-        started = [str(f.key) for f in futures if self.attempts(str(f.key))]
+        logged = {  # one read of the start events, not one per future
+            event.get("task")
+            for _, event in self.client.get_events(EVENT_TOPIC)
+            if isinstance(event, dict)
+        }
+        started = [str(f.key) for f in futures if str(f.key) in logged]
         for task in started:
             distributed.Event(stop_event(task), client=self.client).set()
         for task in started:

@@ -17,10 +17,11 @@ waits for nothing. Proven when, over ``window_s`` sampled every ``interval_s``:
    progress at all (a frozen server): a thread that spun through it is proven too, over a
    window as long as the timing confirmation's (``CONFIRM_WINDOW_S``: a stall shorter
    than that, such as a long hash expansion, must never pass for a livelock), and the
-   proof says the server answered nothing (``frozen``). Seen on upstream 1.6.44
-   (binary GETK against extstore, 7aa08ac2b) and 1.4.22 (``stats sizes`` walking the LRU
-   under ``cache_lock``, on CPU in ``do_item_stats_sizes``): both were "unknown, whole
-   server frozen" by timing alone. A stats answer after the window means it moved on.
+   proof says the server answered nothing (``frozen``). Upstream 1.4.22 under the
+   ``lru-crawler-crawl`` workload was "unknown, whole server frozen" by timing alone; now
+   it is this proof (``stats sizes`` on CPU in ``do_item_stats_sizes`` with ``cache_lock``
+   held). 1.6.44's GETK hang (7aa08ac2b) was also frozen by timing; not re-run since. A
+   stats answer after the window means it moved on.
 
 The code it spins in is named by one gdb backtrace of that thread, taken after the spin
 is established (/proc gives no pc for a running thread: ``kstkeip`` reads 0 outside a

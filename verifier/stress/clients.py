@@ -226,16 +226,15 @@ class GroupProcess:
         if self.stalls:
             write_stalls(stall_path(self.report_dir, self.index), self.stalls)
 
-    def keep(self, stream: _Stream, stall: Stall) -> bool:
-        """Keep a stalled connection open for the harness (at most MAX_KEPT); False when
-        it is to be dropped as before."""
+    def keep(self, stream: _Stream, stall: Stall) -> None:
+        """Keep a stalled connection open for the harness (at most MAX_KEPT; beyond that,
+        or with no report folder, it is dropped as any other: ``stream.kept`` stays None)."""
         if len(self.kept) >= MAX_KEPT or stream.transport is None or self.report_dir is None:
-            return False
+            return
         stream.kept = stall
         self.stalls.append(stall)
         self.kept.append(stream.transport)
         self.flush(force=True)  # the harness may look before the next tick
-        return True
 
     def close(self) -> None:
         self.flush(force=True)
