@@ -10,7 +10,6 @@ import tempfile
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
-from types import FrameType
 
 import click
 
@@ -27,6 +26,7 @@ from verifier.cli import (
     verify_cmd,
 )
 from verifier.errors import ExitStatus, VerifierError
+from verifier.util import signals
 from verifier.util.atomic import write_text
 
 _SIGNAL_STATUS = {signal.SIGTERM: ExitStatus.TERMINATED, signal.SIGHUP: ExitStatus.HUNG_UP}
@@ -41,13 +41,9 @@ class Terminated(BaseException):
         self.signum = signum
 
 
-def _raise_terminated(signum: int, _frame: FrameType | None) -> None:
-    raise Terminated(signum)
-
-
 def install_signal_handlers() -> None:
-    for signum in _SIGNAL_STATUS:
-        signal.signal(signum, _raise_terminated)
+    signals.install(list(_SIGNAL_STATUS), Terminated)
+    signals.install([signal.SIGINT], lambda _signum: KeyboardInterrupt())
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
