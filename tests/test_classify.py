@@ -153,3 +153,18 @@ def test_the_lost_wakeup_sentence_names_only_what_this_build_has() -> None:
         "no client connection left that could re-enable accepting"
     )
     assert all("?" not in d.summary for d in (signature, unknown))
+
+
+def test_a_server_exit_is_named_by_its_last_fatal_line_not_the_flood_noise() -> None:
+    from verifier.evidence.last_words import last_words
+
+    log = (
+        "Too many open connections\n"
+        "[err] event_queue_remove_active: 0x55cc19887c08 not on queue 8\n"
+        "Too many open connections\n"
+    )
+    assert last_words(log) == "[err] event_queue_remove_active: 0x55cc19887c08 not on queue 8"
+    assert last_words("Too many open connections\n" * 3) is None
+    assert last_words("memcached: items.c:12: do_item_link: Assertion `x' failed.\n") == (
+        "memcached: items.c:12: do_item_link: Assertion `x' failed."
+    )

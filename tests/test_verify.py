@@ -25,6 +25,7 @@ from verifier.verify import SoakPlan, VerifyCore, VerifyOptions
 
 from conftest import (
     CRASH_FIXTURE,
+    FIXTURES,
     LOCK_ORDER_INVERSION,
     LOST_WAKEUP_FIX,
     MAXCONNS_FIX,
@@ -173,6 +174,32 @@ def test_abort_under_load_is_a_crash(cache_layout: CacheLayout, tmp_path: Path) 
     assert report["verdict"]["kind"] == "CRASH"
     assert trial["crash_signal"] == "SIGABRT"
     assert "do_accept_new_conns" in trial["crash_backtrace"]
+
+
+@pytest.mark.slow
+def test_an_exit_under_load_is_a_crash_that_quotes_the_server(
+    cache_layout: CacheLayout, tmp_path: Path
+) -> None:
+    """A server that exits on its own (libevent's event_errx, as upstream 1.4.5 did under
+    auto) has no signal and no backtrace: its last fatal line is the diagnosis."""
+    result, report = verify(
+        cache_layout,
+        tmp_path,
+        "--patch",
+        str(FIXTURES / "exit-under-load.diff"),
+        "--amplify",
+        "none",
+        "--soak",
+        "15",
+        "--trials",
+        "1",
+    )
+    assert result.returncode == ExitStatus.BUG_SEEN, result.stdout + result.stderr
+    trial = report["trials"][0]
+    said = "[err] event_queue_remove_active: test fixture, not on queue 8"
+    assert trial["crash_signal"] == "exit status 1"
+    assert trial["crash_message"] == said
+    assert f'died by exit status 1 ("{said}")' in report["verdict"]["headline"]
 
 
 @pytest.mark.slow

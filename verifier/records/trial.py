@@ -67,6 +67,7 @@ class TrialResult:
     diagnosis: Diagnosis | None = None
     crash_signal: str | None = None
     crash_backtrace: str = ""
+    crash_message: str | None = None  # an exit, not a signal: the server's last fatal line
     emfile_episodes: int = 0  # listen_disabled_num increase during the soak
     amplifier_triggers: int = 0
     saturation_episodes: int = 0  # failed probes that recovered after the drain
@@ -124,6 +125,7 @@ class TrialResult:
             "diagnosis": self.diagnosis.to_json() if self.diagnosis else None,
             "crash_signal": self.crash_signal,
             "crash_backtrace": self.crash_backtrace,
+            "crash_message": self.crash_message,
             "emfile_episodes": self.emfile_episodes,
             "amplifier_triggers": self.amplifier_triggers,
             "saturation_episodes": self.saturation_episodes,
@@ -155,6 +157,7 @@ class TrialResult:
             diagnosis=Diagnosis.from_json(data["diagnosis"]) if data.get("diagnosis") else None,
             crash_signal=data.get("crash_signal"),
             crash_backtrace=data.get("crash_backtrace", ""),
+            crash_message=data.get("crash_message"),
             emfile_episodes=int(data.get("emfile_episodes", 0)),
             amplifier_triggers=int(data.get("amplifier_triggers", 0)),
             saturation_episodes=int(data.get("saturation_episodes", 0)),

@@ -42,6 +42,7 @@ from verifier.check.checker import check_files
 from verifier.errors import EnvironmentMissing, VerifierError
 from verifier.evidence.classify import Diagnosis
 from verifier.evidence.collect import collect_hang, symbolise_crash
+from verifier.evidence.last_words import last_words
 from verifier.evidence.procfs import fd_usage
 from verifier.evidence.sanitizer import read_reports
 from verifier.evidence.stalled import tcp_rows
@@ -859,3 +860,5 @@ def _crash_details(
         result.crash_signal = f"exit status {code}"
     log = server.log_path.read_text(errors="replace") if server.log_path.exists() else ""
     result.crash_backtrace = symbolise_crash(binary, log, symbols)
+    if code is not None and code >= 0:
+        result.crash_message = last_words(log)

@@ -357,9 +357,10 @@ def decide(
             **common,
         )
     if proof is not None and proof.outcome == TrialOutcome.CRASH:
+        said = f' ("{proof.crash_message}")' if proof.crash_message else ""
         return Verdict(
             VerdictKind.CRASH,
-            f"CRASH: the server died by {proof.crash_signal} after {proof.soak_s:.1f} s "
+            f"CRASH: the server died by {proof.crash_signal}{said} after {proof.soak_s:.1f} s "
             f"of flood (trial {proof.index}){also}",
             other_bugs=other_bugs,
             **common,
