@@ -266,7 +266,8 @@ class _Client:
             return str(numbers[pick.size]).encode()
         if self.group.check:
             self.seq += 1
-            return f"{self.name}:{self.seq}".encode()
+            unique = f"{self.name}:{self.seq}".encode()
+            return unique + PAD * (pick.size - len(unique))  # the workload's size, as sent
         found = self.values.get(pick.size)
         if found is None:
             found = self.values[pick.size] = b"x" * pick.size
@@ -469,6 +470,15 @@ class _Client:
             stream.transport.abort()
 
 
+PAD = b"~"  # fills a checked value to its size; no client name or number has one
+
+
+def unpadded(value: bytes) -> str:
+    """A checked value as the history keeps it: without the fill (append and prepend
+    concatenate filled values, so every fill goes, not only a trailing one)."""
+    return value.replace(PAD, b"").decode(errors="replace")
+
+
 def history_op(
     client: str,
     command: Command,
@@ -486,7 +496,7 @@ def history_op(
     if kind == OpKind.GET and reply is not None and reply.cas is not None:
         kind = OpKind.GETS
     key = command.key.decode()
-    value = command.value.decode() if kind in _WRITES else None
+    value = unpadded(command.value) if kind in _WRITES else None
     delta = command.delta if kind in (OpKind.INCR, OpKind.DECR, OpKind.INCR_INIT) else None
     common = {"client": client, "key": key, "call_ns": called, "protocol": protocol}
     if reply is None:  # indeterminate: may or may not have happened
@@ -499,7 +509,7 @@ def history_op(
             # memcached unlinks the old item when a store fails to allocate: maybe deleted
             return Op(kind=OpKind.DELETE, return_ns=None, result=Result.UNKNOWN, **common)
         return None  # an error answer changed nothing the checker models
-    read = reply.value.decode(errors="replace") if reply.value is not None else None
+    read = unpadded(reply.value) if reply.value is not None else None
     return Op(
         kind=kind,
         return_ns=returned,
