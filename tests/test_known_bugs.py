@@ -186,6 +186,25 @@ def test_pristine_debian_still_has_the_listener_lost_wakeup(
     assert page.count("<figure") == 4 and "<script" not in page
 
 
+@pytest.mark.timeout(300)
+def test_pristine_debian_still_has_the_page_move_cas_change(
+    cache_layout: CacheLayout, tmp_path: Path
+) -> None:
+    """1.6.18 predates 2b97c389f (1.6.24): a page move's rescue relinks a live item with a
+    new CAS. The packager's answer names it, with the two gets that prove it."""
+    result, document = _known_bugs(
+        cache_layout, tmp_path / "cas", "--bug", "pagemove-cas", "--soak", "20"
+    )
+    assert result.returncode == ExitStatus.GATE_FAILED, result.stdout + result.stderr
+    (row,) = document["bugs"]
+    assert row["applicability"] == "applicable"
+    verdict = row["cell"]["verdict"]
+    assert verdict["kind"] == "WRONG RESULT", verdict["headline"]
+    assert "cas-changed" in verdict["headline"]
+    assert "the cas token changed with no write in between" in verdict["headline"]
+    assert row["cell"]["state"] == "missed"
+
+
 @pytest.mark.timeout(600)
 def test_the_reintroduced_1_4_6_race_shows_as_present(
     cache_layout: CacheLayout, tmp_path: Path
