@@ -138,6 +138,7 @@ def bisect_fix(
     argv = [sys.executable, "-m", "verifier", "bisect", "--repo", str(repo), "--find-fix"]
     argv += ["--bad", bad, "--good", good, "--scenario", bug.scenario.name]
     argv += ["--cache-dir", str(cache)] + (["--tls"] if tls else [])
+    argv += ["--amplify", bug.amplify] if bug.amplify else []  # told, as the other columns
     started = time.monotonic()
     try:
         done = subprocess.run(

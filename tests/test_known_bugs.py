@@ -23,8 +23,15 @@ from verifier.knownbugs.spec import BugClass, load_known_bugs, parse_known_bug
 from verifier.paths import CacheLayout
 from verifier.resources import recipes_dir
 from verifier.run.server import HOST, MemcachedServer, ServerConfig
+from verifier.scenario import load_scenario
 from verifier.source.select import SourceChoice
-from verifier.vocabulary import BugApplicability, HangClass, VerdictKind, WrongClass
+from verifier.vocabulary import (
+    AmplifierKind,
+    BugApplicability,
+    HangClass,
+    VerdictKind,
+    WrongClass,
+)
 
 from conftest import FIXTURES, RACE_FIXTURE, run_cli
 
@@ -52,6 +59,11 @@ def test_every_shipped_known_bug_loads() -> None:
     assert bugs["incr-race-127"].bug_class == BugClass(
         VerdictKind.WRONG, wrong_class=WrongClass.LOST_UPDATE
     )
+    # told is the file's hint: incr-race's own default is no amplifier, the bug's a gdb hold
+    assert load_scenario("incr-race").amplify_default == AmplifierKind.NONE
+    told = bugs["incr-race-127"].scenario
+    assert told is not None and told.amplify_default == AmplifierKind.GDB
+    assert told.gdb is not None and told.gdb.location == "add_delta"
 
 
 @pytest.mark.parametrize(

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import re
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,7 @@ from verifier.build.versions import Version, parse_version
 from verifier.errors import BadInput, VerifierError
 from verifier.resources import fixtures_dir, patches_dir, recipes_dir
 from verifier.scenario import AMPLIFIERS, Scenario, load_scenario
-from verifier.vocabulary import HangClass, VerdictKind, WrongClass
+from verifier.vocabulary import AmplifierKind, HangClass, VerdictKind, WrongClass
 
 FEATURES = ("tls", "extstore", "binary", "meta")
 _KEYS = {
@@ -278,6 +278,10 @@ def parse_known_bug(path: Path, text: str) -> KnownBug:
         and bug.amplify not in scenario.amplifiers()
     ):
         raise reader.fail(f"amplify {bug.amplify!r}: scenario {bug.scenario.name} lacks it")
+    if bug.amplify is not None and scenario is not None:
+        # told means this hint: the bug's cell, and anything run from its file, stretch so
+        told = replace(scenario, amplify_default=AmplifierKind(bug.amplify))
+        bug = replace(bug, scenario=told)
     return bug
 
 
