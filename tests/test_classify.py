@@ -165,6 +165,7 @@ def test_a_server_exit_is_named_by_its_last_fatal_line_not_the_flood_noise() -> 
     )
     assert last_words(log) == "[err] event_queue_remove_active: 0x55cc19887c08 not on queue 8"
     assert last_words("Too many open connections\n" * 3) is None
+    assert last_words("Failed to write, and not due to blocking: Broken pipe\n") is None
     assert last_words("memcached: items.c:12: do_item_link: Assertion `x' failed.\n") == (
         "memcached: items.c:12: do_item_link: Assertion `x' failed."
     )
