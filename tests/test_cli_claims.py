@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -148,6 +149,82 @@ def test_amplify_gdb_holds_the_listener_and_finds_the_hang(
     trial = report["trials"][-1]
     assert trial["amplifier_triggers"] >= 1
     assert (Path(trial["run_dir"]) / "gdb-amplifier.log").is_file()
+
+
+def _gdb_counts(trial: dict[str, Any]) -> dict[str, int]:
+    """The gdb amplifier's last COUNTS line: hits, holds, owned (skipped: the thread held
+    the unless_held mutex), unknown."""
+    log = (Path(trial["run_dir"]) / "gdb-amplifier.log").read_text(errors="replace")
+    last = re.findall(r"COUNTS (\d+) (\d+) (\d+) (\d+)", log)[-1]
+    return dict(zip(("hits", "holds", "owned", "unknown"), map(int, last), strict=True))
+
+
+_HOLD_FILTER_SCENARIO = """
+name = "hold-filter"
+summary = "new keys set flat out: every set allocates (slabs_alloc takes slabs_lock)"
+[server]
+maxconns = 64
+[workload]
+name = "sets"
+summary = "sets of new keys"
+[[workload.group]]
+name = "sets"
+protocol = "ascii"
+clients = 4
+connection = "long"
+keys = {{ count = 200000, prefix = "s:" }}
+values = {{ size = 100 }}
+commands = {{ set = 1 }}
+[amplify]
+default = "gdb"
+[amplify.gdb]
+location = "slabs_alloc"
+hold_ms = 1
+thread = "any"
+unless_held = "slabs_lock"
+{hold_at}
+"""
+
+
+def test_gdb_hold_unless_held_skips_the_lock_owner_and_hold_at_moves_the_hold(
+    cache_layout: CacheLayout, tmp_path: Path
+) -> None:
+    """unless_held reads the mutex's owner: slabs_alloc() is entered without slabs_lock (held
+    there), do_slabs_alloc() runs under it (hold_at: picked at slabs_alloc, never held, and
+    the skips count as triggers, so the soak is a PASS, not "the amplifier never fired")."""
+    before = tmp_path / "before"
+    result, report = verify(
+        cache_layout,
+        before,
+        "--scenario",
+        _scenario(tmp_path, _HOLD_FILTER_SCENARIO.format(hold_at="")),
+        "--soak",
+        "5",
+        "--trials",
+        "1",
+    )
+    assert result.returncode == ExitStatus.SUCCESS, result.stdout + result.stderr
+    assert report["amplifier"].endswith("unless it holds slabs_lock")
+    counts = _gdb_counts(report["trials"][-1])
+    assert counts["holds"] > 0 and counts["owned"] == 0 and counts["unknown"] == 0, counts
+
+    inside = tmp_path / "inside"
+    result, report = verify(
+        cache_layout,
+        inside,
+        "--scenario",
+        _scenario(tmp_path, _HOLD_FILTER_SCENARIO.format(hold_at='hold_at = "do_slabs_alloc"')),
+        "--soak",
+        "5",
+        "--trials",
+        "1",
+    )
+    assert result.returncode == ExitStatus.SUCCESS, result.stdout + result.stderr
+    assert report["amplifier"].startswith("gdb: hold any thread at do_slabs_alloc after slabs_")
+    trial = report["trials"][-1]
+    counts = _gdb_counts(trial)
+    assert counts["holds"] == 0 and counts["owned"] > 0 and counts["unknown"] == 0, counts
+    assert trial["amplifier_triggers"] == counts["owned"]
 
 
 def test_amplify_interpose_given_explicitly(cache_layout: CacheLayout, tmp_path: Path) -> None:

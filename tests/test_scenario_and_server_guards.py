@@ -65,6 +65,26 @@ def test_an_amplifier_delay_as_long_as_the_confirmation_window_is_refused(
         )
 
 
+@pytest.mark.parametrize(
+    ("keys", "message"),
+    [
+        ('unless_held = "cache_lock; shell echo pwned"', "unless_held .* is not a C identifier"),
+        ("unless_held = 7", "unless_held 7 is not a C identifier"),
+        ('hold_at = "items.c:308\\nshell echo pwned"', "hold_at must be one location"),
+        ('held = "cache_lock"', "held"),
+    ],
+)
+def test_gdb_hold_filters_are_checked(tmp_path: Path, keys: str, message: str) -> None:
+    gdb = '[amplify.gdb]\nlocation = "item_unlink_q"\n' + keys + "\n"
+    with pytest.raises(BadInput, match=message) as caught:
+        load_scenario(str(_scenario(tmp_path, BASE + gdb)))
+    assert "\n" not in caught.value.message
+    fine = load_scenario(
+        str(_scenario(tmp_path, BASE + gdb.replace(keys, 'unless_held = "cache_lock"')))
+    )
+    assert fine.gdb is not None and fine.gdb.unless_held == "cache_lock"
+
+
 def test_the_old_expect_key_and_unknown_keys_are_named(tmp_path: Path) -> None:
     with pytest.raises(BadInput, match="hang_class"):
         load_scenario(str(_scenario(tmp_path, 'expect = "unknown"\n' + BASE)))

@@ -80,6 +80,8 @@ class GdbHoldSpec:
     hold_ms: int = 50
     thread: str = "main"
     every: int = 1  # hold on every Nth hit only
+    unless_held: str = ""  # a mutex (C identifier): no hold when the stopped thread owns it
+    hold_at: str = ""  # hold here instead, when a thread picked at ``location`` reaches it
 
 
 @dataclass(frozen=True)
@@ -149,6 +151,14 @@ def _validate(scenario: Scenario) -> None:
         _check_delay(f"scenario {scenario.name}", rule.delay_us)
     if scenario.gdb is not None:
         _check_delay(f"scenario {scenario.name} gdb hold", scenario.gdb.hold_ms * 1000)
+        if not isinstance(scenario.gdb.hold_at, str) or "\n" in scenario.gdb.hold_at:
+            raise BadInput(f"scenario {scenario.name}: gdb hold_at must be one location")
+        held = scenario.gdb.unless_held
+        if held and not (isinstance(held, str) and _IDENTIFIER.fullmatch(held)):
+            raise BadInput(
+                f"scenario {scenario.name}: gdb unless_held {held!r} is not a C identifier "
+                '(a mutex variable, e.g. "cache_lock")'
+            )
     if scenario.amplify_default not in scenario.amplifiers():
         raise BadInput(f"scenario {scenario.name}: default amplifier is not defined in the file")
 

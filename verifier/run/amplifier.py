@@ -63,7 +63,9 @@ class AmplifierPlan:
             return f"auto: {len(self.rules)} stretch rule(s) this trial"
         if self.kind == AmplifierKind.GDB and self.gdb:
             hold = self.gdb
-            return f"gdb: hold {hold.thread} thread at {hold.location} for {hold.hold_ms} ms"
+            where = f"{hold.hold_at} after {hold.location}" if hold.hold_at else hold.location
+            unless = f" unless it holds {hold.unless_held}" if hold.unless_held else ""
+            return f"gdb: hold {hold.thread} thread at {where} for {hold.hold_ms} ms{unless}"
         return "none"
 
     def env(self, binary: Path, status_file: Path) -> dict[str, str]:

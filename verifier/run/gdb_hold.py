@@ -3,6 +3,13 @@
 gdb runs in non-stop mode, so a breakpoint stops only the thread that hit it. A Python
 breakpoint class sleeps in ``stop()`` (the hold) and returns False (resume). gdb is
 driven with pexpect and detaches before any evidence is taken (one tracer at a time).
+
+``unless_held`` names a mutex: a thread that owns it (glibc records the owner's LWP in
+``__data.__owner``) is not held, so a function called both with and without a lock is held
+only on the unlocked call (the racy caller). ``hold_at`` moves the hold to a second
+location, reached next by a thread picked at the first: a racy caller is found at a rarely
+hit call site and held deep inside a function every thread calls (a line between two
+writes), the second breakpoint armed only while a picked thread is on its way.
 """
 
 from __future__ import annotations
@@ -23,22 +30,68 @@ import gdb, time
 HOLD_S = {hold_s!r}
 MAIN_ONLY = {main_only!r}
 EVERY = {every!r}
+UNLESS_HELD = {unless_held!r}
+HOLD_AT = {hold_at!r}
+ARMED_S = 0.1  # a thread picked at the location must reach HOLD_AT within this
 hits = 0
 holds = 0
+owned = 0  # holds skipped: the thread held UNLESS_HELD
+unknown = 0  # holds skipped: UNLESS_HELD could not be read
+armed = {{}}  # gdb thread number -> when it passed the location (HOLD_AT only)
+
+def owns(name):
+    owner = int(gdb.parse_and_eval("((pthread_mutex_t *) &%s)->__data.__owner" % name))
+    return owner == gdb.selected_thread().ptid[1]
+
+def hold():
+    global holds, owned, unknown
+    if UNLESS_HELD:
+        try:
+            if owns(UNLESS_HELD):
+                owned += 1
+                return
+        except (gdb.error, RuntimeError):
+            unknown += 1
+            return
+    holds += 1
+    time.sleep(HOLD_S)
 
 class Hold(gdb.Breakpoint):
     def stop(self):
-        global hits, holds
+        global hits
         hits += 1
         if MAIN_ONLY and gdb.selected_thread().num != 1:
             return False
         if hits % EVERY:
             return False
-        holds += 1
-        time.sleep(HOLD_S)
+        if HOLD_AT:
+            armed[gdb.selected_thread().num] = time.monotonic()
+            then.enabled = True
+        else:
+            hold()
+        return False
+
+def disarm():
+    if not armed:
+        then.enabled = False
+
+class Then(gdb.Breakpoint):
+    def stop(self):
+        num = gdb.selected_thread().num
+        now = time.monotonic()
+        for other, since in list(armed.items()):
+            if other != num and now - since > ARMED_S:
+                del armed[other]
+        if armed.pop(num, None) is not None:
+            hold()
+        if not armed:
+            gdb.post_event(disarm)
         return False
 
 Hold({location!r})
+if HOLD_AT:
+    then = Then(HOLD_AT)
+    then.enabled = False
 """
 
 
@@ -59,6 +112,8 @@ class GdbHolder:
                 main_only=self.spec.thread == "main",
                 location=self.spec.location,
                 every=self.spec.every,
+                unless_held=self.spec.unless_held,
+                hold_at=self.spec.hold_at,
             )
         )
         log = open(self.log_path, "w", encoding="utf-8")  # noqa: SIM115 - closed in stop()
@@ -108,11 +163,14 @@ class GdbHolder:
         if self.child is None or not self.child.isalive():
             return {}
         try:
-            out = self._command('python print("COUNTS", hits, holds)', timeout_s=5)
+            out = self._command('python print("COUNTS", hits, holds, owned, unknown)', timeout_s=5)
         except (pexpect.TIMEOUT, pexpect.EOF):
             return {}
-        match = re.search(r"COUNTS (\d+) (\d+)", out)
-        return {"hits": int(match[1]), "holds": int(match[2])} if match else {}
+        match = re.search(r"COUNTS (\d+) (\d+) (\d+) (\d+)", out)
+        if not match:
+            return {}
+        keys = ("hits", "holds", "owned", "unknown")
+        return {key: int(value) for key, value in zip(keys, match.groups(), strict=True)}
 
     def stop(self) -> dict[str, int]:
         """Detach (the server keeps running, untraced) and quit; returns the final counts."""

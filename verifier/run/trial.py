@@ -738,8 +738,8 @@ def _save_stalls(findings: list[StallFinding], folder: Path) -> list[str]:
 
 def _stop_holder(result: TrialResult, holder: GdbHolder) -> None:
     counts = holder.stop()
-    if counts:
-        result.amplifier_triggers = counts.get("holds", 0)
+    if counts:  # a hold skipped because the thread held the lock reached the window: closed
+        result.amplifier_triggers = counts.get("holds", 0) + counts.get("owned", 0)
 
 
 def _count_triggers(result: TrialResult, triggers: Callable[[], int]) -> None:
