@@ -118,6 +118,8 @@ def main() -> None:
             stretched_credited = bool(
                 bad_end and credited and credited in (bad_end.get("stretched") or "")
             )
+            if bad_end is not None:  # what its first try stretched, as the step recorded it
+                print(f"repeat {n}: bad end stretched: {bad_end.get('stretched') or '-'}")
             answer = report.get("answer") or {}
             rows.append(
                 [

@@ -211,10 +211,8 @@ def main() -> None:
                 continue
             bad_request = BuildRequest(source, bad, (), tls=tls)
             told_trials = max(1, int(args.budget // args.told_soak))
-            hint = AmplifierKind(bug.amplify) if bug.amplify else None  # the told amplifier
-            told = VerifyOptions(
-                bug.scenario, amplify=hint, trials=told_trials, soak_s=args.told_soak
-            )
+            # told: the bug's scenario carries its file's amplify hint as its default
+            told = VerifyOptions(bug.scenario, trials=told_trials, soak_s=args.told_soak)
             untold = VerifyOptions(
                 generic,
                 amplify=AmplifierKind.AUTO,
