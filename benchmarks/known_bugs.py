@@ -178,6 +178,9 @@ def main() -> None:
     parser.add_argument("--untold", default="everything", help="the untold column's scenario")
     parser.add_argument("--columns", default="told,untold,none,fixed", help="which to run")
     parser.add_argument("--cache-dir", type=Path, default=None)
+    parser.add_argument(
+        "--keep-runs", type=Path, default=None, help="keep every run's evidence here"
+    )
     args = parser.parse_args()
     cache = CacheLayout((args.cache_dir or default_cache_dir()).expanduser().resolve())
     source = choose_source(str(args.repo.resolve()), None, cache)
@@ -187,8 +190,13 @@ def main() -> None:
     columns = set(args.columns.split(","))
     rows, waiting = [], []
     with tempfile.TemporaryDirectory(prefix="known-bugs-") as tmp:
-        work = Path(tmp)
+        # a verdict to look into later needs its evidence (a 1.6.23 leaked lock was seen
+        # once here and never again by hand: its folder had gone with the temp dir)
+        stamp = time.strftime("%Y%m%d-%H%M%S")  # a fresh folder: untold memories start empty
+        root = args.keep_runs.resolve() / stamp if args.keep_runs else Path(tmp)
+        root.mkdir(parents=True, exist_ok=True)
         for bug in load_known_bugs(only=tuple(args.bug)):
+            work = root / bug.id  # each bug's runs apart (t0, u0 ... were shared before)
             if bug.control:
                 continue
             if bug.scenario is None:
