@@ -54,18 +54,18 @@ def _until(check: Callable[[], object], timeout_s: float = 10.0) -> object:
         time.sleep(0.05)
 
 
+def _proven_leak(pid: int) -> LeakProof | None:
+    proof = find_leaked_lock(pid)
+    return proof if proof.proven else None
+
+
 def test_leaked_lock_in_a_c_program(c_programs: Callable[[str], Path]) -> None:
     """A thread takes leak_lock, returns to read() without unlocking; two wait for it."""
     binary = c_programs("leak")
     with running([str(binary)], "ready") as (proc, tids):
         assert find_deadlock(proc.pid).cycle() is None  # no cycle: the graph alone says nothing
         assert build_symbols(proc.pid) == frozenset()  # no timer, no flag: named by no sentence
-
-        def proven() -> LeakProof | None:
-            proof = find_leaked_lock(proc.pid)
-            return proof if proof.proven else None
-
-        proof = _until(proven)
+        proof = _until(lambda: _proven_leak(proc.pid))
         assert isinstance(proof, LeakProof), "leak not proven"
         (leak,) = proof.leaks
         assert leak.lock == "leak_lock"
@@ -121,12 +121,7 @@ def test_a_pause_that_never_ends_is_a_leaked_lock_after_3_s(
 ) -> None:
     binary = c_programs("pause_hold")
     with running([str(binary), "0"], "ready") as (proc, tids):
-
-        def proven() -> LeakProof | None:
-            proof = find_leaked_lock(proc.pid)
-            return proof if proof.proven else None
-
-        proof = _until(proven)
+        proof = _until(lambda: _proven_leak(proc.pid))
         assert isinstance(proof, LeakProof), "leak not proven"
         (leak,) = proof.leaks
         assert (leak.lock, leak.owner) == ("maint_lock", int(tids["pauser"]))

@@ -156,21 +156,20 @@ def test_lost_wakeup_fix_still_passes_maxconns_deadlock(
     assert report["trials"][0]["flood"]["cycles"] > 1000
 
 
-def test_abort_under_load_is_a_crash(cache_layout: CacheLayout, tmp_path: Path) -> None:
+def _crashed_under_load(
+    cache_layout: CacheLayout, tmp_path: Path, fixture: Path
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One 15 s trial of a crash fixture, no amplifier: the report and its trial."""
     result, report = verify(
-        cache_layout,
-        tmp_path,
-        "--patch",
-        str(CRASH_FIXTURE),
-        "--amplify",
-        "none",
-        "--soak",
-        "15",
-        "--trials",
-        "1",
-    )
+        cache_layout, tmp_path, "--patch", str(fixture), "--amplify", "none",
+        "--soak", "15", "--trials", "1",
+    )  # fmt: skip
     assert result.returncode == ExitStatus.BUG_SEEN, result.stdout + result.stderr
-    trial = report["trials"][0]
+    return report, report["trials"][0]
+
+
+def test_abort_under_load_is_a_crash(cache_layout: CacheLayout, tmp_path: Path) -> None:
+    report, trial = _crashed_under_load(cache_layout, tmp_path, CRASH_FIXTURE)
     assert report["verdict"]["kind"] == "CRASH"
     assert trial["crash_signal"] == "SIGABRT"
     assert "do_accept_new_conns" in trial["crash_backtrace"]
@@ -182,20 +181,7 @@ def test_an_exit_under_load_is_a_crash_that_quotes_the_server(
 ) -> None:
     """A server that exits on its own (libevent's event_errx, as upstream 1.4.5 did under
     auto) has no signal and no backtrace: its last fatal line is the diagnosis."""
-    result, report = verify(
-        cache_layout,
-        tmp_path,
-        "--patch",
-        str(FIXTURES / "exit-under-load.diff"),
-        "--amplify",
-        "none",
-        "--soak",
-        "15",
-        "--trials",
-        "1",
-    )
-    assert result.returncode == ExitStatus.BUG_SEEN, result.stdout + result.stderr
-    trial = report["trials"][0]
+    report, trial = _crashed_under_load(cache_layout, tmp_path, FIXTURES / "exit-under-load.diff")
     said = "[err] event_queue_remove_active: test fixture, not on queue 8"
     assert trial["crash_signal"] == "exit status 1"
     assert trial["crash_message"] == said
