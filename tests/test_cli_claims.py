@@ -192,34 +192,21 @@ def test_gdb_hold_unless_held_skips_the_lock_owner_and_hold_at_moves_the_hold(
     """unless_held reads the mutex's owner: slabs_alloc() is entered without slabs_lock (held
     there), do_slabs_alloc() runs under it (hold_at: picked at slabs_alloc, never held, and
     the skips count as triggers, so the soak is a PASS, not "the amplifier never fired")."""
-    before = tmp_path / "before"
-    result, report = verify(
-        cache_layout,
-        before,
-        "--scenario",
-        _scenario(tmp_path, _HOLD_FILTER_SCENARIO.format(hold_at="")),
-        "--soak",
-        "5",
-        "--trials",
-        "1",
-    )
-    assert result.returncode == ExitStatus.SUCCESS, result.stdout + result.stderr
+
+    def soak(name: str, hold_at: str) -> dict[str, Any]:
+        scenario = _scenario(tmp_path, _HOLD_FILTER_SCENARIO.format(hold_at=hold_at))
+        result, report = verify(
+            cache_layout, tmp_path / name, "--scenario", scenario, "--soak", "5", "--trials", "1"
+        )
+        assert result.returncode == ExitStatus.SUCCESS, result.stdout + result.stderr
+        return report
+
+    report = soak("before", "")
     assert report["amplifier"].endswith("unless it holds slabs_lock")
     counts = _gdb_counts(report["trials"][-1])
     assert counts["holds"] > 0 and counts["owned"] == 0 and counts["unknown"] == 0, counts
 
-    inside = tmp_path / "inside"
-    result, report = verify(
-        cache_layout,
-        inside,
-        "--scenario",
-        _scenario(tmp_path, _HOLD_FILTER_SCENARIO.format(hold_at='hold_at = "do_slabs_alloc"')),
-        "--soak",
-        "5",
-        "--trials",
-        "1",
-    )
-    assert result.returncode == ExitStatus.SUCCESS, result.stdout + result.stderr
+    report = soak("inside", 'hold_at = "do_slabs_alloc"')
     assert report["amplifier"].startswith("gdb: hold any thread at do_slabs_alloc after slabs_")
     trial = report["trials"][-1]
     counts = _gdb_counts(trial)

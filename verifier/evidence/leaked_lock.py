@@ -281,6 +281,8 @@ def _outlast_condvar_waits(
 ) -> tuple[dict[tuple[int, int], _Candidate], float]:
     """Keep reading while an owner that sleeps on a condition variable has held for less
     than ``CONDVAR_MIN_HOLD_S``; drop those that moved (see CONDVAR_MIN_HOLD_S)."""
+    if not candidates:  # nothing left to prove: no extra read
+        return candidates, time.monotonic() - started
     _, waits = _snapshot(pid, image, mem)
     if not any(_on_condvar(waits, owner) for _, owner in candidates):
         return candidates, time.monotonic() - started
