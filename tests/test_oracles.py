@@ -31,7 +31,7 @@ def test_a_lost_incr_is_wrong_result_with_a_two_operation_witness(
 ) -> None:  # type: ignore[no-untyped-def]
     code, out, report = _verify(
         cache_layout, "--patch", str(INCR_RACE), "--scenario", "flood", "--workload",
-        "incr-race", "--soak", "10", "--trials", "8", "--expect", "wrong:lost-update",
+        "incr-only", "--soak", "20", "--trials", "12", "--expect", "wrong:lost-update",
     )  # fmt: skip
     assert code == 0, out  # the expectation is met
     assert report["verdict"]["kind"] == "WRONG RESULT"
