@@ -465,3 +465,18 @@ def test_pinned_items_block_evictions_in_stats_items(  # type: ignore[no-untyped
         assert reflocked >= 3, f"{reflocked} evictions met a pinned item"
     else:
         assert reflocked <= 1, f"{reflocked} evictions met a pinned item"
+
+
+def test_a_rate_limited_client_sends_at_once_and_a_sound_crawler_ends_its_crawl(
+    cache_layout: CacheLayout, pristine
+) -> None:  # type: ignore[no-untyped-def]
+    """lru-crawler-idle sends one `lru_crawler crawl all` every 20 s: the first goes at the
+    start (it went after one interval before, and a 4 s soak then sent none), and 1.6.18's
+    crawler, woken by it, ends the crawl: no stuck-progress on a sound build."""
+    code, out, report = _verify(
+        cache_layout, "--scenario", "lru-crawler-idle", "--soak", "4", "--trials", "1"
+    )
+    assert code == 0, out
+    assert report is not None and report["verdict"]["kind"] == "PASS", out
+    (row,) = report["trials"][0]["clients"]["commands"]
+    assert row["command"] == "lru_crawler_crawl" and row["counts"] == {"ok": 1}, row
