@@ -303,7 +303,7 @@ def test_the_churn_workload_is_the_flood_and_keeps_its_fast_path() -> None:
     assert churned.exercise.emfile
     everything = load_scenario("everything")
     assert everything.flood.concurrency == 200
-    assert everything.workload is not None and len(everything.workload.groups) == 10
+    assert everything.workload is not None and len(everything.workload.groups) == 11
 
 
 BAD_WORKLOADS = {
