@@ -304,9 +304,10 @@ class _Client:
     # -- the loop ----------------------------------------------------------------------
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
-        # The first request goes at once, then one per interval: a crawl at "rate = 0.05"
-        # comes at 0, 20, 40 s, not first at 20 s (lru-crawler-idle needs it early).
-        self.next_at = loop.time() - self.interval
+        # The first batch goes at once, then one request per interval: a crawl at
+        # "rate = 0.05" comes at 0, 20, 40 s, not first at 20 s (lru-crawler-idle needs it
+        # early). _pace charges a batch before it is sent, so start one batch back.
+        self.next_at = loop.time() - self.group.pipeline * self.interval
         while self.owner.spend():
             if self.group.kind == GroupKind.WATCH:
                 await self._watch_once(loop)
