@@ -40,10 +40,11 @@ from tabulate import tabulate
 
 from verifier.build.builder import Builder, BuildRequest
 from verifier.build.versions import Version, parse_version
-from verifier.knownbugs.spec import KnownBug, load_known_bugs
+from verifier.knownbugs.spec import BugClass, KnownBug, load_known_bugs
 from verifier.paths import CacheLayout, default_cache_dir
 from verifier.scenario import load_scenario
 from verifier.source.select import choose_source
+from verifier.verdict.verdict import Verdict
 from verifier.verify import VerifyCore, VerifyOptions, VerifyOutcome
 from verifier.vocabulary import AmplifierKind, VerdictKind, WrongClass
 
@@ -84,7 +85,12 @@ WITNESS_OPS = {
 
 def exposed_by(bug: KnownBug, outcome: VerifyOutcome) -> bool:
     """Does this run show this bug? Its kind of verdict (HANG, CRASH), and for a wrong
-    answer a witness over this bug's operations."""
+    answer a witness over this bug's operations. A bug with other shapes (``also_shows``:
+    1.4.5's libevent corruption ends in a crash or a listener spinning in libevent) shows
+    in a verdict of any of them, named by its class."""
+    for shape in bug.also_shows:
+        if outcome.verdict.kind == shape.kind and _names(shape, outcome.verdict):
+            return True
     wanted = bug.bug_class
     if outcome.verdict.kind != wanted.kind:
         return False
@@ -97,12 +103,16 @@ def exposed_by(bug: KnownBug, outcome: VerifyOutcome) -> bool:
     )
 
 
-def named_as(bug: KnownBug, hang_class: object, wrong_class: object) -> bool:
-    """Does the verdict's class name this bug's (always, when the bug names none)?"""
-    wanted = bug.bug_class
+def _names(wanted: BugClass, verdict: Verdict) -> bool:
     if wanted.hang_class is not None:
-        return hang_class == wanted.hang_class
-    return wanted.wrong_class is None or wrong_class == wanted.wrong_class
+        return verdict.hang_class == wanted.hang_class
+    return wanted.wrong_class is None or verdict.wrong_class == wanted.wrong_class
+
+
+def named_as(bug: KnownBug, verdict: Verdict) -> bool:
+    """Does the verdict's class name this bug's (always, when the bug names none)?"""
+    shapes = (bug.bug_class, *bug.also_shows)
+    return any(verdict.kind == s.kind and _names(s, verdict) for s in shapes)
 
 
 def verify_once(
@@ -113,7 +123,7 @@ def verify_once(
     seconds = time.monotonic() - started
     verdict = outcome.verdict
     exposed = exposed_by(bug, outcome)
-    named = exposed and named_as(bug, verdict.hang_class, verdict.wrong_class)
+    named = exposed and named_as(bug, verdict)
     run = Run(seconds, exposed, named, verdict.headline)
     mode = options.amplify or "told"
     print(f"  {bug.id} {mode}: {verdict.headline[:70]} in {seconds:.1f} s", flush=True)
@@ -266,7 +276,7 @@ def main() -> None:
                 [
                     bug.id,
                     f"{bad} / {fixed}",
-                    str(bug.bug_class),
+                    bug.shapes,
                     summary(results["told"]),
                     summary(results["untold"]),
                     summary(results["none"]),

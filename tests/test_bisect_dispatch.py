@@ -13,8 +13,9 @@ from verifier.bisect.observation import Observation, judged
 from verifier.bisect.planner import FlakyBisector
 from verifier.bisect.remote import SoakJob
 from verifier.bisect.tester import observation_of
+from verifier.evidence.classify import Diagnosis
 from verifier.records.trial import TrialResult
-from verifier.vocabulary import HangClass, ObservationKind, TrialOutcome
+from verifier.vocabulary import HangClass, HangProof, Liveness, ObservationKind, TrialOutcome
 
 N = 64
 BUDGET = 24.0
@@ -110,3 +111,39 @@ def test_a_crash_at_the_bad_end_is_the_bug_a_find_fix_follows() -> None:
         "d" * 40, crash, HangClass.SELF_DEADLOCK, None, build_seconds=0, cached=True
     )
     assert hunted.kind == ObservationKind.OTHER_BUG
+
+
+def test_the_ends_a_scenario_names_as_one_bug_and_the_classes_it_sets_aside() -> None:
+    """1.4.5's libevent corruption exits (libevent's own check) or spins in libevent: with
+    ``same_bug`` a bisect whose bad end crashed takes the spin as the same bug (keyed as the
+    reference, so a later judgement agrees); the lost wake-up it sets aside is another bug
+    even before any reference, where nothing hunted would otherwise take any hang."""
+    crash = replace(TrialResult(1, TrialOutcome.CRASH, 3.5, "", "socket"), crash_signal="exit 1")
+    spin = TrialResult(
+        2, TrialOutcome.HANG, 6.0, "", "socket",
+        diagnosis=Diagnosis(HangClass.LIVELOCK, Liveness.WORKERS_ALIVE, "x", proof=HangProof.SPIN,
+                            details={"function": "event_active_nolock_"}),
+    )  # fmt: skip
+    shapes = frozenset({"crash", "hang:livelock"})
+    reference = observation_of("0" * 40, crash, None, None, build_seconds=0, cached=True).bug_key
+    assert reference == "crash:exit 1"
+    alone = observation_of("a" * 40, spin, None, reference, build_seconds=0, cached=True)
+    assert alone.kind == ObservationKind.OTHER_BUG  # without the scenario's word: two bugs
+    same = observation_of(
+        "a" * 40, spin, None, reference, build_seconds=0, cached=True, same_bug=shapes
+    )
+    assert (same.kind, same.bug_key) == (ObservationKind.HANG, reference)
+    assert judged(same, reference) == same
+    lost = TrialResult(
+        3, TrialOutcome.HANG, 6.0, "", "socket",
+        diagnosis=Diagnosis(HangClass.LOST_WAKEUP, Liveness.WORKERS_ALIVE, "x",
+                            proof=HangProof.STATE),
+    )  # fmt: skip
+    aside = frozenset({HangClass.LOST_WAKEUP})
+    first = observation_of("b" * 40, lost, None, None, build_seconds=0, cached=True)
+    assert first.kind == ObservationKind.HANG  # nothing hunted, nothing set aside: the bug
+    set_aside = observation_of(
+        "b" * 40, lost, None, None, build_seconds=0, cached=True, set_aside=aside
+    )
+    assert set_aside.kind == ObservationKind.OTHER_BUG
+    assert set_aside.reason == "set aside: listener-lost-wakeup"

@@ -92,6 +92,34 @@ def test_the_old_expect_key_and_unknown_keys_are_named(tmp_path: Path) -> None:
         load_scenario(str(_scenario(tmp_path, 'colour = "red"\n' + BASE)))
 
 
+@pytest.mark.parametrize("value", ['["unknown"]', '["lost-wakeup"]', '"listener-lost-wakeup"'])
+def test_set_aside_takes_named_hang_classes_only(tmp_path: Path, value: str) -> None:
+    """An unnamed hang could be the scenario's own bug in another shape: never set aside."""
+    with pytest.raises(BadInput, match="set_aside takes hang classes") as caught:
+        load_scenario(str(_scenario(tmp_path, f"set_aside = {value}\n" + BASE)))
+    assert "\n" not in caught.value.message
+    fine = load_scenario(str(_scenario(tmp_path, 'set_aside = ["listener-lost-wakeup"]\n' + BASE)))
+    assert [str(c) for c in fine.set_aside] == ["listener-lost-wakeup"]
+
+
+@pytest.mark.parametrize("value", ['["hang"]', '["hang:unknown"]', '["wrong"]', '"crash"'])
+def test_same_bug_takes_a_crash_or_named_hang_classes(tmp_path: Path, value: str) -> None:
+    with pytest.raises(BadInput, match="same_bug takes crash or hang:CLASS"):
+        load_scenario(str(_scenario(tmp_path, f"same_bug = {value}\n" + BASE)))
+    fine = load_scenario(str(_scenario(tmp_path, 'same_bug = ["crash", "hang:livelock"]\n' + BASE)))
+    assert fine.same_bug == {"crash", "hang:livelock"}
+
+
+def test_an_interpose_rule_may_match_any_result(tmp_path: Path) -> None:
+    rule = '[[amplify.interpose]]\nfunctions = ["epoll_ctl"]\nret = "any"\nerrno = "any"\n'
+    text = BASE.replace('default = "none"', 'default = "interpose"') + rule
+    (spec,) = load_scenario(str(_scenario(tmp_path, text))).interpose
+    assert spec.functions == ("epoll_ctl",) and spec.ret is None and spec.errno_name is None
+    plan = plan_amplifier(AmplifierKind.INTERPOSE, load_scenario(str(tmp_path / "t.toml")),
+                          Path("/bin/true"), tmp_path)  # fmt: skip
+    assert plan.rules[0].ret is None and plan.rules[0].errno_value is None
+
+
 def test_the_generic_flood_scenario_is_built_in() -> None:
     flood = load_scenario("flood")
     assert flood.hang_class is None and flood.requires_symbols == ()

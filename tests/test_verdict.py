@@ -9,6 +9,7 @@ import pytest
 from verifier.errors import BadInput, ExitStatus
 from verifier.evidence.classify import Diagnosis
 from verifier.records.trial import FloodSummary, TrialResult
+from verifier.stress.tally import ClientReport, CommandSeen
 from verifier.verdict.stats import (
     rate_lower_bound,
     rate_upper_bound,
@@ -115,6 +116,32 @@ def test_another_named_bug_is_listed_and_does_not_decide_this_one() -> None:
     assert decide([unnamed], hunted=HangClass.SELF_DEADLOCK).kind == "HANG"
 
 
+def test_a_class_the_scenario_sets_aside_never_decides_a_crash_hunt() -> None:
+    """listener-libevent-flood hunts no class (a crash, or any wedged listener), but 1.4.5's
+    flood meets the lost wake-up first: set aside, it is listed and the soak goes on."""
+    aside = frozenset({HangClass.LOST_WAKEUP})
+    lost_wakeup = _trial(1, "hang", 6.0, hang_class="listener-lost-wakeup", time_to_hang_s=4.0,
+                         emfile_episodes=9)  # fmt: skip
+    crash = _trial(2, "crash", 3.0, crash_signal="SIGSEGV", time_to_hang_s=2.5)
+    assert decide([lost_wakeup], hunted=None).kind == "HANG"  # nothing set aside: the bug
+    verdict = decide([lost_wakeup, _trial(2, "clean", emfile_episodes=30)], hunted=None,
+                     set_aside=aside)  # fmt: skip
+    assert verdict.kind == "PASS" and verdict.status == ExitStatus.OTHER_HANG
+    assert [b.hang_class for b in verdict.other_bugs] == [HangClass.LOST_WAKEUP]
+    both = decide([lost_wakeup, crash], hunted=None, set_aside=aside)
+    assert both.kind == "CRASH" and [b.hang_class for b in both.other_bugs] == [
+        HangClass.LOST_WAKEUP
+    ]
+    # what is not set aside still decides: another named class, and an unnamed hang
+    deadlock = _trial(1, "hang", 3.0, hang_class="self-deadlock", time_to_hang_s=1.0)
+    assert decide([deadlock], hunted=None, set_aside=aside).kind == "HANG"
+    unnamed = _trial(1, "hang", 3.0, hang_class="unknown", time_to_hang_s=1.0)
+    assert decide([unnamed], hunted=None, set_aside=aside).kind == "HANG"
+    # the class hunted is never set aside
+    hunted = decide([lost_wakeup], hunted=HangClass.LOST_WAKEUP, set_aside=aside)
+    assert hunted.kind == "HANG"
+
+
 def test_hang_and_crash_are_proof_and_other_classes_are_named() -> None:
     hang = decide(
         [
@@ -180,3 +207,22 @@ def test_a_bad_expectation_is_bad_input(text: str) -> None:
 def test_expectations_round_trip() -> None:
     for text in ("pass", "crash", "hang", "hang:deadlock", "hang:listener-lost-wakeup"):
         assert str(Expectation.parse(text)) == text
+
+
+def test_requests_left_unread_on_purpose_count_as_sent_never_as_answered() -> None:
+    """A group with ``abandon`` never reads an answer: what it sent on a live connection is
+    what its soak exercised, and the PASS says so in those words (1.6.43 under the binary
+    refcount workload had been INCONCLUSIVE, "never had bin_getkq answered")."""
+
+    def trial(counts: dict[str, int]) -> TrialResult:
+        seen = CommandSeen("holders", "bin_getkq", "binary", counts)
+        return _trial(1, "clean", 20.0, emfile_episodes=0, clients=ClientReport([seen]))
+
+    left = decide([trial({"abandoned": 3600})], hunted=None, needs_emfile=False,
+                  needs_commands=("bin_getkq",))  # fmt: skip
+    assert left.kind == "PASS", left.headline
+    assert "sent and left unread: 3,600 bin_getkq" in left.headline
+    assert "the clients saw" not in left.headline
+    never = decide([trial({"timeout": 5})], hunted=None, needs_emfile=False,
+                   needs_commands=("bin_getkq",))  # fmt: skip
+    assert never.kind == "INCONCLUSIVE" and "never had bin_getkq answered" in never.headline

@@ -323,6 +323,7 @@ BAD_WORKLOADS = {
     "unjudgeable check": '[[group]]\nname = "g"\ncheck = true\ncommands = { stats = 1 }\n',
     "not toml": "[[group\n",
     "tls not a boolean": '[[group]]\nname = "g"\ntls = "yes"\n',
+    "abandon with no delay": '[[group]]\nname = "g"\nabandon = true\n',
 }  # fmt: skip
 
 

@@ -44,6 +44,8 @@ _KEYS = {
     "targets",
     "requires_symbols",
     "hang_class",
+    "set_aside",
+    "same_bug",
     "server",
     "flood",
     "amplify",
@@ -118,6 +120,11 @@ class Scenario:
     workload: Workload | None = None  # client groups beside the churn (``flood``)
     workload_name: str = ""  # the workload file the flood and the groups came from
     exercise: Exercise = field(default_factory=Exercise)
+    # hang classes of other bugs this scenario's flood meets first: listed, never its proof
+    set_aside: frozenset[HangClass] = frozenset()
+    # ends that are all this scenario's one bug ("crash", "hang:livelock"): a bisect takes
+    # any of them for the bad end's (libevent corruption exits or spins)
+    same_bug: frozenset[str] = frozenset()
 
     def amplifiers(self) -> tuple[AmplifierKind, ...]:
         """The amplifier kinds this scenario can use (auto and none always)."""
@@ -224,6 +231,32 @@ def _workload_of(path: Path, value: Any) -> Workload:
     raise BadInput(f"bad scenario file {path.name}: workload must be a name or a table")
 
 
+def _set_aside(path: Path, names: Any) -> frozenset[HangClass]:
+    """``set_aside = ["listener-lost-wakeup"]``: named classes only (an unnamed hang could
+    be the scenario's own bug in another shape)."""
+    named = [c.value for c in HangClass if c != HangClass.UNKNOWN]
+    if not isinstance(names, list) or any(n not in named for n in names):
+        raise BadInput(
+            f"bad scenario file {path.name}: set_aside takes hang classes ({', '.join(named)})"
+        )
+    return frozenset(HangClass(n) for n in names)
+
+
+def _same_bug(path: Path, shapes: Any) -> frozenset[str]:
+    """``same_bug = ["crash", "hang:livelock"]``: a crash, or a hang of a named class."""
+    named = [f"hang:{c.value}" for c in HangClass if c != HangClass.UNKNOWN]
+    if not isinstance(shapes, list) or any(s not in ("crash", *named) for s in shapes):
+        raise BadInput(
+            f"bad scenario file {path.name}: same_bug takes crash or hang:CLASS (a named class)"
+        )
+    return frozenset(shapes)
+
+
+def _unless_any(value: Any) -> Any:
+    """An interpose rule's ``ret`` or ``errno``: "any" matches every result (None)."""
+    return None if value == "any" else value
+
+
 def _load(path: Path) -> Scenario:
     try:
         data: dict[str, Any] = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -257,8 +290,8 @@ def _load(path: Path) -> Scenario:
             interpose=tuple(
                 InterposeSpec(
                     functions=tuple(rule["functions"]),
-                    ret=rule.get("ret", -1),
-                    errno_name=rule.get("errno", "EMFILE"),
+                    ret=_unless_any(rule.get("ret", -1)),
+                    errno_name=_unless_any(rule.get("errno", "EMFILE")),
                     delay_us=int(rule.get("delay_us", 50_000)),
                     when=rule.get("when", "after"),
                     thread=rule.get("thread", "any"),
@@ -267,6 +300,8 @@ def _load(path: Path) -> Scenario:
             ),
             gdb=GdbHoldSpec(**gdb) if gdb else None,
             variables=tuple(data.get("evidence", {}).get("variables", [])),
+            set_aside=_set_aside(path, data.get("set_aside", [])),
+            same_bug=_same_bug(path, data.get("same_bug", [])),
         )
         exercise = data.get("exercise")
         wanted = (

@@ -70,6 +70,11 @@ class VerifyOptions:
         """The hang class this run is about (None: any hang is the bug)."""
         return self.hunt or self.scenario.hang_class
 
+    @property
+    def set_aside(self) -> frozenset[HangClass]:
+        """Hang classes of other bugs the scenario's flood meets first (never the proof)."""
+        return self.scenario.set_aside
+
 
 @dataclass
 class Prepared:
@@ -345,7 +350,7 @@ class VerifyCore:
             spent += trial.soak_s
             if trial.outcome == TrialOutcome.ERROR:
                 break
-            if plan.stop_at_first_bug and is_this_bug(trial, options.hunted):
+            if plan.stop_at_first_bug and is_this_bug(trial, options.hunted, options.set_aside):
                 break  # another bug's hang says nothing about this one: the next trial goes on
         return trials
 
@@ -390,11 +395,15 @@ class VerifyCore:
                 pass_note=prepared.amplifier.pass_note(),
                 needs_emfile=options.scenario.exercise.emfile,
                 needs_commands=options.scenario.exercise.commands,
+                set_aside=options.set_aside,
             )
             comparison = None
             if baseline is not None:
                 decided = verdict.kind in (VerdictKind.PASS, VerdictKind.HANG, VerdictKind.CRASH)
-                patched = summarize("patched", trials, options.hunted, exercised=decided)
+                aside = options.set_aside
+                patched = summarize(
+                    "patched", trials, options.hunted, exercised=decided, set_aside=aside
+                )
                 comparison = compare(baseline.summary(), patched, options.confidence)
             return VerifyOutcome(
                 prepared,
@@ -432,7 +441,7 @@ class VerifyCore:
                 options.baseline_trials, options.soak_s, stop_at_first_bug=False, label="baseline"
             )
             trials = self.soak(prepared, run_dir / "baseline", plan)
-        seen = summarize("unpatched", trials, options.hunted)
+        seen = summarize("unpatched", trials, options.hunted, set_aside=options.set_aside)
         return Baseline(
             commit=prepared.commit,
             trials=seen.trials,

@@ -115,11 +115,11 @@ enum { COND_EQ, COND_NE, COND_ANY };
 /* The interposable functions: index = bit in a rule's function mask. */
 enum {
     FN_ACCEPT, FN_ACCEPT4, FN_CLOSE, FN_READ, FN_WRITE, FN_RECV, FN_SEND,
-    FN_CONNECT, FN_EPOLL_WAIT, FN_POLL, FN_PTHREAD_MUTEX_LOCK, FN_COUNT
+    FN_CONNECT, FN_EPOLL_WAIT, FN_POLL, FN_PTHREAD_MUTEX_LOCK, FN_EPOLL_CTL, FN_COUNT
 };
 static const char *const fn_names[FN_COUNT] = {
     "accept", "accept4", "close", "read", "write", "recv", "send",
-    "connect", "epoll_wait", "poll", "pthread_mutex_lock",
+    "connect", "epoll_wait", "poll", "pthread_mutex_lock", "epoll_ctl",
 };
 
 /* ---- status file layout (mirrored by counters.py; change both) ---- */
@@ -506,6 +506,8 @@ WRAP(FN_SEND, ssize_t, send, (int fd, const void *b, size_t n, int f), (fd, b, n
 WRAP(FN_CONNECT, int, connect, (int fd, const struct sockaddr *a, socklen_t l), (fd, a, l))
 WRAP(FN_EPOLL_WAIT, int, epoll_wait, (int fd, struct epoll_event *e, int n, int t), (fd, e, n, t))
 WRAP(FN_POLL, int, poll, (struct pollfd *p, nfds_t n, int t), (p, n, t))
+/* libevent's own calls: a worker adding an fd to another thread's epoll (1.4.0-1.4.5) */
+WRAP(FN_EPOLL_CTL, int, epoll_ctl, (int fd, int op, int f, struct epoll_event *e), (fd, op, f, e))
 
 /* Count one contended acquisition of mutex m at site in the mutex table. */
 static void count_contended(uint64_t m, uint64_t site, uint64_t waited) {

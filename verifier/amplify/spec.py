@@ -47,6 +47,7 @@ INTERPOSABLE = (
     "epoll_wait",
     "poll",
     "pthread_mutex_lock",
+    "epoll_ctl",
 )
 _SYMBOL_RE = re.compile(r"[A-Za-z_.$][A-Za-z0-9_.$]*")
 _ERRNO_NAMES = frozenset(

@@ -4,6 +4,7 @@
 id = "maxconns-146"
 title = "1.4.6 listener self-deadlock on conn_lock under a connection flood"
 class = "hang:self-deadlock"          # hang[:CLASS] | wrong[:CLASS] | crash
+also_shows = ["hang:livelock"]        # optional: other shapes of the same bug
 fixed_by = ["2c5609093"]              # upstream fix commit(s); empty: not fixed upstream
 introduced_by = ["ac9397238"]         # optional
 first_bad = "1.4.6"                   # first release with the bug
@@ -15,7 +16,7 @@ amplify = "watch"                     # optional hint: the told amplifier
 code = ["maxconns_handler"]           # functions the fix changed: a patch naming one is soaked
 needs = ["binary"]                    # tls | extstore | binary | meta
 reintroduce = "reintroduce-maxconns-race.diff"   # fixture patch over Debian's source
-candidate_fix = "listener-lost-wakeup-fix.diff"  # patches/: a fix not (yet) upstream
+candidate_fix = "listener-lost-wakeup-fix.diff"  # patches/: a fix (not upstream, or a backport)
 control = false                       # a negative control: a stall that ends by itself
 ```
 
@@ -42,6 +43,7 @@ _KEYS = {
     "id",
     "title",
     "class",
+    "also_shows",
     "fixed_by",
     "introduced_by",
     "first_bad",
@@ -98,6 +100,7 @@ class KnownBug:
     path: Path
     title: str
     bug_class: BugClass
+    also_shows: tuple[BugClass, ...]  # other shapes the same bug takes (libevent corruption)
     fixed_by: tuple[str, ...]
     introduced_by: tuple[str, ...]
     first_bad: Version | None
@@ -113,6 +116,11 @@ class KnownBug:
     control: bool
     notes: str
 
+    @property
+    def shapes(self) -> str:
+        """Its class, and the other shapes it takes: "crash or hang:livelock"."""
+        return " or ".join(str(c) for c in (self.bug_class, *self.also_shows))
+
     def to_json(self) -> dict[str, Any]:
         def shown(version: Version | None) -> str | None:
             return None if version is None else ".".join(map(str, version))
@@ -121,6 +129,7 @@ class KnownBug:
             "id": self.id,
             "title": self.title,
             "class": str(self.bug_class),
+            "also_shows": [str(c) for c in self.also_shows],
             "fixed_by": list(self.fixed_by),
             "introduced_by": list(self.introduced_by),
             "first_bad": shown(self.first_bad),
@@ -233,6 +242,7 @@ def parse_known_bug(path: Path, text: str) -> KnownBug:
         raise reader.fail(f"id {bug_id!r} must be lower-case and match the file name")
     try:
         bug_class = BugClass.parse(reader.text("class", required=True))
+        also_shows = tuple(BugClass.parse(text) for text in reader.strings("also_shows"))
     except BadInput as error:
         raise reader.fail(error.message) from None
     amplify = reader.text("amplify") or None
@@ -250,6 +260,7 @@ def parse_known_bug(path: Path, text: str) -> KnownBug:
         path=path,
         title=reader.text("title", required=True),
         bug_class=bug_class,
+        also_shows=also_shows,
         fixed_by=reader.strings("fixed_by", _SHA_RE),
         introduced_by=reader.strings("introduced_by", _SHA_RE),
         first_bad=reader.version("first_bad", required=True),

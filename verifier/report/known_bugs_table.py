@@ -26,7 +26,7 @@ def render_suite(report: SuiteReport) -> str:
         rows.append(
             [
                 decision.bug.id,
-                str(decision.bug.bug_class),
+                decision.bug.shapes,
                 f"{decision.state}" + ("" if soaked else f": {decision.reason}"),
                 cell_text(cell) if soaked else "-",
                 _expose(report, decision.bug.id),
@@ -61,7 +61,7 @@ def render_bug_list(bugs: list[KnownBug]) -> str:
     rows = [
         [
             bug.id + (" (control)" if bug.control else ""),
-            str(bug.bug_class),
+            bug.shapes,
             ", ".join(bug.fixed_by) or "-",
             release(bug.first_bad),
             release(bug.first_fixed),

@@ -18,8 +18,8 @@ from verifier.vocabulary import TrialOutcome
 
 def hang_backtrace(outcome: VerifyOutcome) -> str:
     """The hung thread of this bug's hang (else of another bug's), from its diagnosis."""
-    hunted = outcome.prepared.options.hunted
-    for trial in sorted(outcome.trials, key=lambda t: is_other_bug(t, hunted)):
+    hunted, aside = outcome.prepared.options.hunted, outcome.prepared.options.set_aside
+    for trial in sorted(outcome.trials, key=lambda t: is_other_bug(t, hunted, aside)):
         if trial.outcome == TrialOutcome.HANG and trial.diagnosis is not None:
             return trial.diagnosis.hung_stack
     return ""
@@ -41,10 +41,10 @@ Rows = list[tuple[str, str]]
 
 
 def summary_rows(outcome: VerifyOutcome) -> Rows:
-    hunted = outcome.prepared.options.hunted
+    hunted, aside = outcome.prepared.options.hunted, outcome.prepared.options.set_aside
     ends = (TrialOutcome.HANG, TrialOutcome.CRASH, TrialOutcome.WRONG)
     stopped = [t for t in outcome.trials if t.outcome in ends]
-    hang_trial = next((t for t in stopped if is_this_bug(t, hunted)), None)
+    hang_trial = next((t for t in stopped if is_this_bug(t, hunted, aside)), None)
     hang_trial = hang_trial or next(iter(stopped), None)
     rows = _what_rows(outcome) + _soak_rows(outcome)
     rows.append(("verdict", outcome.verdict.headline))

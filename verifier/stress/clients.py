@@ -1,6 +1,7 @@
 """The workload's client groups inside one flood process: coroutines that speak ascii,
 meta or binary through the codecs, in long-lived or churned connections, pipelined,
-paced, slow-reading, or holding ``watch`` streams, and that record what they saw.
+paced, slow-reading (or leaving the replies unread), or holding ``watch`` streams, and
+that record what they saw.
 
 Each client walks a pre-drawn schedule (``shapes.schedule``), sends ``pipeline`` requests,
 then reads their replies in order with the codec's incremental parser. A reply that does
@@ -29,7 +30,15 @@ from verifier.stress.protocol.base import Codec, Command, ProtocolError, Reply, 
 from verifier.stress.protocol.codecs import codec_for
 from verifier.stress.shapes import Pick, extra_keys, schedule
 from verifier.stress.stalls import MAX_KEPT, Stall, stall_path, write_stalls
-from verifier.stress.tally import CLOSED, CONNECT_FAILED, TIMEOUT, Tally, tally_path, write_tallies
+from verifier.stress.tally import (
+    ABANDONED,
+    CLOSED,
+    CONNECT_FAILED,
+    TIMEOUT,
+    Tally,
+    tally_path,
+    write_tallies,
+)
 from verifier.stress.workload_file import Connection, Group, GroupKind
 
 GROUP_REPLY_TIMEOUT_S = 5.0  # longer than the churn's 1 s: metadump and flush_all are slow
@@ -375,6 +384,11 @@ class _Client:
             if delay:  # a slow reader: the server's writes pile up in its buffers
                 stream.transport.pause_reading()
                 await asyncio.sleep(delay)
+                if self.group.abandon:  # gone unread: the server drops every reply at once
+                    for lost in batch:
+                        self._tally(lost.name).failed(ABANDONED)
+                        self._record(lost, None, called, None)
+                    return False
                 stream.transport.resume_reading()
             deadline = loop.time() + GROUP_REPLY_TIMEOUT_S
             tallies, check = self.tallies, self.group.check

@@ -25,6 +25,7 @@ LATENCY_MAX_US = 60_000_000
 TIMEOUT = "timeout"  # no reply within the reply timeout
 CLOSED = "closed"  # the connection died before the reply
 CONNECT_FAILED = "connect-failed"
+ABANDONED = "abandoned"  # sent, then the connection dropped unread (a group's `abandon`)
 
 
 def _histogram() -> HdrHistogram:
@@ -74,7 +75,8 @@ class CommandSeen:
     @property
     def answered(self) -> int:
         """Answered in the protocol (errors from the server count: it answered)."""
-        return sum(n for k, n in self.counts.items() if k not in (TIMEOUT, CLOSED, CONNECT_FAILED))
+        gone = (TIMEOUT, CLOSED, CONNECT_FAILED, ABANDONED)
+        return sum(n for k, n in self.counts.items() if k not in gone)
 
     @property
     def ok(self) -> int:

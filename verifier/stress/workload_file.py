@@ -194,6 +194,7 @@ class Group:
     mget_keys: int = 10  # keys per multi-get / quiet batch
     mget_repeat: bool = False  # a multi-get repeats one key (refcounts on one item)
     read_delay_ms: int = 0  # slow reader: reads nothing for this long after sending
+    abandon: bool = False  # after read_delay_ms, drop the connection unread
     watch: str = ""  # watch: its arguments ("fetchers mutations")
     hold_s: tuple[float, float] = (0.5, 2.0)  # watch: how long a watcher stays
     tls: bool = False  # connect to the server's TLS listener (builds with --enable-tls)
@@ -321,7 +322,7 @@ _SERVER = {"options", "memory_mb", "item_size_max", "reqs_per_event", "protocol"
            "enable_shutdown", "extstore_mb"}  # fmt: skip
 _GROUP = {"name", "protocol", "kind", "clients", "connection", "pipeline", "rate", "check",
           "keys", "values", "ttl", "commands", "arg", "mget_keys", "mget_repeat",
-          "read_delay_ms", "watch", "hold_s", "tls"}  # fmt: skip
+          "read_delay_ms", "abandon", "watch", "hold_s", "tls"}  # fmt: skip
 _KEYS = {"count", "prefix", "popularity", "zipf_s"}
 _VALUES = {"size", "min", "max", "list", "pareto", "numbers"}
 _EVENT = {"action", "at_s", "every_s", "signal", "duration_s"}
@@ -481,10 +482,13 @@ def _group(index: int, table: Any) -> Group:
         mget_keys=r.number("mget_keys", 10, 1, 100_000),
         mget_repeat=r.get("mget_repeat", bool, False),
         read_delay_ms=r.number("read_delay_ms", 0, 0, 60_000),
+        abandon=r.get("abandon", bool, False),
         watch=r.get("watch", str, ""),
         hold_s=_pair(f"{where} hold_s", r.get("hold_s", object, [0.5, 2.0]), float, 0.0, 600.0),
         tls=r.get("tls", bool, False),
     )
+    if group.abandon and not group.read_delay_ms:
+        raise BadInput(f"{where}: abandon drops a connection after read_delay_ms: set it too")
     if group.kind == GroupKind.WATCH and protocol != Protocol.ASCII:
         raise BadInput(f"{where}: watch connections speak ascii")
     if _KEY_BAD.sub("", group.watch.replace(" ", "")) != group.watch.replace(" ", ""):

@@ -52,11 +52,16 @@ class SoakSummary:
 
 
 def summarize(
-    label: str, trials: Iterable[TrialResult], hunted: HangClass | None, *, exercised: bool = True
+    label: str,
+    trials: Iterable[TrialResult],
+    hunted: HangClass | None,
+    *,
+    exercised: bool = True,
+    set_aside: frozenset[HangClass] = frozenset(),
 ) -> SoakSummary:
     """A summary of trial results, about the hunted bug (another bug's hang not counted)."""
     items = list(trials)
-    mine = [t for t in items if not is_other_bug(t, hunted)]
+    mine = [t for t in items if not is_other_bug(t, hunted, set_aside)]
     hangs = [t for t in mine if t.outcome == TrialOutcome.HANG]
     return SoakSummary(
         label=label,

@@ -33,6 +33,7 @@ from typing import Any
 from verifier.errors import BadInput, ExitStatus
 from verifier.evidence.sanitizer import SanitizerFinding, distinct
 from verifier.records.trial import TrialResult
+from verifier.stress.tally import ABANDONED
 from verifier.verdict.stats import describe_bound, rate_upper_bound
 from verifier.vocabulary import HangClass, HangProof, TrialOutcome, VerdictKind, WrongClass
 
@@ -242,20 +243,26 @@ class Expectation:
         )
 
 
-def is_other_bug(trial: TrialResult, hunted: HangClass | None) -> bool:
-    """A hang named as another class than the one hunted. An unnamed hang could be this
-    bug in another shape, so it is never set aside; with nothing hunted, no hang is."""
-    return (
-        trial.outcome == TrialOutcome.HANG
-        and hunted not in (None, HangClass.UNKNOWN)
-        and trial.hang_class not in (None, HangClass.UNKNOWN, hunted)
-    )
+def is_other_bug(
+    trial: TrialResult, hunted: HangClass | None, set_aside: frozenset[HangClass] = frozenset()
+) -> bool:
+    """A hang named as another class than the one hunted, or as one the scenario sets
+    aside (``set_aside``: another bug its flood meets first). An unnamed hang could be
+    this bug in another shape, so it is never set aside; with nothing hunted and nothing
+    set aside, no hang is."""
+    if trial.outcome != TrialOutcome.HANG or trial.hang_class in (None, HangClass.UNKNOWN):
+        return False
+    if trial.hang_class == hunted:
+        return False
+    return trial.hang_class in set_aside or hunted not in (None, HangClass.UNKNOWN)
 
 
-def is_this_bug(trial: TrialResult, hunted: HangClass | None) -> bool:
+def is_this_bug(
+    trial: TrialResult, hunted: HangClass | None, set_aside: frozenset[HangClass] = frozenset()
+) -> bool:
     """A crash, a wrong answer, or a hang that is not another bug's: proof of the bug."""
     return trial.outcome in (TrialOutcome.CRASH, TrialOutcome.WRONG) or (
-        trial.outcome == TrialOutcome.HANG and not is_other_bug(trial, hunted)
+        trial.outcome == TrialOutcome.HANG and not is_other_bug(trial, hunted, set_aside)
     )
 
 
@@ -270,6 +277,17 @@ def clients_seen(trials: list[TrialResult]) -> dict[str, int]:
             name = event.split(" at ")[0]
             seen[name] = seen.get(name, 0) + 1
     return seen
+
+
+def clients_left_unread(trials: list[TrialResult]) -> dict[str, int]:
+    """Requests sent on a live connection and left unread on purpose (a group's
+    ``abandon``): such a group never reads an answer, so this is all it can show."""
+    unread: dict[str, int] = {}
+    for trial in trials:
+        for command in trial.clients.commands if trial.clients else ():
+            if command.counts.get(ABANDONED):
+                unread[command.command] = unread.get(command.command, 0) + command.counts[ABANDONED]
+    return unread
 
 
 def describe_seen(seen: dict[str, int], limit: int = 10) -> str:
@@ -326,16 +344,17 @@ def decide(
     pass_note: str = "",
     needs_emfile: bool = True,
     needs_commands: tuple[str, ...] = (),
+    set_aside: frozenset[HangClass] = frozenset(),
 ) -> Verdict:
     """Combine trials (the run stops at the first crash or hang of this bug) into one
     verdict. ``pass_note`` is added to a PASS (e.g. what the auto amplifier covered).
     A clean soak says something only if it exercised what the scenario needs: EMFILE for
     the accept path (``needs_emfile``), each of ``needs_commands`` answered at least once."""
-    other_bugs = [OtherBug.from_trial(t) for t in trials if is_other_bug(t, hunted)]
+    other_bugs = [OtherBug.from_trial(t) for t in trials if is_other_bug(t, hunted, set_aside)]
     also = "".join(f"; but another bug hung: {b.describe()}" for b in other_bugs)
     soak = sum(exposure_s(t) for t in trials)
     common: dict[str, Any] = {"total_soak_s": soak, "trials": len(trials)}
-    proof = next((t for t in trials if is_this_bug(t, hunted)), None)
+    proof = next((t for t in trials if is_this_bug(t, hunted, set_aside)), None)
     if proof is not None and proof.outcome == TrialOutcome.WRONG and proof.witness is not None:
         witness = proof.witness
         return Verdict(
@@ -404,8 +423,8 @@ def decide(
         if t.flood is not None and t.flood.ended_early
     ]
     caveats = "".join(f"; {text}" for text in ended)
-    seen = clients_seen(trials)
-    missing = [c for c in needs_commands if seen.get(c, 0) == 0]
+    seen, unread = clients_seen(trials), clients_left_unread(trials)
+    missing = [c for c in needs_commands if seen.get(c, 0) == 0 and unread.get(c, 0) == 0]
     if missing:
         return Verdict(
             VerdictKind.INCONCLUSIVE,
@@ -435,7 +454,8 @@ def decide(
     extra = f"; {episodes:,} EMFILE episodes" if needs_emfile or episodes else ""
     extra += f", {triggers:,} amplifier triggers" if amplified else ""
     extra += f"; {pass_note}" if pass_note else ""
-    extra += f"; the clients saw {describe_seen(seen)}" if seen else ""
+    extra += f"; the clients saw {describe_seen(seen)}" if any(seen.values()) else ""
+    extra += f"; sent and left unread: {describe_seen(unread)}" if unread else ""
     checks = [t.check for t in trials if t.check is not None]
     if checks:
         ops, unknown = sum(c.ops for c in checks), sum(len(c.unknown_keys) for c in checks)
