@@ -93,8 +93,6 @@ def test_bug_classes_parse_and_print_back(text: str, class_: BugClass) -> None:
         (lambda t: t.replace('"2c5609093"', '"HEAD"'), "fixed_by: 'HEAD' is not valid"),
         (lambda t: t.replace('first_bad = "1.4.6"', 'first_bad = "old"'), "first_bad = 'old'"),
         (lambda t: t.replace('id = "x-bug"', 'id = "other"'), "must be lower-case and match"),
-        (lambda t: t + 'also_shows = ["hang:spin"]\n', "class 'hang:spin'"),
-        (lambda t: t + 'also_shows = "crash"\n', "also_shows must be a list"),
     ],
 )
 def test_bad_known_bug_files_are_one_line(change, message: str) -> None:

@@ -4,7 +4,6 @@
 id = "maxconns-146"
 title = "1.4.6 listener self-deadlock on conn_lock under a connection flood"
 class = "hang:self-deadlock"          # hang[:CLASS] | wrong[:CLASS] | crash
-also_shows = ["hang:livelock"]        # optional: other shapes of the same bug
 fixed_by = ["2c5609093"]              # upstream fix commit(s); empty: not fixed upstream
 introduced_by = ["ac9397238"]         # optional
 first_bad = "1.4.6"                   # first release with the bug
@@ -43,7 +42,6 @@ _KEYS = {
     "id",
     "title",
     "class",
-    "also_shows",
     "fixed_by",
     "introduced_by",
     "first_bad",
@@ -100,7 +98,6 @@ class KnownBug:
     path: Path
     title: str
     bug_class: BugClass
-    also_shows: tuple[BugClass, ...]  # other shapes the same bug takes (libevent corruption)
     fixed_by: tuple[str, ...]
     introduced_by: tuple[str, ...]
     first_bad: Version | None
@@ -115,6 +112,15 @@ class KnownBug:
     candidate_fix: Path | None
     control: bool
     notes: str
+
+    @property
+    def also_shows(self) -> tuple[BugClass, ...]:
+        """Its other ends: its scenario's ``same_bug`` (1.4.5's libevent corruption exits
+        or spins), so the file and the bisect cannot disagree."""
+        if self.scenario is None:
+            return ()
+        ends = (BugClass.parse(text) for text in sorted(self.scenario.same_bug))
+        return tuple(end for end in ends if end != self.bug_class)
 
     @property
     def shapes(self) -> str:
@@ -242,7 +248,6 @@ def parse_known_bug(path: Path, text: str) -> KnownBug:
         raise reader.fail(f"id {bug_id!r} must be lower-case and match the file name")
     try:
         bug_class = BugClass.parse(reader.text("class", required=True))
-        also_shows = tuple(BugClass.parse(text) for text in reader.strings("also_shows"))
     except BadInput as error:
         raise reader.fail(error.message) from None
     amplify = reader.text("amplify") or None
@@ -260,7 +265,6 @@ def parse_known_bug(path: Path, text: str) -> KnownBug:
         path=path,
         title=reader.text("title", required=True),
         bug_class=bug_class,
-        also_shows=also_shows,
         fixed_by=reader.strings("fixed_by", _SHA_RE),
         introduced_by=reader.strings("introduced_by", _SHA_RE),
         first_bad=reader.version("first_bad", required=True),
